@@ -1,0 +1,1 @@
+"""msgspec Structs for both wire protocols. No logic lives here."""

@@ -1,0 +1,1 @@
+"""aiohttp application: routes, SSE writing, error mapping."""

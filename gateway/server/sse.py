@@ -1,0 +1,29 @@
+"""Encoding of stream events as Server-Sent Events frames. One reused msgspec encoder."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import msgspec
+
+from ..schema.responses import StreamEvent, event_type
+
+_encoder = msgspec.json.Encoder()
+_prefixes: dict[type, bytes] = {}
+
+
+def encode_events(events: Iterable[StreamEvent]) -> bytes:
+    """``event: <type>\\ndata: <json>\\n\\n`` for each event, as one buffer (one socket write)."""
+    out = bytearray()
+    for event in events:
+        cls = type(event)
+        prefix = _prefixes.get(cls)
+        if prefix is None:
+            prefix = _prefixes[cls] = b"event: " + event_type(event).encode() + b"\ndata: "
+        out += prefix
+        _encoder.encode_into(event, out, len(out))
+        out += b"\n\n"
+    return bytes(out)
+
+
+KEEPALIVE = b": keepalive\n\n"

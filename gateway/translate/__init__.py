@@ -1,0 +1,1 @@
+"""The sans-IO core: pure conversion and the Responses event state machine (no aiohttp below here)."""

@@ -1,0 +1,496 @@
+"""Responses request -> Chat Completions request (pure).
+
+Everything the client sent is either mapped onto the Chat Completions body, echoed on the Response,
+or rejected with an ``InvalidRequest`` naming the field: nothing is dropped silently, except the
+parameters listed in ``ACCEPTED_WITHOUT_EFFECT`` (documented in the README).
+
+History follows NeMo Gym's converter: consecutive reasoning / assistant message / function_call
+items become one assistant message (text joined, ``tool_calls`` in order); a user, system or
+developer message, or a ``function_call_output``, ends that assistant turn.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import msgspec
+import orjson
+
+from ..schema import responses as r
+from .errors import InvalidRequest, from_validation_error
+from .stream import StreamOptions
+
+# Parameters a client may send that the gateway accepts but which change nothing here: it stores no
+# responses, has one service tier, and vLLM caches prefixes by itself.
+ACCEPTED_WITHOUT_EFFECT = (
+    "store",
+    "truncation",
+    "service_tier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "stream_options",
+    "text.verbosity",
+    "reasoning.summary",
+)
+
+# Passed to vLLM unchanged (the openai SDK's ``extra_body`` puts them at the top level).
+_VLLM_SAMPLING_EXTENSIONS = (
+    "top_k",
+    "min_p",
+    "min_tokens",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+_TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+
+_input_item_decoder_type = r.InputItem
+
+
+@dataclass(frozen=True)
+class ConversionSettings:
+    """What the configuration decides about conversion (built by the server from ``Config``)."""
+
+    model: str
+    reasoning_history: str = "think_tags"  # "think_tags" | "field" | "drop"
+    reasoning_field: str = "reasoning_content"
+    replace_developer_role_with_system: bool = False
+    return_token_id_information: bool = False
+    chat_template_kwargs: Optional[dict[str, Any]] = None
+    extra_body: Optional[dict[str, Any]] = None
+    sampling_overrides: Optional[dict[str, Any]] = None
+    stream_options: StreamOptions = field(default_factory=StreamOptions)
+
+
+@dataclass
+class ChatPlan:
+    """Everything one request needs: the upstream body and the Response skeleton to fill."""
+
+    body: dict[str, Any]
+    stream: bool
+    response: r.Response
+    options: StreamOptions
+
+
+_request_decoder = msgspec.json.Decoder(r.ResponsesRequest)
+
+
+def decode_request(raw: bytes) -> r.ResponsesRequest:
+    try:
+        return _request_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", param=None, code="invalid_json"
+        ) from None
+
+
+def plan_chat_request(
+    req: r.ResponsesRequest, settings: ConversionSettings, *, response_id: str, created_at: int
+) -> ChatPlan:
+    _reject_unsupported(req)
+    messages = _messages(req, settings)
+    tools = _tools(req.tools)
+    body: dict[str, Any] = {"model": settings.model, "messages": messages}
+    if tools:
+        body["tools"] = tools
+    tool_choice = _tool_choice(req.tool_choice, has_tools=bool(tools))
+    if tool_choice is not None:
+        body["tool_choice"] = tool_choice
+    if req.parallel_tool_calls is not None and tools:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
+    _sampling(req, body)
+    response_format = _response_format(req.text)
+    if response_format is not None:
+        body["response_format"] = response_format
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        body["reasoning_effort"] = req.reasoning.effort
+    if req.user is not None:
+        body["user"] = req.user
+
+    metadata = req.metadata or {}
+    template_kwargs = {
+        **(settings.chat_template_kwargs or {}),
+        **_json_object_from_metadata(metadata, "chat_template_kwargs"),
+        **(req.chat_template_kwargs or {}),
+    }
+    if template_kwargs:
+        body["chat_template_kwargs"] = template_kwargs
+    # NeMo Gym's precedence: config extra_body < metadata extra_body < request < sampling_overrides.
+    extra = {**copy.deepcopy(settings.extra_body or {}), **_json_object_from_metadata(metadata, "extra_body")}
+    body = {**extra, **body}
+    if settings.sampling_overrides:
+        body.update(copy.deepcopy(settings.sampling_overrides))
+    body["stream"] = req.stream
+    if req.stream:
+        body["stream_options"] = {"include_usage": True}
+
+    response = r.Response(
+        id=response_id,
+        created_at=created_at,
+        status="in_progress",
+        model=settings.model,
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
+        reasoning={
+            "effort": req.reasoning.effort if req.reasoning else None,
+            "summary": req.reasoning.summary if req.reasoning else None,
+        },
+        temperature=req.temperature,
+        text={"format": (req.text.format if req.text and req.text.format else {"type": "text"})},
+        tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
+        tools=list(req.tools or []),
+        top_logprobs=req.top_logprobs,
+        top_p=req.top_p,
+        user=req.user,
+        metadata=dict(metadata),
+    )
+    return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options)
+
+
+# --- validation of what cannot be honoured ------------------------------------------------------
+
+
+def _reject_unsupported(req: r.ResponsesRequest) -> None:
+    if req.previous_response_id is not None:
+        raise InvalidRequest(
+            "previous_response_id is not supported: the gateway stores no responses. "
+            "Send the previous output items back in 'input' instead.",
+            param="previous_response_id",
+            code="unsupported_parameter",
+        )
+    for name in ("conversation", "prompt", "max_tool_calls"):
+        if getattr(req, name) is not None:
+            raise InvalidRequest(
+                f"'{name}' is not supported by this gateway.", param=name, code="unsupported_parameter"
+            )
+    if req.background:
+        raise InvalidRequest(
+            "background responses are not supported: the gateway stores no responses.",
+            param="background",
+            code="unsupported_parameter",
+        )
+    if req.include and "message.output_text.logprobs" in req.include:
+        raise InvalidRequest(
+            "include 'message.output_text.logprobs' is not supported yet.",
+            param="include",
+            code="unsupported_value",
+        )
+    if req.top_logprobs is not None:
+        raise InvalidRequest("top_logprobs is not supported yet.", param="top_logprobs", code="unsupported_parameter")
+    if req.max_output_tokens is not None and req.max_output_tokens < 1:
+        raise InvalidRequest(
+            f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, "
+            f"but got {req.max_output_tokens} instead.",
+            param="max_output_tokens",
+            code="integer_below_min_value",
+        )
+    if req.temperature is not None and not 0 <= req.temperature <= 2:
+        raise InvalidRequest(
+            f"Invalid 'temperature': expected a value between 0 and 2, got {req.temperature}.",
+            param="temperature",
+        )
+    if req.top_p is not None and not 0 <= req.top_p <= 1:
+        raise InvalidRequest(f"Invalid 'top_p': expected a value between 0 and 1, got {req.top_p}.", param="top_p")
+
+
+# --- input items -> messages ----------------------------------------------------------------------
+
+
+class _AssistantTurn:
+    """Consecutive assistant-side items, gathered into one Chat Completions message."""
+
+    __slots__ = ("reasoning", "text", "tool_calls", "token_fields")
+
+    def __init__(self) -> None:
+        self.reasoning: list[str] = []
+        self.text: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.token_fields: Optional[dict[str, Any]] = None
+
+    def to_message(self, settings: ConversionSettings) -> dict[str, Any]:
+        text = "".join(self.text)
+        message: dict[str, Any] = {"role": "assistant"}
+        if settings.reasoning_history == "think_tags":
+            text = "".join(f"<think>{block}</think>" for block in self.reasoning) + text
+        elif settings.reasoning_history == "field" and self.reasoning:
+            message[settings.reasoning_field] = "\n\n".join(self.reasoning)
+        message["content"] = text if text or not self.tool_calls else None
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
+        if self.token_fields is not None and settings.return_token_id_information:
+            message.update(self.token_fields)
+        return message
+
+
+def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dict[str, Any]]:
+    raw_items: list[Any] = (
+        [{"type": "message", "role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
+    )
+    if not raw_items:
+        raise InvalidRequest("'input' must not be empty.", param="input", code="empty_array")
+    messages: list[dict[str, Any]] = []
+    turn: Optional[_AssistantTurn] = None
+
+    def end_turn() -> None:
+        nonlocal turn
+        if turn is not None:
+            messages.append(turn.to_message(settings))
+            turn = None
+
+    for i, raw in enumerate(raw_items):
+        item = _decode_item(raw, i)
+        where = f"input[{i}]"
+        if isinstance(item, r.MessageItem) and item.role != "assistant":
+            end_turn()
+            messages.append({"role": item.role, "content": _user_content(item.content, where)})
+            continue
+        if isinstance(item, r.FunctionCallOutputItem):
+            end_turn()
+            messages.append(
+                {"role": "tool", "tool_call_id": item.call_id, "content": _tool_output(item.output, where)}
+            )
+            continue
+        if turn is None:
+            turn = _AssistantTurn()
+        if isinstance(item, r.MessageItem):
+            turn.text.append(_assistant_text(item.content, where))
+        elif isinstance(item, r.FunctionCallInput):
+            turn.tool_calls.append(
+                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            )
+        elif isinstance(item, r.ReasoningInput):
+            blocks = [part.text for part in item.summary] or [part.text for part in item.content or []]
+            turn.reasoning.extend(block for block in blocks if block)
+        token_fields = _token_fields(item, where)
+        if token_fields is not None:
+            turn.token_fields = token_fields  # the last item carrying them wins (NeMo Gym)
+    end_turn()
+
+    if req.instructions:
+        # One system message first: instructions, then any leading system/developer messages.
+        leading: list[str] = [req.instructions]
+        while messages and messages[0]["role"] in ("system", "developer") and isinstance(messages[0]["content"], str):
+            leading.append(messages.pop(0)["content"])
+        messages.insert(0, {"role": "system", "content": "\n\n".join(leading)})
+    if settings.replace_developer_role_with_system:
+        for message in messages:
+            if message["role"] == "developer":
+                message["role"] = "system"
+    return messages
+
+
+def _decode_item(raw: Any, i: int) -> r.InputItem:
+    where = f"input[{i}]"
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"Invalid '{where}': expected an object.", param=where, code="invalid_type")
+    if "type" not in raw and "role" in raw:
+        raw = {**raw, "type": "message"}
+    kind = raw.get("type")
+    if kind not in _ITEM_TYPES:
+        raise InvalidRequest(
+            f"Invalid '{where}.type': {kind!r} is not supported by this gateway "
+            f"(supported: {', '.join(_ITEM_TYPES)}).",
+            param=f"{where}.type",
+            code="unsupported_value",
+        )
+    try:
+        return msgspec.convert(raw, _input_item_decoder_type)
+    except msgspec.ValidationError as exc:
+        raise from_validation_error(exc, prefix=where) from None
+
+
+def _token_fields(item: r.InputItem, where: str) -> Optional[dict[str, Any]]:
+    present = {key: getattr(item, key, msgspec.UNSET) for key in _TOKEN_KEYS}
+    present = {key: value for key, value in present.items() if value is not msgspec.UNSET}
+    if not present:
+        return None
+    if len(present) != len(_TOKEN_KEYS):
+        missing = [key for key in _TOKEN_KEYS if key not in present]
+        raise InvalidRequest(
+            f"'{where}' carries token information without {', '.join(missing)}: "
+            "the three token keys come together or not at all.",
+            param=f"{where}.{missing[0]}",
+        )
+    if len(present["generation_token_ids"]) != len(present["generation_log_probs"]):
+        raise InvalidRequest(
+            f"'{where}': generation_token_ids and generation_log_probs differ in length.",
+            param=f"{where}.generation_log_probs",
+        )
+    return present
+
+
+def _user_content(content: Any, where: str) -> Any:
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        if isinstance(part, (r.InputTextPart, r.OutputTextPart)):
+            parts.append({"type": "text", "text": part.text})
+        elif isinstance(part, r.InputImagePart):
+            if not part.image_url:
+                raise InvalidRequest(
+                    "input_image needs an 'image_url' (a URL or a data: URL); file ids are not supported.",
+                    param=f"{where}.content[{j}].image_url",
+                    code="missing_required_parameter",
+                )
+            image: dict[str, Any] = {"url": part.image_url}
+            if part.detail:
+                image["detail"] = part.detail
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise InvalidRequest(
+                f"Invalid '{where}.content[{j}].type': a refusal part belongs to an assistant message.",
+                param=f"{where}.content[{j}].type",
+            )
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return parts[0]["text"]
+    return parts
+
+
+def _assistant_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        if isinstance(part, (r.InputTextPart, r.OutputTextPart)):
+            texts.append(part.text)
+        elif isinstance(part, r.RefusalPart):
+            texts.append(part.refusal)
+        else:
+            raise InvalidRequest(
+                f"Invalid '{where}.content[{j}].type': an assistant message holds text only.",
+                param=f"{where}.content[{j}].type",
+            )
+    return "".join(texts)
+
+
+def _tool_output(output: Any, where: str) -> Any:
+    if isinstance(output, str):
+        return output
+    return _user_content(output, f"{where}.output")
+
+
+# --- tools ----------------------------------------------------------------------------------------
+
+
+def _tools(tools: Optional[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    converted = []
+    for i, tool in enumerate(tools or []):
+        where = f"tools[{i}]"
+        if tool.get("type") != "function":
+            raise InvalidRequest(
+                f"Invalid '{where}.type': {tool.get('type')!r} tools are not supported by this gateway; "
+                "only 'function' tools are (the model runs on a Chat Completions server).",
+                param=f"{where}.type",
+                code="unsupported_value",
+            )
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"Missing required parameter: '{where}.name'.", param=f"{where}.name",
+                                 code="missing_required_parameter")
+        function: dict[str, Any] = {"name": name}
+        description = tool.get("description")
+        if description is not None:
+            if not isinstance(description, str):
+                raise InvalidRequest(f"Invalid '{where}.description': expected a string.",
+                                     param=f"{where}.description", code="invalid_type")
+            function["description"] = description
+        parameters = tool.get("parameters")
+        if parameters is not None:
+            if not isinstance(parameters, dict):
+                raise InvalidRequest(f"Invalid '{where}.parameters': a JSON Schema object is expected.",
+                                     param=f"{where}.parameters", code="invalid_type")
+            function["parameters"] = parameters
+        # ``strict`` is not forwarded (as NeMo Gym): vLLM's tool parsers do not enforce it.
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+def _tool_choice(choice: Any, has_tools: bool) -> Any:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise InvalidRequest(
+                f"Invalid 'tool_choice': {choice!r}; expected 'auto', 'none', 'required' or a function.",
+                param="tool_choice",
+            )
+        if choice == "required" and not has_tools:
+            raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
+        return choice if has_tools else None
+    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+        if not has_tools:
+            raise InvalidRequest("tool_choice names a function but no tools were given.", param="tool_choice")
+        return {"type": "function", "function": {"name": choice["name"]}}
+    raise InvalidRequest(
+        f"Invalid 'tool_choice': type {choice.get('type')!r} is not supported; "
+        "use 'auto', 'none', 'required' or {'type': 'function', 'name': ...}.",
+        param="tool_choice",
+        code="unsupported_value",
+    )
+
+
+# --- sampling and output format -------------------------------------------------------------------
+
+
+def _sampling(req: r.ResponsesRequest, body: dict[str, Any]) -> None:
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if req.top_p is not None:
+        body["top_p"] = req.top_p
+    if req.max_output_tokens is not None:
+        body["max_tokens"] = req.max_output_tokens
+    for name in _VLLM_SAMPLING_EXTENSIONS:
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+
+
+def _response_format(text: Optional[r.TextParam]) -> Optional[dict[str, Any]]:
+    if text is None or text.format is None:
+        return None
+    fmt = text.format
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = fmt.get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidRequest("text.format json_schema needs a 'schema' object.", param="text.format.schema",
+                                 code="missing_required_parameter")
+        json_schema: dict[str, Any] = {"name": fmt.get("name") or "response", "schema": schema}
+        for key in ("strict", "description"):
+            if fmt.get(key) is not None:
+                json_schema[key] = fmt[key]
+        return {"type": "json_schema", "json_schema": json_schema}
+    raise InvalidRequest(
+        f"Invalid 'text.format.type': {kind!r}; expected 'text', 'json_object' or 'json_schema'.",
+        param="text.format.type",
+    )
+
+
+def _json_object_from_metadata(metadata: dict[str, str], key: str) -> dict[str, Any]:
+    """NeMo Gym passes ``chat_template_kwargs`` and ``extra_body`` as JSON strings in metadata."""
+    raw = metadata.get(key)
+    if raw is None:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"metadata.{key} must be a JSON object encoded as a string: {exc}.",
+                             param=f"metadata.{key}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"metadata.{key} must encode a JSON object.", param=f"metadata.{key}")
+    return value

@@ -1,0 +1,442 @@
+"""The Responses event state machine: the one place that decides which event comes next.
+
+Fed vLLM ``chat.completion.chunk``s, it returns Responses stream events; it never touches a socket
+or a clock (after h11: the IO shells in ``server/`` and ``upstream/`` only feed it and write what it
+returns). A non-streaming request runs the same machine on the whole completion as one chunk
+(``chunk_from_completion``), so both modes give the same Response by construction.
+
+Each chunk is read in a fixed order: the reasoning field, then ``content`` (through the
+``<think>`` splitter), then tool-call fragments. Every piece is an *input* below; what it does
+depends only on which output item is open (at most one is, ever):
+
+    input                    | nothing open | reasoning open | message open | call open
+    -------------------------+--------------+----------------+--------------+-----------------
+    reasoning text           | open R       | append         | switch to R  | switch to R
+    answer text              | open M       | switch to M    | append       | switch to M
+    end of a <think> block   | -            | close          | -            | -
+    tool call, new index     | open F       | switch to F    | switch to F  | switch to F
+    tool call, open index    | -            | -              | -            | append
+    tool call, closed index  | fail: the upstream interleaved calls (vLLM never does)
+    finish_reason / usage    | remembered; the terminal event comes from finish()
+
+"switch" closes the open item (its ``*.done`` events, then ``output_item.done``) and opens the new
+one. Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
+whitespace is held until more text shows it was not trailing, so ``"</think>\\n\\n"`` before a tool
+call does not produce an empty message. A tool call whose name has not arrived yet is held (its
+argument pieces buffered) until the name arrives, because ``output_item.added`` must carry it.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import msgspec
+
+from ..schema import chat
+from ..schema import responses as r
+from .think import ThinkSplitter
+
+
+def random_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    # Read <think> tags out of content (NeMo Gym's ``uses_reasoning_parser``). Reasoning fields
+    # (``delta.reasoning`` / ``delta.reasoning_content``) are always reasoning.
+    parse_think_tags: bool = True
+    # The chat template opened <think> in the prompt: output starts inside reasoning.
+    reasoning_starts_open: bool = False
+    # "summary": summary_text parts (NeMo Gym, Codex); "raw": reasoning_text content.
+    reasoning_presentation: str = "summary"
+
+
+class Kind(enum.Enum):
+    REASONING = "reasoning"
+    MESSAGE = "message"
+    CALL = "function_call"
+
+
+_INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+class _OpenItem:
+    """The item currently streaming: its final Struct and the text gathered so far."""
+
+    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index")
+
+    def __init__(self, kind: Kind, item: r.OutputItem, index: int, call_index: int = -1) -> None:
+        self.kind = kind
+        self.item = item
+        self.index = index
+        self.parts: list[str] = []  # text / arguments pieces, joined once at close
+        self.pending_ws = ""  # trailing whitespace not yet known to be inside the block
+        self.call_index = call_index
+
+
+class _HeldCall:
+    """A tool call seen before its name: buffered until ``output_item.added`` can be written."""
+
+    __slots__ = ("call_id", "parts")
+
+    def __init__(self, call_id: Optional[str]) -> None:
+        self.call_id = call_id
+        self.parts: list[str] = []
+
+
+class ResponseStateMachine:
+    def __init__(
+        self,
+        response: r.Response,
+        options: StreamOptions = StreamOptions(),
+        new_id: Callable[[str], str] = random_id,
+    ) -> None:
+        # ``response`` carries the request's echo fields (model, tools, instructions, ...).
+        self._base = response
+        self._options = options
+        self._new_id = new_id
+        self._splitter = ThinkSplitter(options.reasoning_starts_open) if options.parse_think_tags else None
+        self._seq = 0
+        self._events: list[r.StreamEvent] = []
+        self._output: list[r.OutputItem] = []
+        self._open: Optional[_OpenItem] = None
+        self._held_call: Optional[tuple[int, _HeldCall]] = None
+        self._closed_calls: set[int] = set()
+        self._seen_reasoning_field = False
+        self._finish_reason: Optional[str] = None
+        self._usage: Optional[chat.Usage] = None
+        self._started = False
+        self.final: Optional[r.Response] = None  # set once a terminal event was produced
+
+    # --- public API ----------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        return self.final is not None
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return self._finish_reason
+
+    def start(self) -> list[r.StreamEvent]:
+        """``response.created`` and ``response.in_progress``."""
+        if self._started:
+            return []
+        self._started = True
+        snapshot = msgspec.structs.replace(self._base, status="in_progress", output=[])
+        self._emit(r.ResponseCreated(response=snapshot))
+        self._emit(r.ResponseInProgress(response=snapshot))
+        return self._take()
+
+    def feed(self, chunk: chat.ChatChunk) -> list[r.StreamEvent]:
+        if self.final is not None:
+            return []
+        if not self._started:
+            self.start()
+        if chunk.error is not None:
+            return self.fail("upstream_error", chunk.error.message or "the upstream reported an error")
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        try:
+            for choice in chunk.choices:
+                self._feed_choice(choice)
+        except _UpstreamProtocolError as exc:
+            return self.fail("upstream_protocol_error", str(exc))
+        return self._take()
+
+    def finish(self) -> list[r.StreamEvent]:
+        """The upstream stream ended normally (``[DONE]`` or end of body)."""
+        if self.final is not None:
+            return []
+        if not self._started:
+            self.start()
+        if self._finish_reason is None:
+            return self.fail("upstream_incomplete", "the upstream stream ended without a finish_reason")
+        if self._splitter is not None:
+            for is_reasoning, text in self._splitter.flush():
+                self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
+        if self._held_call is not None:
+            return self.fail("upstream_protocol_error", "the upstream sent a tool call without a function name")
+        reason = _INCOMPLETE_REASONS.get(self._finish_reason)
+        status = "incomplete" if reason else "completed"
+        self._close_open(status)
+        final = msgspec.structs.replace(
+            self._base,
+            status=status,
+            output=self._output,
+            usage=self._response_usage(),
+            incomplete_details=r.IncompleteDetails(reason=reason) if reason else None,
+        )
+        self.final = final
+        self._emit(r.ResponseIncomplete(response=final) if reason else r.ResponseCompleted(response=final))
+        return self._take()
+
+    def fail(self, code: str, message: str) -> list[r.StreamEvent]:
+        """End the stream as failed: close the open item, then ``error`` and ``response.failed``."""
+        if self.final is not None:
+            return []
+        if not self._started:
+            self.start()
+        self._close_open("incomplete")
+        final = msgspec.structs.replace(
+            self._base,
+            status="failed",
+            output=self._output,
+            usage=self._response_usage() if self._usage is not None else None,
+            error=r.ResponseError(code=code, message=message),
+        )
+        self.final = final
+        self._emit(r.ErrorEvent(code=code, message=message))
+        self._emit(r.ResponseFailed(response=final))
+        return self._take()
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def _feed_choice(self, choice: chat.ChunkChoice) -> None:
+        delta = choice.delta
+        reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
+        if reasoning:
+            if not self._seen_reasoning_field and self._splitter is not None:
+                # The server runs a reasoning parser: content will carry no open <think>.
+                self._seen_reasoning_field = True
+                self._splitter.inside = False
+            self._text(Kind.REASONING, reasoning)
+        if delta.content:
+            if self._splitter is None:
+                self._text(Kind.MESSAGE, delta.content)
+            else:
+                for is_reasoning, text in self._splitter.feed(delta.content):
+                    if text:
+                        self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
+                    elif self._open is not None and self._open.kind is Kind.REASONING:
+                        self._close_open("completed")  # end of a <think> block
+        if delta.tool_calls:
+            for fragment in delta.tool_calls:
+                self._tool_fragment(fragment)
+        if choice.finish_reason is not None:
+            self._finish_reason = choice.finish_reason
+
+    def _text(self, kind: Kind, text: str) -> None:
+        open_item = self._open
+        if open_item is None or open_item.kind is not kind:
+            text = text.lstrip()
+            if not text:
+                return  # whitespace never opens an item
+            self._close_open("completed")
+            open_item = self._open_text_item(kind)
+        body = text.rstrip()
+        if not body:
+            open_item.pending_ws += text
+            return
+        if open_item.pending_ws:
+            body = open_item.pending_ws + body
+        open_item.pending_ws = text[len(text.rstrip()) :]
+        open_item.parts.append(body)
+        self._emit_text_delta(open_item, body)
+
+    def _tool_fragment(self, fragment: chat.ToolCallDelta) -> None:
+        index = fragment.index
+        fn = fragment.function
+        name = fn.name if fn is not None else None
+        args = fn.arguments if fn is not None else None
+        open_item = self._open
+        if open_item is not None and open_item.kind is Kind.CALL and open_item.call_index == index:
+            if args:
+                open_item.parts.append(args)
+                self._emit(
+                    r.FunctionCallArgumentsDelta(item_id=open_item.item.id, output_index=open_item.index, delta=args)
+                )
+            return
+        if index in self._closed_calls:
+            raise _UpstreamProtocolError(
+                f"the upstream sent more of tool call {index} after a later output had started"
+            )
+        held = self._held_call
+        if held is None or held[0] != index:
+            self._close_open("completed")
+            held = (index, _HeldCall(fragment.id))
+            self._held_call = held
+        call = held[1]
+        if call.call_id is None and fragment.id:
+            call.call_id = fragment.id
+        if args:
+            call.parts.append(args)
+        if not name:
+            return  # wait for the name
+        self._held_call = None
+        item = r.FunctionCallItem(
+            id=self._new_id("fc"),
+            status="in_progress",
+            call_id=call.call_id or self._new_id("call"),
+            name=name,
+        )
+        open_item = self._open_item(Kind.CALL, item, call_index=index)
+        if call.parts:
+            buffered = "".join(call.parts)
+            open_item.parts.append(buffered)
+            self._emit(r.FunctionCallArgumentsDelta(item_id=item.id, output_index=open_item.index, delta=buffered))
+
+    # --- opening and closing items -------------------------------------------------------------
+
+    def _open_item(self, kind: Kind, item: r.OutputItem, call_index: int = -1) -> _OpenItem:
+        index = len(self._output)
+        self._output.append(item)
+        open_item = _OpenItem(kind, item, index, call_index)
+        self._open = open_item
+        self._emit(r.OutputItemAdded(output_index=index, item=_added_snapshot(item)))
+        return open_item
+
+    def _open_text_item(self, kind: Kind) -> _OpenItem:
+        if kind is Kind.MESSAGE:
+            item: r.OutputItem = r.OutputMessage(id=self._new_id("msg"), status="in_progress", content=[])
+            open_item = self._open_item(kind, item)
+            self._emit(
+                r.ContentPartAdded(item_id=item.id, output_index=open_item.index, content_index=0, part=r.OutputText(text=""))
+            )
+            return open_item
+        raw = self._options.reasoning_presentation == "raw"
+        item = r.ReasoningItem(id=self._new_id("rs"), status="in_progress", summary=[], content=[] if raw else msgspec.UNSET)
+        open_item = self._open_item(kind, item)
+        if raw:
+            self._emit(
+                r.ContentPartAdded(
+                    item_id=item.id, output_index=open_item.index, content_index=0, part=r.ReasoningText(text="")
+                )
+            )
+        else:
+            self._emit(
+                r.ReasoningSummaryPartAdded(
+                    item_id=item.id, output_index=open_item.index, summary_index=0, part=r.SummaryText(text="")
+                )
+            )
+        return open_item
+
+    def _emit_text_delta(self, open_item: _OpenItem, text: str) -> None:
+        item_id, index = open_item.item.id, open_item.index
+        if open_item.kind is Kind.MESSAGE:
+            self._emit(r.OutputTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
+        elif self._options.reasoning_presentation == "raw":
+            self._emit(r.ReasoningTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
+        else:
+            self._emit(r.ReasoningSummaryTextDelta(item_id=item_id, output_index=index, summary_index=0, delta=text))
+
+    def _close_open(self, status: str) -> None:
+        open_item = self._open
+        if open_item is None:
+            return
+        self._open = None
+        item, index = open_item.item, open_item.index
+        text = "".join(open_item.parts)
+        item.status = status
+        if isinstance(item, r.OutputMessage):
+            part = r.OutputText(text=text)
+            item.content = [part]
+            self._emit(r.OutputTextDone(item_id=item.id, output_index=index, content_index=0, text=text))
+            self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=0, part=part))
+        elif isinstance(item, r.ReasoningItem):
+            if self._options.reasoning_presentation == "raw":
+                raw_part = r.ReasoningText(text=text)
+                item.content = [raw_part]
+                self._emit(r.ReasoningTextDone(item_id=item.id, output_index=index, content_index=0, text=text))
+                self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=0, part=raw_part))
+            else:
+                summary = r.SummaryText(text=text)
+                item.summary = [summary]
+                self._emit(r.ReasoningSummaryTextDone(item_id=item.id, output_index=index, summary_index=0, text=text))
+                self._emit(r.ReasoningSummaryPartDone(item_id=item.id, output_index=index, summary_index=0, part=summary))
+        else:
+            item.arguments = text
+            self._closed_calls.add(open_item.call_index)
+            self._emit(r.FunctionCallArgumentsDone(item_id=item.id, output_index=index, name=item.name, arguments=text))
+        self._emit(r.OutputItemDone(output_index=index, item=item))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _emit(self, event: r.StreamEvent) -> None:
+        event.sequence_number = self._seq
+        self._seq += 1
+        self._events.append(event)
+
+    def _take(self) -> list[r.StreamEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def _response_usage(self) -> r.ResponseUsage:
+        usage = self._usage or chat.Usage()
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else None
+        reasoning = usage.completion_tokens_details.reasoning_tokens if usage.completion_tokens_details else None
+        return r.ResponseUsage(
+            input_tokens=usage.prompt_tokens,
+            input_tokens_details=r.InputTokensDetails(cached_tokens=cached or 0),
+            output_tokens=usage.completion_tokens,
+            output_tokens_details=r.OutputTokensDetails(reasoning_tokens=reasoning or 0),
+            total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+        )
+
+
+class _UpstreamProtocolError(Exception):
+    pass
+
+
+def _added_snapshot(item: r.OutputItem) -> r.OutputItem:
+    """The item as ``output_item.added`` shows it: in progress, nothing streamed yet.
+
+    A fresh Struct, because the open item is mutated as it streams and events may be encoded
+    after this call returns.
+    """
+    if isinstance(item, r.OutputMessage):
+        return r.OutputMessage(id=item.id, status="in_progress", content=[])
+    if isinstance(item, r.ReasoningItem):
+        content = [] if item.content is not msgspec.UNSET else msgspec.UNSET
+        return r.ReasoningItem(id=item.id, status="in_progress", summary=[], content=content)
+    return r.FunctionCallItem(id=item.id, status="in_progress", call_id=item.call_id, name=item.name, arguments="")
+
+
+def chunk_from_completion(completion: chat.ChatCompletion) -> chat.ChatChunk:
+    """A non-streaming completion as the one chunk that carries all of it."""
+    choices = []
+    for choice in completion.choices:
+        message = choice.message
+        tool_calls = None
+        if message.tool_calls:
+            tool_calls = [
+                chat.ToolCallDelta(
+                    index=i,
+                    id=call.id,
+                    type=call.type,
+                    function=chat.FunctionDelta(
+                        name=call.function.name if call.function else None,
+                        arguments=call.function.arguments if call.function else None,
+                    ),
+                )
+                for i, call in enumerate(message.tool_calls)
+            ]
+        delta = chat.Delta(
+            role=message.role,
+            content=message.content,
+            reasoning=message.reasoning,
+            reasoning_content=message.reasoning_content,
+            tool_calls=tool_calls,
+        )
+        choices.append(
+            chat.ChunkChoice(
+                index=choice.index,
+                delta=delta,
+                finish_reason=choice.finish_reason,
+                logprobs=choice.logprobs,
+                token_ids=choice.token_ids,
+            )
+        )
+    return chat.ChatChunk(
+        id=completion.id,
+        model=completion.model,
+        created=completion.created,
+        choices=choices,
+        usage=completion.usage,
+        prompt_token_ids=completion.prompt_token_ids,
+        error=completion.error,
+    )

@@ -1,0 +1,1 @@
+"""aiohttp client side: the vLLM servers behind the gateway."""

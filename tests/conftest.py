@@ -1,0 +1,101 @@
+"""Fixtures: the fake vLLM and the real gateway, each on a real loopback socket."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import Config, load_config, shortcut_overrides
+from gateway.server.runner import bound_url, start
+from tests.contract import check_stream, parse_sse
+from tests.fake_vllm import FakeVLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+MODEL = "Qwen/Qwen3-8B"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeVLLM]:
+    fake = FakeVLLM(MODEL)
+    runner = web.AppRunner(fake.app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    fake.url = bound_url(runner) + "/v1"  # type: ignore[attr-defined]
+    yield fake
+    await runner.cleanup()
+
+
+def gateway_config(base_url: str, *overrides: str) -> Config:
+    return load_config(
+        [ROOT / "config" / "vllm_model.yaml"],
+        overrides=shortcut_overrides(base_url, MODEL, "") + list(overrides),
+        environ={},
+    )
+
+
+@dataclass
+class Gateway:
+    url: str
+    upstream: FakeVLLM
+    config: Config
+    session: aiohttp.ClientSession
+
+    async def post(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        return await self.session.post(self.url + "/v1/responses", json=body)
+
+    async def stream(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """POST a streaming request; returns the events and the contract-checked final Response."""
+        async with self.session.post(self.url + "/v1/responses", json={**body, "stream": True}) as response:
+            assert response.status == 200, await response.text()
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            events = parse_sse(await response.read())
+        return events, check_stream(events)
+
+    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(self.url + "/v1/responses", json={**body, "stream": False}) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def make_gateway(upstream: FakeVLLM) -> AsyncIterator[GatewayFactory]:
+    runners = []
+    session = aiohttp.ClientSession()
+
+    async def make(*overrides: str, base_url: str | None = None) -> Gateway:
+        config = gateway_config(base_url or upstream.url, *overrides)  # type: ignore[attr-defined]
+        runner = await start(config, port=0)
+        runners.append(runner)
+        return Gateway(bound_url(runner), upstream, config, session)
+
+    yield make
+    await session.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+os.environ.setdefault("OPENAI_LOG", "")

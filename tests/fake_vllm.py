@@ -1,0 +1,181 @@
+"""A scripted upstream that answers exactly as vLLM's OpenAI server does (shapes from vLLM's
+serving_chat.py / protocol.py): the role chunk first, content / reasoning / tool-call deltas, the
+finish chunk, the usage chunk with ``choices: []``, ``data: [DONE]``; errors as vLLM's
+``{"error": {...}}`` bodies, mid-stream too. It runs on a real socket and records every request,
+when it started, and whether the client closed it before the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from aiohttp import web
+
+
+@dataclass
+class Generation:
+    """What the model "generates" for one request, as an ordered list of delta dicts."""
+
+    deltas: list[dict[str, Any]] = field(default_factory=list)
+    finish_reason: Optional[str] = "stop"
+    prompt_tokens: int = 12
+    completion_tokens: Optional[int] = None  # default: number of deltas
+    # faults
+    status: int = 200  # != 200: answer with vLLM's error body instead
+    error_message: str = ""
+    stream_error_after: Optional[int] = None  # send a {"error": ...} line after this many deltas
+    drop_after: Optional[int] = None  # cut the connection after this many deltas
+    stall_before: float = 0.0  # seconds before the first chunk
+    delay: float = 0.0  # seconds between chunks
+    pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
+    send_done: bool = True
+
+    def usage(self) -> dict[str, Any]:
+        completion = self.completion_tokens if self.completion_tokens is not None else len(self.deltas)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "total_tokens": self.prompt_tokens + completion,
+            "completion_tokens": completion,
+            "prompt_tokens_details": None,
+        }
+
+
+# --- builders of vLLM-shaped deltas ---------------------------------------------------------------
+
+
+def split(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def content(text: str, size: int = 4) -> list[dict[str, Any]]:
+    return [{"content": piece} for piece in split(text, size)]
+
+
+def reasoning(text: str, size: int = 4, field_name: str = "reasoning") -> list[dict[str, Any]]:
+    return [{field_name: piece} for piece in split(text, size)]
+
+
+def tool_call(index: int, name: str, arguments: str, size: int = 5, call_id: Optional[str] = None) -> list[dict]:
+    """vLLM's hermes parser: the first fragment carries id, type and name; then argument pieces."""
+    call_id = call_id or f"chatcmpl-tool-{uuid.uuid4().hex}"
+    first = {"tool_calls": [{"id": call_id, "type": "function", "index": index, "function": {"name": name}}]}
+    rest = [{"tool_calls": [{"index": index, "function": {"arguments": piece}}]} for piece in split(arguments, size)]
+    return [first, *rest]
+
+
+CONTEXT_OVERFLOW_MESSAGE = (
+    "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+    "(4000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion."
+)
+
+
+class FakeVLLM:
+    """``queue(Generation)`` scripts the next request; unscripted requests get a short answer."""
+
+    def __init__(self, model: str = "Qwen/Qwen3-8B") -> None:
+        self.model = model
+        self.script: list[Generation] = []
+        self.requests: list[dict[str, Any]] = []  # {"path", "body", "headers", "started", "closed_early"}
+        self.closed_early = asyncio.Event()
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get("/health", self._health)
+
+    def queue(self, *generations: Generation) -> None:
+        self.script.extend(generations)
+
+    @property
+    def last_body(self) -> dict[str, Any]:
+        return self.requests[-1]["body"]
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 4096}]})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        record = {"path": request.path, "body": body, "headers": dict(request.headers),
+                  "started": time.monotonic(), "closed_early": False}
+        self.requests.append(record)
+        gen = self.script.pop(0) if self.script else Generation(deltas=content("Hello from the fake vLLM."))
+        if gen.status != 200:
+            return web.json_response(
+                {"error": {"message": gen.error_message, "type": "BadRequestError", "param": None,
+                           "code": gen.status}}, status=gen.status)
+        if not body.get("stream"):
+            await asyncio.sleep(gen.stall_before)
+            return web.json_response(self._completion(gen))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            await asyncio.sleep(gen.stall_before)
+            await self._send(response, self._chunk(chunk_id, {"role": "assistant", "content": ""}))
+            for i, delta in enumerate(gen.deltas):
+                if gen.stream_error_after == i:
+                    await self._send(response, {"error": {"message": gen.error_message or "engine error",
+                                                          "type": "InternalServerError", "param": None, "code": 500}})
+                    await response.write(b"data: [DONE]\n\n")
+                    return response
+                if gen.drop_after == i:
+                    request.transport.close()  # an abrupt end, as a crashed server gives
+                    return response
+                if gen.delay or i in gen.pauses:
+                    await asyncio.sleep(gen.delay + gen.pauses.get(i, 0.0))
+                await self._send(response, self._chunk(chunk_id, delta))
+            if gen.drop_after is not None and gen.drop_after >= len(gen.deltas):
+                request.transport.close()
+                return response
+            if gen.finish_reason is not None:
+                await self._send(response, self._chunk(chunk_id, {"content": ""}, gen.finish_reason))
+            if body.get("stream_options", {}).get("include_usage"):
+                await self._send(response, {"id": chunk_id, "object": "chat.completion.chunk",
+                                            "created": int(time.time()), "model": self.model, "choices": [],
+                                            "usage": gen.usage()})
+            if gen.send_done:
+                await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            record["closed_early"] = True
+            self.closed_early.set()
+            raise
+        return response
+
+    async def _send(self, response: web.StreamResponse, obj: dict[str, Any]) -> None:
+        await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        await asyncio.sleep(0)  # let the socket flush, as one chunk per engine step does
+
+    def _chunk(self, chunk_id: str, delta: dict[str, Any], finish_reason: Optional[str] = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if finish_reason is not None:
+            choice["stop_reason"] = None
+        return {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.model, "choices": [choice]}
+
+    def _completion(self, gen: Generation) -> dict[str, Any]:
+        text = "".join(d.get("content", "") for d in gen.deltas)
+        thought = "".join(d.get("reasoning", "") or d.get("reasoning_content", "") for d in gen.deltas)
+        calls: dict[int, dict[str, Any]] = {}
+        for delta in gen.deltas:
+            for fragment in delta.get("tool_calls", []):
+                call = calls.setdefault(fragment["index"], {"id": None, "type": "function",
+                                                            "function": {"name": None, "arguments": ""}})
+                call["id"] = call["id"] or fragment.get("id")
+                fn = fragment.get("function", {})
+                call["function"]["name"] = call["function"]["name"] or fn.get("name")
+                call["function"]["arguments"] += fn.get("arguments", "")
+        message = {"role": "assistant", "content": text or None, "refusal": None, "annotations": None,
+                   "audio": None, "function_call": None, "reasoning": thought or None,
+                   "tool_calls": [calls[i] for i in sorted(calls)]}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.model, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                                  "finish_reason": gen.finish_reason, "stop_reason": None}],
+                "usage": gen.usage(), "prompt_logprobs": None, "kv_transfer_params": None}
