@@ -1,0 +1,1029 @@
+"""Configuration loading, the way NeMo Gym configures its ``vllm_model`` server.
+
+A gateway deployment is described by the same YAML a NeMo Gym user already has:
+
+* one or more config files, deep-merged in order (later files win);
+* an ``env.yaml`` whose top-level keys are merged over the config files and are
+  what ``${name}`` interpolations normally refer to (``policy_base_url``,
+  ``policy_api_key``, ``policy_model_name``);
+* dotted command-line overrides (``key.path=value``, ``+key.path=value``,
+  ``~key.path``), applied last so they win over everything.
+
+The precedence (config files < env.yaml < command line) is NeMo Gym's. The
+model server block lives at ``<server_name>.responses_api_models.<name>`` (NeMo
+Gym's form) or at the shorter ``<server_name>.<name>``; when both are present
+the short one is merged over the long one, so an override written in the short
+form patches a config written in the long form.
+
+We deliberately do not depend on Hydra/OmegaConf: the gateway needs only the
+small, well-defined subset above, and owning it lets every error name the exact
+key path and keeps secrets out of messages.
+"""
+
+import copy
+import difflib
+import logging
+import math
+import os
+import re
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import yaml
+
+__all__ = [
+    "NEMO_GYM_IGNORED_KEYS",
+    "Config",
+    "ConfigError",
+    "GatewaySettings",
+    "ModelServerConfig",
+    "load_config",
+    "redacted",
+    "shortcut_overrides",
+]
+
+logger = logging.getLogger("gateway.config")
+
+# OmegaConf's marker for "mandatory value, not filled in yet".
+_MISSING = "???"
+
+# Shown instead of secret values.
+_REDACTED = "***"
+
+# Top-level keys the CLI shortcut flags fill in; the shipped configs refer to
+# them as ${policy_base_url} etc., exactly like NeMo Gym's.
+_SHORTCUT_KEYS = {
+    "policy_base_url": "--base-url",
+    "policy_model_name": "--model",
+    "policy_api_key": "--api-key",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    The message names the offending key path (or file, for load errors) and
+    never contains the value of ``api_key`` or other secrets. ``key`` holds the
+    dotted key path when there is one, for callers that want it separately.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# --------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------
+
+# Keys NeMo Gym's VLLMModelConfig (and the server-instance config it inherits:
+# host/port/num_workers/entrypoint/domain/name, plus the per-type ``datasets``)
+# accepts but that mean nothing to the gateway. They are accepted so a NeMo Gym
+# config loads unchanged, and otherwise ignored.
+NEMO_GYM_IGNORED_KEYS = frozenset(
+    {
+        # Server placement/launch, decided by NeMo Gym's launcher, not by us.
+        "entrypoint",
+        "name",
+        "host",
+        "port",
+        "num_workers",
+        "domain",
+        "datasets",
+        # vllm_model behaviour the gateway does not implement (or implements
+        # through its own `gateway:` settings).
+        "uses_interleaved_reasoning",
+        "preserve_reasoning_in_assistant_content",
+        "sequential_reasoning_allowed",
+        "is_responses_native",
+        "audio_root",
+        "use_completions_api",
+        "render_chat_template",
+        "tokenizer",
+    }
+)
+
+# Values of ignored keys that are NeMo Gym's defaults (or what its shipped
+# configs always set), so they do not deserve a warning. None means "absent".
+_IGNORED_KEY_INERT_VALUES: dict[str, tuple[Any, ...]] = {
+    "entrypoint": (None, "app.py"),
+    "uses_interleaved_reasoning": (None, True),
+    "preserve_reasoning_in_assistant_content": (None, False),
+    "sequential_reasoning_allowed": (None, True),
+    "is_responses_native": (None, False),
+    "use_completions_api": (None, False),
+    "render_chat_template": (None, False),
+}
+
+# Where to look instead, for ignored keys that have a gateway counterpart.
+_IGNORED_KEY_HINTS = {
+    "host": "the gateway listens on gateway.host",
+    "port": "the gateway listens on gateway.port",
+    "uses_interleaved_reasoning": "see gateway.reasoning_history",
+    "preserve_reasoning_in_assistant_content": "see gateway.reasoning_history",
+}
+
+
+def _is_inert(key: str, value: Any) -> bool:
+    # Compare type-aware: YAML's 1 must not count as True, nor 0 as False.
+    return any(type(value) is type(inert) and value == inert for inert in _IGNORED_KEY_INERT_VALUES.get(key, (None,)))
+
+
+def _field_error(field: str, message: str) -> ValueError:
+    # msgspec turns a ValueError raised in __post_init__ into a ValidationError
+    # carrying only the message, without a path. The "field: message" shape
+    # lets _convert() put the full key path in front of it.
+    return ValueError(f"{field}: {message}")
+
+
+def _display_url(url: str) -> str:
+    """The URL with any password in it masked, fit for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0].split(":", 1)[0]
+        return urlunsplit(parts._replace(netloc=f"{userinfo}:{_REDACTED}@{netloc[1]}"))
+    except ValueError:
+        return url
+
+
+def _check_url(url: Any, field: str) -> str:
+    if not isinstance(url, str):
+        raise _field_error(field, f"expected str, got {_type_name(url)}")
+    url = url.strip().rstrip("/")
+    example = "expected http(s)://host[:port][/path], e.g. http://localhost:8000/v1"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError:
+        raise _field_error(field, f"{_display_url(url)!r} has an invalid port ({example})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        hint = " (missing http:// ?)" if "://" not in url else ""
+        raise _field_error(field, f"{_display_url(url)!r} is not an http(s) URL{hint}; {example}")
+    if url.count("://") > 1:
+        # e.g. `policy_base_url=http://a:8000/v1,http://b:8000/v1`, which would otherwise pass as one URL.
+        raise _field_error(field, f"{_display_url(url)!r} looks like several URLs; give them as a list [url1, url2]")
+    return url
+
+
+class ModelServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One upstream model server block; keys and meanings are NeMo Gym's ``vllm_model`` ones."""
+
+    # One or more vLLM OpenAI-compatible servers (".../v1"); requests are spread
+    # over them. A single string is accepted and normalised to a list.
+    base_url: list[str]
+    # Sent as the bearer token; may be empty for an unauthenticated vLLM.
+    api_key: str = ""
+    model: str
+    # Attach prompt/generation token IDs and logprobs to output items (training).
+    return_token_id_information: bool = False
+    # vLLM runs with a reasoning parser, so reasoning arrives in a separate
+    # field rather than inside <think> tags in the content.
+    uses_reasoning_parser: bool = True
+    # Ask vLLM to return prompt and generation token IDs inline.
+    request_prompt_and_generation_token_ids: bool = False
+    replace_developer_role_with_system: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    # Merged into every upstream request body (OpenAI client's extra_body).
+    extra_body: dict[str, Any] | None = None
+    # Sampling parameters forced on every upstream request, replacing the caller's.
+    sampling_overrides: dict[str, Any] | None = None
+    default_headers: dict[str, str] = {}
+
+    # Accepted for NeMo Gym compatibility, ignored (see NEMO_GYM_IGNORED_KEYS).
+    entrypoint: Any = None
+    name: Any = None
+    host: Any = None
+    port: Any = None
+    num_workers: Any = None
+    domain: Any = None
+    datasets: Any = None
+    uses_interleaved_reasoning: Any = None
+    preserve_reasoning_in_assistant_content: Any = None
+    sequential_reasoning_allowed: Any = None
+    is_responses_native: Any = None
+    audio_root: Any = None
+    use_completions_api: Any = None
+    render_chat_template: Any = None
+    tokenizer: Any = None
+
+    def __post_init__(self) -> None:
+        # Runs both after msgspec.convert and on direct construction, so the
+        # invariants below hold however the object was made.
+        if isinstance(self.base_url, str):
+            self.base_url = [_check_url(self.base_url, "base_url")]
+        elif isinstance(self.base_url, list) and self.base_url:
+            self.base_url = [_check_url(u, f"base_url[{i}]") for i, u in enumerate(self.base_url)]
+        else:
+            raise _field_error("base_url", "must be a URL or a non-empty list of URLs")
+        if self.api_key is None:  # `policy_api_key:` left blank in env.yaml
+            self.api_key = ""
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise _field_error("model", "must be a non-empty model name")
+        if self.default_headers is None:
+            self.default_headers = {}
+
+
+class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The gateway's own settings: the top-level ``gateway:`` section."""
+
+    host: str = "127.0.0.1"
+    # Deliberately neither vLLM's 8000 nor the NeMo Gym head server's usual ports.
+    port: int = 8300
+    # Reasoning output items carry summary_text parts (what NeMo Gym produces)
+    # or raw reasoning_text content.
+    reasoning_presentation: Literal["summary", "raw"] = "summary"
+    # How reasoning items found in input history are re-sent to vLLM: inlined
+    # as <think>...</think> in the assistant content, as a separate message
+    # field, or dropped.
+    reasoning_history: Literal["think_tags", "field", "drop"] = "think_tags"
+    # Message field used when reasoning_history == "field".
+    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    # The chat template already opens <think> in the prompt, so generated text
+    # starts inside reasoning (relevant without a reasoning parser).
+    reasoning_starts_open: bool = False
+    connect_timeout_s: float = 10.0
+    # Total time allowed for one upstream request, streaming included.
+    request_timeout_s: float = 3600.0
+    max_request_bytes: int = 16 * 1024 * 1024
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
+            raise _field_error("port", f"must be between 1 and 65535, got {self.port!r}")
+        for field in ("connect_timeout_s", "request_timeout_s"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+                raise _field_error(field, f"must be a finite number of seconds > 0, got {value!r}")
+        size = self.max_request_bytes
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise _field_error("max_request_bytes", f"must be > 0, got {self.max_request_bytes!r}")
+
+
+class Config(msgspec.Struct, kw_only=True):
+    """The loaded configuration."""
+
+    server_name: str  # top-level key holding the model server block, e.g. "policy_model"
+    model_server: ModelServerConfig
+    gateway: GatewaySettings
+
+
+# --------------------------------------------------------------------------
+# Small tree helpers
+# --------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _deep_merge(base: Any, other: Any) -> Any:
+    """OmegaConf-style merge: mappings merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(other, dict):
+        merged = dict(base)
+        for key, value in other.items():
+            merged[key] = _deep_merge(merged[key], value) if key in merged else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(other)
+
+
+def _split_path(dotted: str) -> list[str]:
+    # `a[0].b` and `a.0.b` both address list items, as in OmegaConf.
+    return re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
+
+
+def _get_path(root: Any, parts: Sequence[str]) -> tuple[bool, Any]:
+    node = root
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+# --------------------------------------------------------------------------
+# YAML files
+# --------------------------------------------------------------------------
+
+
+def _load_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    shown = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {shown} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {shown} is a directory, not a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {shown} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {shown} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        # Report position and problem only: PyYAML's full message quotes the
+        # offending line, which may well hold an API key.
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{what} {where}: not valid YAML: {problem}") from None
+    if data is None:  # an empty file (or only comments) is an empty mapping
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {shown}: the top level must be a mapping of keys, got {_type_name(data)}")
+    return data
+
+
+# --------------------------------------------------------------------------
+# Command-line overrides
+# --------------------------------------------------------------------------
+
+# Key segments: anything but separators, brackets, whitespace and the
+# characters that carry meaning in override syntax.
+_KEY_PATH_RE = re.compile(r"[^\s.=~+\[\]${}]+(?:\.[^\s.=~+\[\]${}]+)*")
+_INT_RE = re.compile(r"[-+]?(?:0|[1-9](?:_?[0-9])*)")
+_FLOAT_RE = re.compile(r"[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|inf|nan)", re.IGNORECASE)
+_SINGLE_QUOTED_RE = re.compile(r"'(?:[^']|'')*'", re.DOTALL)
+_DOUBLE_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Key names whose values are credentials: api_key, policy_api_key, hf_token...
+# (whole words only, so max_tokens is not one).
+_SECRET_NAME_RE = re.compile(
+    r"(?:^|[._-])(?:api[_-]?key|apikey|token|secret|password|passwd|authorization)(?:$|[._-])", re.IGNORECASE
+)
+
+
+def _shown_override(text: str) -> str:
+    """The override as it may appear in a message: secret-looking values masked."""
+    key, sep, _ = text.partition("=")
+    return f"{key}={_REDACTED}" if sep and _SECRET_NAME_RE.search(key) else text
+
+
+def _parse_override_value(raw: str, text: str) -> Any:
+    """Hydra-like value parsing: a few scalar forms and YAML flow collections; otherwise the text verbatim.
+
+    We do not hand arbitrary text to YAML: `yes`, `2024-01-01`, `a: b` or
+    `x #y` would come back as something other than what was typed.
+    """
+    if raw == "":
+        return ""
+    if _SINGLE_QUOTED_RE.fullmatch(raw):
+        # Same as YAML single quotes ('' is a quote) but without line folding,
+        # so any string survives a quote/unquote round trip exactly.
+        return raw[1:-1].replace("''", "'")
+    if _DOUBLE_QUOTED_RE.fullmatch(raw):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {_shown_override(text)!r}: invalid double-quoted string") from None
+    if raw[0] in "[{":
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, (list, dict)):
+            raise ConfigError(f"override {_shown_override(text)!r}: value is not a valid [list] or {{mapping}}")
+        return value
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "~"):
+        return None
+    if _INT_RE.fullmatch(raw):
+        return int(raw.replace("_", ""))
+    if _FLOAT_RE.fullmatch(raw):
+        return float(raw)
+    return raw
+
+
+def _parse_override(text: str) -> tuple[str, list[str], bool, Any]:
+    """Split an override into (operation, key path, has_value, value)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"override {text!r} is not a string")
+    malformed = ConfigError(
+        f"malformed override {_shown_override(text)!r}: expected key.path=value, +key.path=value or ~key.path"
+    )
+    if text.startswith("~"):
+        op, body = "delete", text[1:]
+    elif text.startswith("++"):
+        op, body = "set", text[2:]
+    elif text.startswith("+"):
+        op, body = "set", text[1:]
+    else:
+        op, body = "set", text
+    # The key cannot contain "=", so the first one separates key and value and
+    # the value may contain any number of them (base64 API keys do).
+    key, sep, raw = body.partition("=")
+    key = key.strip()
+    if not _KEY_PATH_RE.fullmatch(key) or (op == "set" and not sep):
+        raise malformed
+    value = _parse_override_value(raw, text) if sep else None
+    return op, key.split("."), bool(sep), value
+
+
+def _apply_override(root: dict[str, Any], text: str, server_name: str) -> None:
+    op, parts, has_value, value = _parse_override(text)
+    dotted = ".".join(parts)
+    if op == "set":
+        # Hydra distinguishes key=, +key= and ++key=; we accept all three as
+        # "set, creating the key if needed", which is what users mean here.
+        node = root
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:  # absent, or `key: null` in YAML: becomes a mapping
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"override {_shown_override(text)!r}: cannot set {dotted} because {where} "
+                    f"is a {_type_name(child)}, not a mapping",
+                    key=dotted,
+                )
+            node = child
+        node[parts[-1]] = value
+        return
+
+    # Deletion. A short-form path (`server.name.key`) also finds the key in the
+    # long form, mirroring how the two forms are merged.
+    candidates = [parts]
+    if len(parts) >= 3 and parts[0] == server_name and parts[1] != "responses_api_models":
+        candidates.append([parts[0], "responses_api_models", *parts[1:]])
+    for candidate in candidates:
+        found, current = _get_path(root, candidate)
+        parent_found, parent = _get_path(root, candidate[:-1])
+        if found and parent_found and isinstance(parent, dict):
+            if has_value and current != value:
+                raise ConfigError(
+                    f"override {_shown_override(text)!r}: {dotted} does not have that value, not deleting it",
+                    key=dotted,
+                )
+            del parent[candidate[-1]]
+            return
+    raise ConfigError(f"override {text.partition('=')[0]!r}: cannot delete {dotted}, it is not set", key=dotted)
+
+
+def _quote_override_value(value: str) -> str:
+    """Quote a string so that the override parser and interpolation return it unchanged."""
+    # `${` would start an interpolation: escape it the OmegaConf way, doubling
+    # any backslashes right in front of it (they would otherwise be read as
+    # escaping each other).
+    value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    return "'" + value.replace("'", "''") + "'"
+
+
+def shortcut_overrides(base_url: str | None, model: str | None, api_key: str | None) -> list[str]:
+    """Overrides for the CLI shortcut flags (--base-url, --model, --api-key).
+
+    They set the top-level ``policy_base_url``, ``policy_model_name`` and
+    ``policy_api_key`` that the configs interpolate, and, being overrides,
+    win over env.yaml. Values are taken verbatim: an API key full of ``=``,
+    ``:``, ``#``, quotes or even ``${`` comes through unchanged. ``None``
+    means "flag not given".
+    """
+    overrides = []
+    for key, value in (("policy_base_url", base_url), ("policy_model_name", model), ("policy_api_key", api_key)):
+        if value is not None:
+            overrides.append(f"+{key}={_quote_override_value(value)}")
+    return overrides
+
+
+# --------------------------------------------------------------------------
+# Interpolation
+# --------------------------------------------------------------------------
+
+
+class _Ref(msgspec.Struct, frozen=True):
+    expr: str  # what was between ${ and }
+
+
+# A `${` together with the backslashes right before it, which decide whether it is escaped.
+_INTERP_START_RE = re.compile(r"(\\*)\$\{")
+
+
+def _split_interpolations(text: str, key: str) -> list[str | _Ref]:
+    """Split a string into literal text and ${...} references, OmegaConf-style.
+
+    ``\\${`` is a literal ``${``; ``\\\\${x}`` is a backslash followed by an
+    interpolation. Backslashes elsewhere are left alone.
+    """
+    parts: list[str | _Ref] = []
+    literal: list[str] = []
+    pos = 0
+    while (m := _INTERP_START_RE.search(text, pos)) is not None:
+        literal.append(text[pos : m.start()])
+        backslashes = len(m.group(1))
+        literal.append("\\" * (backslashes // 2))
+        if backslashes % 2:
+            literal.append("${")
+            pos = m.end()
+            continue
+        end = text.find("}", m.end())
+        if end == -1:
+            raise ConfigError(f"{key}: unterminated ${{...}} interpolation", key=key)
+        expr = text[m.end() : end].strip()
+        if "${" in expr or "{" in expr:
+            raise ConfigError(f"{key}: nested interpolations such as ${{{expr}}}}} are not supported", key=key)
+        if not expr:
+            raise ConfigError(f"{key}: empty ${{}} interpolation", key=key)
+        if "".join(literal):
+            parts.append("".join(literal))
+        literal = []
+        parts.append(_Ref(expr))
+        pos = end + 1
+    literal.append(text[pos:])
+    if "".join(literal) or not parts:
+        parts.append("".join(literal))
+    return parts
+
+
+def _env_hint(name: str) -> str:
+    hints = ["define it in env.yaml", f"pass {name}=... on the command line"]
+    if name in _SHORTCUT_KEYS:
+        hints.append(f"use {_SHORTCUT_KEYS[name]}")
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        hints.append(f"set the environment variable {name.upper()}")
+    return ", ".join(hints[:-1]) + ", or " + hints[-1]
+
+
+class _Resolver:
+    """Resolves ${...} references against the merged tree, then the environment.
+
+    Lazy: only the values the gateway reads are resolved, so unrelated parts of
+    a larger NeMo Gym config may reference things that are not set here.
+    """
+
+    def __init__(self, root: dict[str, Any], environ: Mapping[str, str]) -> None:
+        self._root = root
+        self._environ = environ
+        self._cache: dict[str, Any] = {}
+        self._in_progress: list[str] = []  # names being resolved, for cycle detection
+        self._origin = ""  # the gateway key whose value started the current resolution
+
+    def resolve(self, value: Any, key: str) -> Any:
+        """Resolve ``value``, found at ``key``, recursively."""
+        self._origin = key
+        return self._resolve(value, key)
+
+    def _resolve(self, value: Any, key: str) -> Any:
+        if isinstance(value, str):
+            return self._resolve_str(value, key)
+        if isinstance(value, dict):
+            return {k: self._resolve(v, _join(key, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    def _resolve_str(self, text: str, key: str) -> Any:
+        if "${" not in text:
+            return text
+        parts = _split_interpolations(text, key)
+        if len(parts) == 1 and isinstance(parts[0], _Ref):
+            # The whole value is one reference: keep the referenced value's type.
+            return self._lookup(parts[0].expr, key)
+        pieces = []
+        for part in parts:
+            if isinstance(part, str):
+                pieces.append(part)
+                continue
+            value = self._lookup(part.expr, key)
+            if isinstance(value, (dict, list)):
+                raise ConfigError(
+                    f"{key}: ${{{part.expr}}} is a {_type_name(value)} and cannot be embedded in a string", key=key
+                )
+            pieces.append(str(value))  # OmegaConf's rendering of embedded scalars
+        return "".join(pieces)
+
+    def _missing(self, key: str, expr: str, what: str) -> ConfigError:
+        needed_by = f" (needed by {self._origin})" if key != self._origin else ""
+        return ConfigError(f"{key} refers to ${{{expr}}}, {what}{needed_by}", key=key)
+
+    def _lookup(self, expr: str, key: str) -> Any:
+        if expr.startswith("oc.env:"):
+            return self._lookup_env(expr, key)
+        if ":" in expr:
+            resolver = expr.split(":", 1)[0]
+            raise ConfigError(f"{key}: the ${{{resolver}:...}} resolver is not supported (only oc.env)", key=key)
+        if expr.startswith("."):
+            raise ConfigError(
+                f"{key}: relative interpolation ${{{expr}}} is not supported; use the full key path", key=key
+            )
+
+        found, raw = _get_path(self._root, _split_path(expr))
+        if found and raw != _MISSING:
+            if expr in self._cache:
+                return copy.deepcopy(self._cache[expr])
+            if expr in self._in_progress:
+                chain = " -> ".join([self._origin, *self._in_progress[self._in_progress.index(expr) :], expr])
+                raise ConfigError(f"{self._origin}: interpolation cycle: {chain}", key=self._origin)
+            self._in_progress.append(expr)
+            try:
+                value = self._resolve(raw, expr)
+            finally:
+                self._in_progress.pop()
+            self._cache[expr] = value
+            return copy.deepcopy(value)
+
+        # Not in the tree: fall back to the environment, as the exact name,
+        # then upper-cased (policy_base_url -> POLICY_BASE_URL). Environment
+        # values are plain strings and are not interpolated further.
+        for name in (expr, expr.upper()):
+            if name in self._environ:
+                return self._environ[name]
+        state = "which is set to ??? (a mandatory value never filled in)" if found else "which is not set"
+        raise self._missing(key, expr, f"{state}: {_env_hint(expr)}")
+
+    def _lookup_env(self, expr: str, key: str) -> Any:
+        var, has_default, default = expr[len("oc.env:") :].partition(",")
+        var = var.strip()
+        if not var:
+            raise ConfigError(f"{key}: ${{oc.env:}} needs a variable name", key=key)
+        if var in self._environ:
+            return self._environ[var]
+        if has_default:
+            default = default.strip()
+            if default == "null":
+                return None
+            if len(default) >= 2 and default[0] == default[-1] and default[0] in "'\"":
+                default = default[1:-1]
+            return default
+        raise self._missing(key, expr, f"but the environment variable {var} is not set")
+
+
+# --------------------------------------------------------------------------
+# Locating and validating the blocks
+# --------------------------------------------------------------------------
+
+
+class _Block(msgspec.Struct):
+    value: dict[str, Any]
+    long_path: str | None  # "<server>.responses_api_models.<name>", if that form is present
+    short_path: str | None  # "<server>.<name>", if that form is present
+    short_keys: frozenset[str]  # keys the short form sets (they win)
+
+    def path_of(self, field: str) -> str:
+        """Where a field was written, so errors point at the right place."""
+        if self.short_path is not None and (field in self.short_keys or self.long_path is None):
+            return self.short_path
+        return self.long_path or ""
+
+
+def _find_model_block(root: dict[str, Any], server_name: str, sources: str) -> _Block:
+    looked = f"looked for {server_name}.responses_api_models.<name> (NeMo Gym's form) and {server_name}.<name>"
+    server = root.get(server_name)
+    if not isinstance(server, dict) or not server:
+        others = sorted(
+            k for k, v in root.items() if isinstance(v, dict) and isinstance(v.get("responses_api_models"), dict)
+        )
+        names = ", ".join(others)
+        hint = f"; model server blocks exist under: {names} (choose one as the server name)" if others else ""
+        if server is not None and not isinstance(server, dict):
+            raise ConfigError(
+                f"{server_name}: expected a mapping holding the model server block, got {_type_name(server)}",
+                key=server_name,
+            )
+        raise ConfigError(f"no model server block found: {looked}{sources}{hint}", key=server_name)
+
+    long_path = short_path = None
+    long_block: dict[str, Any] = {}
+    name = None
+    models = server.get("responses_api_models")
+    if models is not None:
+        if not isinstance(models, dict):
+            key = f"{server_name}.responses_api_models"
+            raise ConfigError(f"{key}: expected a mapping of one model server, got {_type_name(models)}", key=key)
+        if len(models) > 1:
+            key = f"{server_name}.responses_api_models"
+            raise ConfigError(
+                f"{key} holds several model servers ({', '.join(map(str, models))}); keep exactly one, "
+                f"e.g. delete the others with ~{key}.<name>",
+                key=key,
+            )
+        if models:
+            name = next(iter(models))
+            long_path = f"{server_name}.responses_api_models.{name}"
+            long_block = models[name]
+            if not isinstance(long_block, dict):
+                raise ConfigError(f"{long_path}: expected a mapping, got {_type_name(long_block)}", key=long_path)
+
+    others = [k for k in server if k != "responses_api_models"]
+    for key in others:
+        if server[key] is not None and not isinstance(server[key], dict):
+            full = f"{server_name}.{key}"
+            raise ConfigError(
+                f"{full}: unexpected key; model server settings belong under "
+                f"{server_name}.responses_api_models.<name> or {server_name}.<name>",
+                key=full,
+            )
+    if name is not None:
+        unexpected = [k for k in others if k != name]
+        if unexpected:
+            key = f"{server_name}.{unexpected[0]}"
+            raise ConfigError(
+                f"{key}: unexpected key; the model server is {long_path}, which the short form "
+                f"{server_name}.{name} may also set",
+                key=key,
+            )
+    elif len(others) > 1:
+        raise ConfigError(
+            f"{server_name} holds several candidate model server blocks ({', '.join(map(str, others))}); "
+            "keep exactly one",
+            key=server_name,
+        )
+    elif others:
+        name = others[0]
+    else:
+        raise ConfigError(f"no model server block found: {looked}{sources}", key=server_name)
+
+    short_block: dict[str, Any] = {}
+    if name in server:
+        short_path = f"{server_name}.{name}"
+        short_block = server[name]
+        if short_block is None:
+            short_block = {}
+        if not isinstance(short_block, dict):
+            raise ConfigError(f"{short_path}: expected a mapping, got {_type_name(short_block)}", key=short_path)
+
+    return _Block(
+        value=_deep_merge(long_block, short_block),
+        long_path=long_path,
+        short_path=short_path,
+        short_keys=frozenset(short_block),
+    )
+
+
+_MSGSPEC_PATH_RE = re.compile(r"^(?P<msg>.*) - at (?P<inkey>`key` in )?`\$(?P<path>[^`]*)`$", re.DOTALL)
+_POST_INIT_RE = re.compile(r"^(?P<field>[A-Za-z_]\w*)(?P<index>\[\d+\])?: (?P<msg>.*)$", re.DOTALL)
+
+
+def _convert(data: dict[str, Any], cls: type, path_of: Callable[[str], str]) -> Any:
+    """msgspec.convert with errors carrying the full dotted key path."""
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as e:
+        text = str(e)
+    if m := _MSGSPEC_PATH_RE.match(text):
+        # "$.field[0].x" -> "<prefix>.field[0].x"
+        rel = m["path"].lstrip(".")
+        field = re.split(r"[.\[]", rel, maxsplit=1)[0]
+        key = path_of(field) + ("." if not rel.startswith("[") else "") + rel
+        message = m["msg"].replace("`", "")
+        message = message[:1].lower() + message[1:]
+        if m["inkey"]:
+            message = f"mapping key: {message}"
+        allowed = typing.get_args(typing.get_type_hints(cls).get(field))
+        if message.startswith("invalid enum value") and allowed:
+            message += f"; expected one of: {', '.join(map(repr, allowed))}"
+    elif m := _POST_INIT_RE.match(text):
+        key = _join(path_of(m["field"]), m["field"] + (m["index"] or ""))
+        message = m["msg"]
+    else:  # not expected: the pre-checks catch unknown and missing keys
+        key = path_of("")
+        message = text.replace("`", "")
+    raise ConfigError(f"{key}: {message}", key=key) from None
+
+
+def _check_keys(
+    data: dict[str, Any], cls: type, path_of: Callable[[str], str], required: Sequence[str] = ()
+) -> None:
+    known = cls.__struct_fields__
+    for key in data:
+        if key not in known:
+            full = _join(path_of(str(key)), key)
+            close = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+            if cls is ModelServerConfig:
+                # The ignored NeMo Gym keys are accepted too, but listing them would bury the useful ones.
+                listed = ", ".join(sorted(f for f in known if f not in NEMO_GYM_IGNORED_KEYS))
+                listed += f" (and NeMo Gym's {', '.join(sorted(NEMO_GYM_IGNORED_KEYS))}, which are ignored)"
+            else:
+                listed = ", ".join(sorted(known))
+            raise ConfigError(f"{full}: unknown key{suggestion}; known keys: {listed}", key=full)
+    for key in required:
+        full = _join(path_of(key), key)
+        if key not in data:
+            raise ConfigError(f"{full}: required key is missing", key=full)
+        if data[key] == _MISSING:
+            raise ConfigError(f"{full}: set to ??? (a mandatory value never filled in)", key=full)
+
+
+def _build_model_server(block: _Block, resolver: _Resolver, secrets: set[str]) -> ModelServerConfig:
+    _check_keys(block.value, ModelServerConfig, block.path_of, required=("base_url", "model"))
+    data: dict[str, Any] = {}
+    for key, raw in block.value.items():
+        full = _join(block.path_of(key), key)
+        if key in NEMO_GYM_IGNORED_KEYS:
+            # Never used, so an unresolvable reference in one must not stop us.
+            try:
+                data[key] = resolver.resolve(raw, full)
+            except ConfigError:
+                data[key] = raw
+            continue
+        data[key] = resolver.resolve(raw, full)
+    # The key may have come from the environment: later messages must not show it either.
+    _collect_secrets(data, secrets, block.path_of(""))
+
+    # A few shapes msgspec would reject with a less helpful message.
+    if data.get("api_key", "") is None:
+        data["api_key"] = ""
+    if "default_headers" in data and data["default_headers"] is None:
+        data["default_headers"] = {}
+    url = data["base_url"]
+    url_path = block.path_of("base_url")
+    if not isinstance(url, (str, list)) or url == []:
+        full = _join(url_path, "base_url")
+        raise ConfigError(f"{full}: expected a URL or a non-empty list of URLs, got {_type_name(url)}", key=full)
+    try:
+        # A single string is reported as `base_url`, a list item as `base_url[i]`.
+        if isinstance(url, str):
+            data["base_url"] = [_check_url(url, "base_url")]
+        else:
+            data["base_url"] = [_check_url(u, f"base_url[{i}]") for i, u in enumerate(url)]
+    except ValueError as e:
+        field = str(e).split(":", 1)[0]
+        raise ConfigError(f"{url_path}.{e}", key=_join(url_path, field)) from None
+    headers = data.get("default_headers")
+    if isinstance(headers, dict):
+        for name, value in headers.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                full = _join(block.path_of("default_headers"), f"default_headers.{name}")
+                what = "header name" if not isinstance(name, str) else "header value"
+                shown = value if isinstance(name, str) else name
+                raise ConfigError(f"{full}: {what} must be a str, got {_type_name(shown)}", key=full)
+
+    return _convert(data, ModelServerConfig, block.path_of)
+
+
+def _build_gateway(root: dict[str, Any], resolver: _Resolver) -> GatewaySettings:
+    section = root.get("gateway")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"gateway: expected a mapping of gateway settings, got {_type_name(section)}", key="gateway")
+
+    def path_of(_field: str) -> str:
+        return "gateway"
+
+    _check_keys(section, GatewaySettings, path_of)
+    data = {key: resolver.resolve(raw, f"gateway.{key}") for key, raw in section.items()}
+    if isinstance(data.get("log_level"), str):
+        data["log_level"] = data["log_level"].upper()  # `log_level: debug` is what people type
+    return _convert(data, GatewaySettings, path_of)
+
+
+def _warn_ignored(model_server: ModelServerConfig, block: _Block) -> None:
+    for key in sorted(NEMO_GYM_IGNORED_KEYS):
+        value = getattr(model_server, key)
+        if not _is_inert(key, value):
+            hint = f" ({_IGNORED_KEY_HINTS[key]})" if key in _IGNORED_KEY_HINTS else ""
+            # The value itself is not logged: configs are not a safe place to assume non-secret.
+            logger.warning(
+                "%s is a NeMo Gym setting the gateway does not use; ignoring it%s", _join(block.path_of(key), key), hint
+            )
+
+
+# --------------------------------------------------------------------------
+# Secrets
+# --------------------------------------------------------------------------
+
+
+def _is_secret_header(name: str) -> bool:
+    lowered = name.lower().replace("_", "-")
+    return any(word in lowered for word in ("auth", "api-key", "apikey", "token", "secret", "password", "cookie"))
+
+
+_WHOLE_REFERENCE_RE = re.compile(r"\$\{[^{}]*\}")
+
+
+def _collect_secrets(node: Any, into: set[str], key: str = "") -> None:
+    """Gather string values stored under secret-looking keys (api_key, *_token, headers...)."""
+    if isinstance(node, dict):
+        in_headers = key.endswith("default_headers")
+        for k, v in node.items():
+            secret = isinstance(k, str) and bool(_SECRET_NAME_RE.search(k) or (in_headers and _is_secret_header(k)))
+            if secret and isinstance(v, str):
+                # A bare reference such as ${policy_api_key} names the secret, it is not one.
+                if not _WHOLE_REFERENCE_RE.fullmatch(v):
+                    into.add(v)
+            else:
+                _collect_secrets(v, into, _join(key, k))
+    elif isinstance(node, list):
+        for v in node:
+            _collect_secrets(v, into, key)
+
+
+def _scrub(message: str, secrets: set[str]) -> str:
+    # Longest first, so a secret containing another is masked whole. Very short
+    # values are skipped: masking "abc" everywhere would garble messages, and
+    # is not a credential worth protecting.
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 6 and secret != "EMPTY":
+            message = message.replace(secret, _REDACTED)
+    return message
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The whole configuration as plain data, safe to print or log.
+
+    ``api_key``, secret-looking ``default_headers`` (Authorization, X-Api-Key,
+    ...) and passwords inside base URLs are replaced by "***". An empty
+    ``api_key`` stays empty, so "no key configured" remains visible.
+    """
+    data = msgspec.to_builtins(config)
+    server = data["model_server"]
+    if server.get("api_key"):
+        server["api_key"] = _REDACTED
+    server["default_headers"] = {
+        name: (_REDACTED if _is_secret_header(name) else value) for name, value in server["default_headers"].items()
+    }
+    server["base_url"] = [_display_url(url) for url in server["base_url"]]
+    # The key could also have been pasted into some other value (an ignored
+    # NeMo Gym key, extra_body...): mask it wherever it occurs.
+    return _scrub_tree(data, {config.model_server.api_key})
+
+
+def _scrub_tree(node: Any, secrets: set[str]) -> Any:
+    if isinstance(node, str):
+        return _scrub(node, secrets)
+    if isinstance(node, dict):
+        return {k: _scrub_tree(v, secrets) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_scrub_tree(v, secrets) for v in node]
+    return node
+
+
+# --------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------
+
+
+def load_config(
+    config_paths: Sequence[str | os.PathLike],
+    *,
+    env_file: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    server_name: str = "policy_model",
+) -> Config:
+    """Load, merge, interpolate and validate the configuration.
+
+    Precedence, lowest first (NeMo Gym's): ``config_paths`` in order, then
+    ``env_file``, then ``overrides`` in order. ``${name}`` refers to the merged
+    tree (dotted paths allowed), falling back to ``environ`` (exact name, then
+    upper-cased); ``${oc.env:VAR[,default]}`` reads ``environ`` directly.
+
+    Raises ConfigError, whose message names the offending key path or file.
+    """
+    if isinstance(config_paths, (str, os.PathLike)):  # a lone path is an easy mistake to make
+        config_paths = [config_paths]
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    environ = os.environ if environ is None else environ
+    if not isinstance(server_name, str) or not server_name or "." in server_name:
+        raise ConfigError(f"server name {server_name!r} must be a non-empty top-level key without dots")
+
+    root: dict[str, Any] = {}
+    secrets: set[str] = set()
+    try:
+        for path in config_paths:
+            root = _deep_merge(root, _load_yaml(path, "config file"))
+        if env_file is not None:
+            root = _deep_merge(root, _load_yaml(env_file, "env file"))
+        for text in overrides:
+            _apply_override(root, text, server_name)
+        _collect_secrets(root, secrets)
+
+        sources = f" (in {', '.join(map(os.fspath, config_paths))})" if config_paths else " (no config file given)"
+        block = _find_model_block(root, server_name, sources)
+        resolver = _Resolver(root, environ)
+        model_server = _build_model_server(block, resolver, secrets)
+        gateway = _build_gateway(root, resolver)
+    except ConfigError as e:
+        # Safety net: however a secret found its way into a message (say, an
+        # API key put in base_url by mistake), it does not leave this function.
+        message = _scrub(str(e), secrets)
+        if message != str(e):
+            raise ConfigError(message, key=e.key) from None
+        raise
+
+    _warn_ignored(model_server, block)
+    config = Config(server_name=server_name, model_server=model_server, gateway=gateway)
+    logger.debug("loaded configuration: %s", redacted(config))
+    return config
