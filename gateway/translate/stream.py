@@ -156,9 +156,7 @@ class ResponseStateMachine:
             self.start()
         if self._finish_reason is None:
             return self.fail("upstream_incomplete", "the upstream stream ended without a finish_reason")
-        if self._splitter is not None:
-            for is_reasoning, text in self._splitter.flush():
-                self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
+        self._flush_splitter()
         if self._held_call is not None:
             return self.fail("upstream_protocol_error", "the upstream sent a tool call without a function name")
         reason = _INCOMPLETE_REASONS.get(self._finish_reason)
@@ -200,6 +198,7 @@ class ResponseStateMachine:
         delta = choice.delta
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
+            self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
             if not self._seen_reasoning_field and self._splitter is not None:
                 # The server runs a reasoning parser: content will carry no open <think>.
                 self._seen_reasoning_field = True
@@ -215,10 +214,16 @@ class ResponseStateMachine:
                     elif self._open is not None and self._open.kind is Kind.REASONING:
                         self._close_open("completed")  # end of a <think> block
         if delta.tool_calls:
+            self._flush_splitter()
             for fragment in delta.tool_calls:
                 self._tool_fragment(fragment)
         if choice.finish_reason is not None:
             self._finish_reason = choice.finish_reason
+
+    def _flush_splitter(self) -> None:
+        if self._splitter is not None:
+            for is_reasoning, text in self._splitter.flush():
+                self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
 
     def _text(self, kind: Kind, text: str) -> None:
         open_item = self._open

@@ -9,7 +9,8 @@ Output is a list of ``(is_reasoning, text)`` segments. A closing tag also yields
 reasoning items even with nothing between them.
 
 A ``</think>`` outside reasoning (a template that opened thinking in the prompt while the gateway
-was told it did not) is dropped rather than leaked into the answer.
+was told it did not) is dropped rather than leaked into the answer. Symmetrically, when told the
+output starts inside reasoning, a ``<think>`` the model writes anyway before any text is dropped.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ Segment = tuple[bool, str]
 
 
 class ThinkSplitter:
-    __slots__ = ("inside", "_held")
+    __slots__ = ("inside", "_held", "_fresh")
 
     def __init__(self, starts_inside: bool = False) -> None:
         self.inside = starts_inside
         self._held = ""
+        # Started inside and nothing but whitespace seen: a leading <think> is redundant.
+        self._fresh = starts_inside
 
     def feed(self, text: str) -> list[Segment]:
         buf = self._held + text if self._held else text
         if "<" not in buf:  # the common case: no tag can start here
             self._held = ""
+            if self._fresh and buf.strip():
+                self._fresh = False
             return [(self.inside, buf)] if buf else []
         out: list[Segment] = []
         while True:
@@ -40,6 +45,7 @@ class ThinkSplitter:
                 break
             if cut:
                 out.append((self.inside, buf[:cut]))
+            self._fresh = False
             buf = buf[cut + tag_len :]
             if closes:
                 if self.inside:
@@ -51,6 +57,8 @@ class ThinkSplitter:
         keep = self._undecided_suffix(buf)
         self._held = buf[len(buf) - keep :] if keep else ""
         emit = buf[: len(buf) - keep] if keep else buf
+        if self._fresh and emit.strip():
+            self._fresh = False
         if emit:
             out.append((self.inside, emit))
         return out
@@ -64,6 +72,10 @@ class ThinkSplitter:
         """Position, length and kind (closing?) of the first tag that matters in this state."""
         close_at = buf.find(CLOSE_TAG)
         if self.inside:
+            if self._fresh:
+                open_at = buf.find(OPEN_TAG)
+                if open_at >= 0 and not buf[:open_at].strip() and (close_at < 0 or open_at < close_at):
+                    return (open_at, len(OPEN_TAG), False)  # redundant: already inside
             return (close_at, len(CLOSE_TAG), True)
         open_at = buf.find(OPEN_TAG)
         if open_at >= 0 and (close_at < 0 or open_at < close_at):
@@ -76,7 +88,7 @@ class ThinkSplitter:
         i = buf.find("<", start)
         while i >= 0:
             tail = buf[i:]
-            if CLOSE_TAG.startswith(tail) or (not self.inside and OPEN_TAG.startswith(tail)):
+            if CLOSE_TAG.startswith(tail) or ((not self.inside or self._fresh) and OPEN_TAG.startswith(tail)):
                 return len(tail)
             i = buf.find("<", i + 1)
         return 0
