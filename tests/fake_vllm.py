@@ -34,9 +34,18 @@ class Generation:
     delay: float = 0.0  # seconds between chunks
     pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
     send_done: bool = True
+    # token tracking: a delta may carry "_tokens": [(id, logprob), ...], the tokens it decodes from;
+    # finish_tokens are the tokens of the finish chunk (the end-of-turn token, text "").
+    finish_tokens: list[tuple[int, float]] = field(default_factory=list)
+    prompt_token_ids: list[int] = field(default_factory=lambda: [151644, 872, 198, 6023, 151645])
+    inline_token_ids: bool = True  # honour return_token_ids (older vLLM ignores it)
+
+    def all_tokens(self) -> list[tuple[int, float]]:
+        return [t for d in self.deltas for t in d.get("_tokens", [])] + self.finish_tokens
 
     def usage(self) -> dict[str, Any]:
-        completion = self.completion_tokens if self.completion_tokens is not None else len(self.deltas)
+        counted = len(self.all_tokens()) or len(self.deltas)
+        completion = self.completion_tokens if self.completion_tokens is not None else counted
         return {
             "prompt_tokens": self.prompt_tokens,
             "total_tokens": self.prompt_tokens + completion,
@@ -86,6 +95,10 @@ class FakeVLLM:
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/health", self._health)
+        self.app.router.add_post("/tokenize", self._tokenize)
+        self.tokenize_requests: list[dict[str, Any]] = []
+        self.tokenize_prompt: list[int] = Generation().prompt_token_ids
+        self.tokenize_delay = 0.0
 
     def queue(self, *generations: Generation) -> None:
         self.script.extend(generations)
@@ -101,6 +114,13 @@ class FakeVLLM:
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response()
 
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.tokenize_requests.append({"body": body, "started": time.monotonic()})
+        await asyncio.sleep(self.tokenize_delay)
+        return web.json_response({"count": len(self.tokenize_prompt), "max_model_len": 4096,
+                                  "tokens": self.tokenize_prompt, "token_strs": None})
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = {"path": request.path, "body": body, "headers": dict(request.headers),
@@ -111,6 +131,8 @@ class FakeVLLM:
             return web.json_response(
                 {"error": {"message": gen.error_message, "type": "BadRequestError", "param": None,
                            "code": gen.status}}, status=gen.status)
+        self._body = body
+        self._gen = gen
         if not body.get("stream"):
             await asyncio.sleep(gen.stall_before)
             return web.json_response(self._completion(gen))
@@ -119,7 +141,11 @@ class FakeVLLM:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
             await asyncio.sleep(gen.stall_before)
-            await self._send(response, self._chunk(chunk_id, {"role": "assistant", "content": ""}))
+            first = self._chunk(chunk_id, {"role": "assistant", "content": ""})
+            if body.get("return_token_ids") and gen.inline_token_ids:
+                first["prompt_token_ids"] = gen.prompt_token_ids
+            await self._send(response, first)
+            record["first_chunk_at"] = time.monotonic()
             for i, delta in enumerate(gen.deltas):
                 if gen.stream_error_after == i:
                     await self._send(response, {"error": {"message": gen.error_message or "engine error",
@@ -132,11 +158,13 @@ class FakeVLLM:
                 if gen.delay or i in gen.pauses:
                     await asyncio.sleep(gen.delay + gen.pauses.get(i, 0.0))
                 await self._send(response, self._chunk(chunk_id, delta))
+            record["last_chunk_at"] = time.monotonic()
             if gen.drop_after is not None and gen.drop_after >= len(gen.deltas):
                 request.transport.close()
                 return response
             if gen.finish_reason is not None:
-                await self._send(response, self._chunk(chunk_id, {"content": ""}, gen.finish_reason))
+                await self._send(response, self._chunk(chunk_id, {"content": "", "_tokens": gen.finish_tokens},
+                                                       gen.finish_reason))
             if body.get("stream_options", {}).get("include_usage"):
                 await self._send(response, {"id": chunk_id, "object": "chat.completion.chunk",
                                             "created": int(time.time()), "model": self.model, "choices": [],
@@ -153,8 +181,26 @@ class FakeVLLM:
         await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         await asyncio.sleep(0)  # let the socket flush, as one chunk per engine step does
 
+    def _logprobs(self, tokens: list[tuple[int, float]]) -> Optional[dict[str, Any]]:
+        """vLLM's choice.logprobs; with return_tokens_as_token_ids each token is "token_id:<id>"."""
+        if not self._body.get("logprobs"):
+            return None
+        as_ids = self._body.get("return_tokens_as_token_ids")
+        entries = []
+        for token_id, logprob in tokens:
+            token = f"token_id:{token_id}" if as_ids else f"<{token_id}>"
+            entries.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
+                            "top_logprobs": [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+                            [: self._body.get("top_logprobs") or 0]})
+        return {"content": entries}
+
     def _chunk(self, chunk_id: str, delta: dict[str, Any], finish_reason: Optional[str] = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        tokens = delta.get("_tokens", [])
+        delta = {k: v for k, v in delta.items() if not k.startswith("_")}
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": self._logprobs(tokens) if tokens else None,
+                                  "finish_reason": finish_reason}
+        if self._body.get("return_token_ids") and self._gen.inline_token_ids and "role" not in delta:
+            choice["token_ids"] = [t for t, _ in tokens]
         if finish_reason is not None:
             choice["stop_reason"] = None
         return {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
@@ -175,7 +221,13 @@ class FakeVLLM:
         message = {"role": "assistant", "content": text or None, "refusal": None, "annotations": None,
                    "audio": None, "function_call": None, "reasoning": thought or None,
                    "tool_calls": [calls[i] for i in sorted(calls)]}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.model, "choices": [{"index": 0, "message": message, "logprobs": None,
-                                                  "finish_reason": gen.finish_reason, "stop_reason": None}],
-                "usage": gen.usage(), "prompt_logprobs": None, "kv_transfer_params": None}
+        tokens = gen.all_tokens()
+        choice = {"index": 0, "message": message, "logprobs": self._logprobs(tokens) if tokens else None,
+                  "finish_reason": gen.finish_reason, "stop_reason": None}
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                      "created": int(time.time()), "model": self.model, "choices": [choice],
+                      "usage": gen.usage(), "prompt_logprobs": None, "kv_transfer_params": None}
+        if self._body.get("return_token_ids") and gen.inline_token_ids:
+            choice["token_ids"] = [t for t, _ in tokens]
+            completion["prompt_token_ids"] = gen.prompt_token_ids
+        return completion

@@ -118,6 +118,10 @@ class Message(msgspec.Struct):
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
     tool_calls: Optional[list[ToolCall]] = None
+    # A complete token bundle some training servers put on the message (NeMo Gym's first source).
+    prompt_token_ids: Optional[list[int]] = None
+    generation_token_ids: Optional[list[int]] = None
+    generation_log_probs: Optional[list[float]] = None
 
 
 class CompletionChoice(msgspec.Struct):

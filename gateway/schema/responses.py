@@ -224,6 +224,8 @@ class ResponseError(msgspec.Struct, kw_only=True):
 
 class IncompleteDetails(msgspec.Struct, kw_only=True):
     reason: str
+    # Why, in words, when the reason alone would mislead (e.g. nothing was generated at all).
+    message: Union[str, UnsetType] = UNSET
 
 
 class Response(msgspec.Struct, kw_only=True):

@@ -17,11 +17,10 @@ import orjson
 from aiohttp import web
 
 from ..config import Config
-from ..schema import chat
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
-from ..translate.stream import ResponseStateMachine, StreamOptions, chunk_from_completion
+from ..translate.stream import ResponseStateMachine, StreamOptions
 from ..upstream.client import (
     ChatStream,
     Timeouts,
@@ -109,84 +108,126 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     return await _complete(client, plan)
 
 
+class PromptTokens:
+    """Prompt token ids for token tracking: ``/tokenize`` runs concurrently with the generation,
+    so it adds no latency; it is skipped when vLLM sends the ids inline."""
+
+    def __init__(self, client: VLLMClient, base: str, plan: ChatPlan) -> None:
+        self._client, self._base, self._plan = client, base, plan
+        self._task: Optional[asyncio.Task[list[int]]] = None
+        if plan.track_tokens and plan.tokenize is not None:
+            self._task = asyncio.ensure_future(client.tokenize(base, plan.tokenize))
+
+    async def get(self, machine: ResponseStateMachine) -> Optional[list[int]]:
+        tokens = machine.tokens
+        if tokens is None or tokens.bundle is not None or tokens.inline_prompt_ids is not None:
+            return None  # not needed
+        if self._task is None:  # inline ids were asked for but did not come: fall back to /tokenize
+            from ..translate.tokens import tokenize_body
+
+            self._task = asyncio.ensure_future(self._client.tokenize(self._base, tokenize_body(self._plan.body)))
+        return await self._task
+
+    def cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        elif self._task is not None and not self._task.cancelled():
+            self._task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _machine(plan: ChatPlan) -> ResponseStateMachine:
+    return ResponseStateMachine(plan.response, plan.options, track_tokens=plan.track_tokens,
+                                text_logprobs=plan.text_logprobs)
+
+
 async def _complete(client: VLLMClient, plan: ChatPlan) -> web.Response:
-    machine = ResponseStateMachine(plan.response, plan.options)
+    machine = _machine(plan)
     machine.start()
+    base = client.pick()
+    prompt = PromptTokens(client, base, plan)
     try:
-        completion = await client.complete_chat(plan.body)
-    except UpstreamHTTPError as exc:
-        if exc.is_context_overflow:
-            return _json(_context_overflow_response(plan))
-        return _upstream_error_response(exc)
-    except UpstreamError as exc:
-        return _upstream_error_response(exc)
-    machine.feed(chunk_from_completion(completion))
-    machine.finish()
-    assert machine.final is not None
-    return _json(machine.final)
+        try:
+            completion = await client.complete_chat(plan.body, base)
+        except UpstreamHTTPError as exc:
+            if not exc.is_context_overflow:
+                return _upstream_error_response(exc)
+            machine.context_overflow(exc.upstream_message)
+            return _json(machine.final)
+        except UpstreamError as exc:
+            return _upstream_error_response(exc)
+        machine.feed_completion(completion)
+        if not machine.done:
+            try:
+                prompt_ids = await prompt.get(machine)
+            except UpstreamError as exc:
+                return _upstream_error_response(exc)
+            machine.finish(prompt_ids)
+        final = machine.final
+        if final is not None and final.status == "failed" and final.error is not None:
+            # Without a stream there is no response.failed to carry it: an HTTP error says it.
+            return error_response(502, final.error.message, type_="upstream_error", code=final.error.code)
+        return _json(final)
+    finally:
+        prompt.cancel()
 
 
 async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan) -> web.StreamResponse:
-    machine = ResponseStateMachine(plan.response, plan.options)
-    overflow = False
+    machine = _machine(plan)
+    overflow: Optional[str] = None
     upstream: Optional[ChatStream] = None
-    # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
+    base = client.pick()
+    prompt = PromptTokens(client, base, plan)
     try:
-        upstream = await client.open_chat_stream(plan.body)
-    except UpstreamHTTPError as exc:
-        if not exc.is_context_overflow:
+        # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
+        try:
+            upstream = await client.open_chat_stream(plan.body, base)
+        except UpstreamHTTPError as exc:
+            if not exc.is_context_overflow:
+                return _upstream_error_response(exc)
+            overflow = exc.upstream_message
+        except UpstreamError as exc:
             return _upstream_error_response(exc)
-        overflow = True
-    except UpstreamError as exc:
-        return _upstream_error_response(exc)
 
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    try:
+        response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         await response.write(encode_events(machine.start()))
-        if overflow:
-            await response.write(encode_events(_context_overflow_events(machine)))
+        if overflow is not None:
+            await response.write(encode_events(machine.context_overflow(overflow)))
         else:
             assert upstream is not None
-            await _relay(upstream, machine, response)
+            await _relay(upstream, machine, response, prompt)
         await response.write_eof()
+        return response
     finally:
+        prompt.cancel()
         if upstream is not None:
             upstream.close()  # on any exit, including a client that left: vLLM stops generating
-    return response
 
 
-async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse) -> None:
+async def _relay(
+    upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse, prompt: PromptTokens
+) -> None:
     try:
         async for chunk in upstream:
-            events = machine.finish() if chunk is None else machine.feed(chunk)
+            if chunk is None:  # [DONE]
+                break
+            events = machine.feed(chunk)
             if events:
                 await response.write(encode_events(events))
             if machine.done:
                 return
-        events = machine.finish()
+        if machine.finish_reason is None:
+            events = machine.finish()  # fails: the stream ended without finishing
+        else:
+            events = machine.finish(await prompt.get(machine))
     except UpstreamError as exc:
         events = machine.fail(exc.code, exc.message)
     if events:
         await response.write(encode_events(events))
 
 
-def _context_overflow_events(machine: ResponseStateMachine) -> list[Any]:
-    """vLLM refused the prompt as longer than the context: an empty, incomplete Response, so that
-    a rollout goes on (NeMo Gym's behaviour)."""
-    machine.feed(chat.ChatChunk(choices=[chat.ChunkChoice(finish_reason="length")]))
-    return machine.finish()
-
-
-def _context_overflow_response(plan: ChatPlan) -> Response:
-    machine = ResponseStateMachine(plan.response, plan.options)
-    machine.start()
-    _context_overflow_events(machine)
-    assert machine.final is not None
-    return machine.final
-
-
-def _json(response: Response) -> web.Response:
+def _json(response: Optional[Response]) -> web.Response:
+    assert response is not None
     return web.Response(body=_response_encoder.encode(response), content_type="application/json")
 
 
@@ -216,6 +257,7 @@ def conversion_settings(config: Config) -> ConversionSettings:
         reasoning_field=gw.reasoning_field,
         replace_developer_role_with_system=model.replace_developer_role_with_system,
         return_token_id_information=model.return_token_id_information,
+        request_prompt_and_generation_token_ids=model.request_prompt_and_generation_token_ids,
         chat_template_kwargs=model.chat_template_kwargs,
         extra_body=model.extra_body,
         sampling_overrides=model.sampling_overrides,

@@ -21,6 +21,7 @@ import orjson
 from ..schema import responses as r
 from .errors import InvalidRequest, from_validation_error
 from .stream import StreamOptions
+from .tokens import tokenize_body
 
 # Parameters a client may send that the gateway accepts but which change nothing here: it stores no
 # responses, has one service tier, and vLLM caches prefixes by itself.
@@ -48,6 +49,7 @@ _VLLM_SAMPLING_EXTENSIONS = (
     "repetition_penalty",
 )
 
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 _TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
@@ -63,6 +65,7 @@ class ConversionSettings:
     reasoning_field: str = "reasoning_content"
     replace_developer_role_with_system: bool = False
     return_token_id_information: bool = False
+    request_prompt_and_generation_token_ids: bool = False
     chat_template_kwargs: Optional[dict[str, Any]] = None
     extra_body: Optional[dict[str, Any]] = None
     sampling_overrides: Optional[dict[str, Any]] = None
@@ -77,6 +80,10 @@ class ChatPlan:
     stream: bool
     response: r.Response
     options: StreamOptions
+    track_tokens: bool = False  # return_token_id_information: ids and logprobs of the generation
+    text_logprobs: bool = False  # include: ["message.output_text.logprobs"]
+    # /tokenize body, when prompt ids must come from there (started concurrently with generation)
+    tokenize: Optional[dict[str, Any]] = None
 
 
 _request_decoder = msgspec.json.Decoder(r.ResponsesRequest)
@@ -87,7 +94,7 @@ def decode_request(raw: bytes) -> r.ResponsesRequest:
         return _request_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}.", param=None, code="invalid_json"
         ) from None
@@ -129,6 +136,22 @@ def plan_chat_request(
     body = {**extra, **body}
     if settings.sampling_overrides:
         body.update(copy.deepcopy(settings.sampling_overrides))
+    text_logprobs = bool(req.include and LOGPROBS_INCLUDE in req.include)
+    if text_logprobs:
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or 0
+    tokenize = None
+    if settings.return_token_id_information:
+        if body.get("n", 1) != 1:
+            raise InvalidRequest("token tracking needs one choice per request: n must be 1.", param="n")
+        # vLLM names each generated token "token_id:<int>" and gives its logprob.
+        body["logprobs"] = True
+        body.setdefault("top_logprobs", 0)
+        body["return_tokens_as_token_ids"] = True
+        if settings.request_prompt_and_generation_token_ids:
+            body["return_token_ids"] = True
+        else:
+            tokenize = tokenize_body(body)
     body["stream"] = req.stream
     if req.stream:
         body["stream_options"] = {"include_usage": True}
@@ -154,7 +177,9 @@ def plan_chat_request(
         user=req.user,
         metadata=dict(metadata),
     )
-    return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options)
+    return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options,
+                    track_tokens=settings.return_token_id_information, text_logprobs=text_logprobs,
+                    tokenize=tokenize)
 
 
 # --- validation of what cannot be honoured ------------------------------------------------------
@@ -179,14 +204,11 @@ def _reject_unsupported(req: r.ResponsesRequest) -> None:
             param="background",
             code="unsupported_parameter",
         )
-    if req.include and "message.output_text.logprobs" in req.include:
+    if req.top_logprobs is not None and not 0 <= req.top_logprobs <= 20:
         raise InvalidRequest(
-            "include 'message.output_text.logprobs' is not supported yet.",
-            param="include",
-            code="unsupported_value",
+            f"Invalid 'top_logprobs': expected a value between 0 and 20, got {req.top_logprobs}.",
+            param="top_logprobs",
         )
-    if req.top_logprobs is not None:
-        raise InvalidRequest("top_logprobs is not supported yet.", param="top_logprobs", code="unsupported_parameter")
     if req.max_output_tokens is not None and req.max_output_tokens < 1:
         raise InvalidRequest(
             f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, "
@@ -209,21 +231,25 @@ def _reject_unsupported(req: r.ResponsesRequest) -> None:
 class _AssistantTurn:
     """Consecutive assistant-side items, gathered into one Chat Completions message."""
 
-    __slots__ = ("reasoning", "text", "tool_calls", "token_fields")
+    __slots__ = ("pieces", "tool_calls", "token_fields")
 
     def __init__(self) -> None:
-        self.reasoning: list[str] = []
-        self.text: list[str] = []
+        self.pieces: list[tuple[bool, str]] = []  # (is_reasoning, text), in item order
         self.tool_calls: list[dict[str, Any]] = []
         self.token_fields: Optional[dict[str, Any]] = None
 
-    def to_message(self, settings: ConversionSettings) -> dict[str, Any]:
-        text = "".join(self.text)
+    def to_message(self, settings: ConversionSettings) -> Optional[dict[str, Any]]:
+        mode = settings.reasoning_history
+        if mode == "think_tags":  # one content buffer in item order, as the model wrote it
+            text = "".join(f"<think>{t}</think>" if is_reasoning else t for is_reasoning, t in self.pieces)
+        else:
+            text = "".join(t for is_reasoning, t in self.pieces if not is_reasoning)
+        reasoning = [t for is_reasoning, t in self.pieces if is_reasoning]
+        if not text and not self.tool_calls and not (mode == "field" and reasoning) and self.token_fields is None:
+            return None  # nothing to send (NeMo Gym sends no empty assistant turn)
         message: dict[str, Any] = {"role": "assistant"}
-        if settings.reasoning_history == "think_tags":
-            text = "".join(f"<think>{block}</think>" for block in self.reasoning) + text
-        elif settings.reasoning_history == "field" and self.reasoning:
-            message[settings.reasoning_field] = "\n\n".join(self.reasoning)
+        if mode == "field" and reasoning:
+            message[settings.reasoning_field] = "\n\n".join(reasoning)
         message["content"] = text if text or not self.tool_calls else None
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
@@ -244,7 +270,9 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
     def end_turn() -> None:
         nonlocal turn
         if turn is not None:
-            messages.append(turn.to_message(settings))
+            message = turn.to_message(settings)
+            if message is not None:
+                messages.append(message)
             turn = None
 
     for i, raw in enumerate(raw_items):
@@ -263,14 +291,14 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
         if turn is None:
             turn = _AssistantTurn()
         if isinstance(item, r.MessageItem):
-            turn.text.append(_assistant_text(item.content, where))
+            turn.pieces.append((False, _assistant_text(item.content, where)))
         elif isinstance(item, r.FunctionCallInput):
             turn.tool_calls.append(
                 {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
             )
         elif isinstance(item, r.ReasoningInput):
             blocks = [part.text for part in item.summary] or [part.text for part in item.content or []]
-            turn.reasoning.extend(block for block in blocks if block)
+            turn.pieces.extend((True, block) for block in blocks if block)
         token_fields = _token_fields(item, where)
         if token_fields is not None:
             turn.token_fields = token_fields  # the last item carrying them wins (NeMo Gym)

@@ -11,16 +11,18 @@ depends only on which output item is open (at most one is, ever):
 
     input                    | nothing open | reasoning open | message open | call open
     -------------------------+--------------+----------------+--------------+-----------------
-    reasoning text           | open R       | append         | switch to R  | switch to R
+    reasoning text           | open R       | append (*)     | switch to R  | switch to R
     answer text              | open M       | switch to M    | append       | switch to M
-    end of a <think> block   | -            | close          | -            | -
+    end of a <think> block   | -            | mark ended     | -            | -
     tool call, new index     | open F       | switch to F    | switch to F  | switch to F
     tool call, open index    | -            | -              | -            | append
     tool call, closed index  | fail: the upstream interleaved calls (vLLM never does)
     finish_reason / usage    | remembered; the terminal event comes from finish()
+    (*) switch to a new R when the open one's <think> block has ended
 
 "switch" closes the open item (its ``*.done`` events, then ``output_item.done``) and opens the new
-one. Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
+one. The last item stays open until ``finish()``, because with token tracking its
+``output_item.done`` carries the generation's token ids (NeMo Gym reads them from the last item). Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
 whitespace is held until more text shows it was not trailing, so ``"</think>\\n\\n"`` before a tool
 call does not produce an empty message. A tool call whose name has not arrived yet is held (its
 argument pieces buffered) until the name arrives, because ``output_item.added`` must carry it.
@@ -31,13 +33,14 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import msgspec
 
 from ..schema import chat
 from ..schema import responses as r
 from .think import ThinkSplitter
+from .tokens import GenerationTokens, TokenInfoError, bundle_from_message
 
 
 def random_id(prefix: str) -> str:
@@ -67,7 +70,7 @@ _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content
 class _OpenItem:
     """The item currently streaming: its final Struct and the text gathered so far."""
 
-    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index")
+    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index", "ended", "logprobs")
 
     def __init__(self, kind: Kind, item: r.OutputItem, index: int, call_index: int = -1) -> None:
         self.kind = kind
@@ -76,6 +79,8 @@ class _OpenItem:
         self.parts: list[str] = []  # text / arguments pieces, joined once at close
         self.pending_ws = ""  # trailing whitespace not yet known to be inside the block
         self.call_index = call_index
+        self.ended = False  # a reasoning block whose </think> was seen
+        self.logprobs: list[Any] = []  # client-requested logprobs of a message's text
 
 
 class _HeldCall:
@@ -94,6 +99,9 @@ class ResponseStateMachine:
         response: r.Response,
         options: StreamOptions = StreamOptions(),
         new_id: Callable[[str], str] = random_id,
+        *,
+        track_tokens: bool = False,
+        text_logprobs: bool = False,
     ) -> None:
         # ``response`` carries the request's echo fields (model, tools, instructions, ...).
         self._base = response
@@ -110,6 +118,12 @@ class ResponseStateMachine:
         self._finish_reason: Optional[str] = None
         self._usage: Optional[chat.Usage] = None
         self._started = False
+        # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
+        self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
+        self._text_logprobs = text_logprobs
+        self._pending_logprobs: list[Any] = []  # logprobs of message text not yet emitted
+        self._chunk_logprobs: list[Any] = []
+        self._chunk_message_text = False  # this chunk had answer text (maybe held back)
         self.final: Optional[r.Response] = None  # set once a terminal event was produced
 
     # --- public API ----------------------------------------------------------------------------
@@ -141,15 +155,31 @@ class ResponseStateMachine:
             return self.fail("upstream_error", chunk.error.message or "the upstream reported an error")
         if chunk.usage is not None:
             self._usage = chunk.usage
+        if chunk.prompt_token_ids is not None and self.tokens is not None:
+            self.tokens.inline_prompt_ids = chunk.prompt_token_ids
         try:
+            if len(chunk.choices) > 1:
+                raise _UpstreamProtocolError("the upstream sent several choices; the gateway asks for one (n=1)")
             for choice in chunk.choices:
                 self._feed_choice(choice)
         except _UpstreamProtocolError as exc:
             return self.fail("upstream_protocol_error", str(exc))
+        except TokenInfoError as exc:
+            return self.fail("token_information_invalid", str(exc))
         return self._take()
 
-    def finish(self) -> list[r.StreamEvent]:
-        """The upstream stream ended normally (``[DONE]`` or end of body)."""
+    def feed_completion(self, completion: chat.ChatCompletion) -> list[r.StreamEvent]:
+        """A whole non-streaming completion: the same machine, fed it as one chunk."""
+        if self.tokens is not None and completion.choices:
+            try:
+                self.tokens.bundle = bundle_from_message(completion.choices[0].message)
+            except TokenInfoError as exc:
+                return self.fail("token_information_invalid", str(exc))
+        return self.feed(chunk_from_completion(completion))
+
+    def finish(self, prompt_token_ids: Optional[list[int]] = None) -> list[r.StreamEvent]:
+        """The upstream stream ended normally (``[DONE]`` or end of body). With token tracking,
+        ``prompt_token_ids`` are what ``/tokenize`` returned (unless vLLM sent them inline)."""
         if self.final is not None:
             return []
         if not self._started:
@@ -159,18 +189,40 @@ class ResponseStateMachine:
         self._flush_splitter()
         if self._held_call is not None:
             return self.fail("upstream_protocol_error", "the upstream sent a tool call without a function name")
+        if self.tokens is not None:
+            try:
+                info = self.tokens.assemble(prompt_token_ids, self._usage.completion_tokens if self._usage else None)
+            except TokenInfoError as exc:
+                return self.fail("token_information_invalid", str(exc))
+            if self._open is None:  # nothing was generated but tokens were: an empty message holds them
+                self._open_text_item(Kind.MESSAGE)
+            assert self._open is not None
+            item = self._open.item
+            item.prompt_token_ids = info.prompt_token_ids
+            item.generation_token_ids = info.generation_token_ids
+            item.generation_log_probs = info.generation_log_probs
         reason = _INCOMPLETE_REASONS.get(self._finish_reason)
-        status = "incomplete" if reason else "completed"
+        return self._terminal("incomplete" if reason else "completed", r.IncompleteDetails(reason=reason) if reason else None)
+
+    def context_overflow(self, message: str) -> list[r.StreamEvent]:
+        """vLLM refused the prompt as longer than the context: an empty ``incomplete`` Response, so
+        that a training rollout goes on (NeMo Gym's behaviour), saying why and that no tokens exist."""
+        if self.final is not None:
+            return []
+        if not self._started:
+            self.start()
+        note = f"Nothing was generated: {message}"
+        if self.tokens is not None:
+            note += " No token information exists for this response."
+        return self._terminal("incomplete", r.IncompleteDetails(reason="max_output_tokens", message=note))
+
+    def _terminal(self, status: str, details: Optional[r.IncompleteDetails]) -> list[r.StreamEvent]:
         self._close_open(status)
         final = msgspec.structs.replace(
-            self._base,
-            status=status,
-            output=self._output,
-            usage=self._response_usage(),
-            incomplete_details=r.IncompleteDetails(reason=reason) if reason else None,
+            self._base, status=status, output=self._output, usage=self._response_usage(), incomplete_details=details
         )
         self.final = final
-        self._emit(r.ResponseIncomplete(response=final) if reason else r.ResponseCompleted(response=final))
+        self._emit(r.ResponseIncomplete(response=final) if details else r.ResponseCompleted(response=final))
         return self._take()
 
     def fail(self, code: str, message: str) -> list[r.StreamEvent]:
@@ -196,6 +248,10 @@ class ResponseStateMachine:
 
     def _feed_choice(self, choice: chat.ChunkChoice) -> None:
         delta = choice.delta
+        if self.tokens is not None:
+            self.tokens.add_choice(choice)
+        if self._text_logprobs and choice.logprobs is not None and choice.logprobs.content:
+            self._chunk_logprobs = [_client_logprob(entry) for entry in choice.logprobs.content]
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
@@ -212,7 +268,14 @@ class ResponseStateMachine:
                     if text:
                         self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
                     elif self._open is not None and self._open.kind is Kind.REASONING:
-                        self._close_open("completed")  # end of a <think> block
+                        self._open.ended = True  # end of a <think> block; closed when output moves on
+        if self._chunk_logprobs:
+            # Not consumed by a message delta: the tokens were reasoning or a tag (dropped), or
+            # message text still held back (kept for the delta that will carry it).
+            if self._chunk_message_text or (self._splitter is not None and self._splitter.holds_text):
+                self._pending_logprobs += self._chunk_logprobs
+            self._chunk_logprobs = []
+        self._chunk_message_text = False
         if delta.tool_calls:
             self._flush_splitter()
             for fragment in delta.tool_calls:
@@ -226,8 +289,10 @@ class ResponseStateMachine:
                 self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
 
     def _text(self, kind: Kind, text: str) -> None:
+        if kind is Kind.MESSAGE:
+            self._chunk_message_text = True
         open_item = self._open
-        if open_item is None or open_item.kind is not kind:
+        if open_item is None or open_item.kind is not kind or open_item.ended:
             text = text.lstrip()
             if not text:
                 return  # whitespace never opens an item
@@ -323,7 +388,14 @@ class ResponseStateMachine:
     def _emit_text_delta(self, open_item: _OpenItem, text: str) -> None:
         item_id, index = open_item.item.id, open_item.index
         if open_item.kind is Kind.MESSAGE:
-            self._emit(r.OutputTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
+            logprobs: list[Any] = []
+            if self._text_logprobs:
+                logprobs = self._pending_logprobs + self._chunk_logprobs
+                self._pending_logprobs, self._chunk_logprobs = [], []
+                open_item.logprobs += logprobs
+            self._emit(
+                r.OutputTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text, logprobs=logprobs)
+            )
         elif self._options.reasoning_presentation == "raw":
             self._emit(r.ReasoningTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
         else:
@@ -338,9 +410,12 @@ class ResponseStateMachine:
         text = "".join(open_item.parts)
         item.status = status
         if isinstance(item, r.OutputMessage):
-            part = r.OutputText(text=text)
+            part = r.OutputText(text=text, logprobs=open_item.logprobs)
             item.content = [part]
-            self._emit(r.OutputTextDone(item_id=item.id, output_index=index, content_index=0, text=text))
+            self._emit(
+                r.OutputTextDone(item_id=item.id, output_index=index, content_index=0, text=text,
+                                 logprobs=open_item.logprobs)
+            )
             self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=0, part=part))
         elif isinstance(item, r.ReasoningItem):
             if self._options.reasoning_presentation == "raw":
@@ -385,6 +460,20 @@ class ResponseStateMachine:
 
 class _UpstreamProtocolError(Exception):
     pass
+
+
+def _client_logprob(entry: chat.TokenLogprob) -> dict[str, Any]:
+    """vLLM's logprob entry in the Responses shape (``bytes`` always present)."""
+    return {
+        "token": entry.token,
+        "logprob": entry.logprob,
+        "bytes": entry.bytes if entry.bytes is not None else list(entry.token.encode("utf-8")),
+        "top_logprobs": [
+            {"token": top.token, "logprob": top.logprob,
+             "bytes": top.bytes if top.bytes is not None else list(top.token.encode("utf-8"))}
+            for top in entry.top_logprobs or []
+        ],
+    }
 
 
 def _added_snapshot(item: r.OutputItem) -> r.OutputItem:

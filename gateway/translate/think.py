@@ -63,6 +63,11 @@ class ThinkSplitter:
             out.append((self.inside, emit))
         return out
 
+    @property
+    def holds_text(self) -> bool:
+        """Answer text is held back (a possible tag start outside reasoning)."""
+        return bool(self._held) and not self.inside
+
     def flush(self) -> list[Segment]:
         """End of stream: a held-back partial tag was text after all."""
         held, self._held = self._held, ""

@@ -161,14 +161,14 @@ class VLLMClient:
     def pick(self) -> str:
         return self.base_urls[next(self._next)]
 
-    async def open_chat_stream(self, body: dict[str, Any]) -> ChatStream:
-        base = self.pick()
+    async def open_chat_stream(self, body: dict[str, Any], base: Optional[str] = None) -> ChatStream:
+        base = base or self.pick()
         url = f"{base}/chat/completions"
         response = await self._post(url, body)
         return ChatStream(response, base)
 
-    async def complete_chat(self, body: dict[str, Any]) -> chat.ChatCompletion:
-        base = self.pick()
+    async def complete_chat(self, body: dict[str, Any], base: Optional[str] = None) -> chat.ChatCompletion:
+        base = base or self.pick()
         url = f"{base}/chat/completions"
         response = await self._post(url, body)
         try:
@@ -198,6 +198,31 @@ class VLLMClient:
             raise UpstreamTimeout(f"{base} did not answer {path} in time") from None
         except orjson.JSONDecodeError:
             raise UpstreamError(f"{base}{path} did not answer with JSON") from None
+
+    async def tokenize(self, base: str, body: dict[str, Any]) -> list[int]:
+        """vLLM's ``/tokenize``, which lives at the server root, not under ``/v1``."""
+        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        url = f"{root}/tokenize"
+        try:
+            async with self.session.post(url, data=orjson.dumps(body), headers=self._headers) as response:
+                raw = await response.read()
+                if response.status >= 400:
+                    error = _http_error(base, response.status, raw)
+                    raise UpstreamError(f"/tokenize failed: {error.message}")
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"Could not connect to the vLLM server at {root} for /tokenize: "
+                                      f"{_describe(exc)}") from None
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(f"{root}/tokenize did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"/tokenize at {root} failed: {_describe(exc)}") from None
+        try:
+            tokens = orjson.loads(raw)["tokens"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError(f"{url} did not answer with vLLM's {{tokens, count, max_model_len}}") from None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise UpstreamError(f"{url} answered 'tokens' that are not a list of integers")
+        return tokens
 
     async def models(self) -> Any:
         return await self.get_json(self.base_urls[0], "/models")
