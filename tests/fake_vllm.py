@@ -39,6 +39,11 @@ class Generation:
     finish_tokens: list[tuple[int, float]] = field(default_factory=list)
     prompt_token_ids: list[int] = field(default_factory=lambda: [151644, 872, 198, 6023, 151645])
     inline_token_ids: bool = True  # honour return_token_ids (older vLLM ignores it)
+    # A recorded answer, replayed byte for byte instead of the above: a streamed body (SSE) or a
+    # JSON completion, with its HTTP status.
+    raw_body: Optional[bytes] = None
+    raw_status: int = 200
+    raw_content_type: str = "text/event-stream"
 
     def all_tokens(self) -> list[tuple[int, float]]:
         return [t for d in self.deltas for t in d.get("_tokens", [])] + self.finish_tokens
@@ -133,6 +138,9 @@ class FakeVLLM:
                            "code": gen.status}}, status=gen.status)
         self._body = body
         self._gen = gen
+        if gen.raw_body is not None:
+            return web.Response(body=gen.raw_body, status=gen.raw_status,
+                                headers={"Content-Type": gen.raw_content_type})
         if not body.get("stream"):
             await asyncio.sleep(gen.stall_before)
             return web.json_response(self._completion(gen))

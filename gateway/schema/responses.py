@@ -50,7 +50,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     reasoning: Optional[ReasoningParam] = None
     text: Optional[TextParam] = None
     user: Optional[str] = None
-    metadata: Optional[dict[str, str]] = None
+    metadata: Optional[dict[str, Any]] = None  # values must be strings: checked where the key can be named
     include: Optional[list[str]] = None
     # Accepted; the gateway keeps no state and has one service tier, so these have no effect.
     store: Optional[bool] = None

@@ -31,6 +31,8 @@ def from_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> Inv
     if match:
         path = match.group("path")
         text = text[: match.start()]
+        if "[...]" in path:  # msgspec's notation for "some key of a mapping": name the mapping
+            path = path[: path.index("[...]")]
     param = (prefix + path).lstrip(".") or None
     unknown = _UNKNOWN_FIELD.match(text)
     if unknown:
@@ -43,4 +45,6 @@ def from_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> Inv
         full = f"{param}.{name}" if param else name
         return InvalidRequest(f"Missing required parameter: '{full}'.", param=full, code="missing_required_parameter")
     where = f" at '{param}'" if param else ""
-    return InvalidRequest(f"Invalid value{where}: {text}.", param=param, code="invalid_type")
+    # "Expected `str`, got `int`" is a type error; "Invalid enum value 'robot'" a value error.
+    code = "invalid_type" if text.startswith("Expected") else "invalid_value"
+    return InvalidRequest(f"Invalid value{where}: {text}.", param=param, code=code)

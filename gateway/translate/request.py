@@ -109,7 +109,7 @@ def plan_chat_request(
     body: dict[str, Any] = {"model": settings.model, "messages": messages}
     if tools:
         body["tools"] = tools
-    tool_choice = _tool_choice(req.tool_choice, has_tools=bool(tools))
+    tool_choice = _tool_choice(req.tool_choice, [tool["function"]["name"] for tool in tools])
     if tool_choice is not None:
         body["tool_choice"] = tool_choice
     if req.parallel_tool_calls is not None and tools:
@@ -186,6 +186,10 @@ def plan_chat_request(
 
 
 def _reject_unsupported(req: r.ResponsesRequest) -> None:
+    for key, value in (req.metadata or {}).items():
+        if not isinstance(value, str):
+            raise InvalidRequest(f"Invalid 'metadata.{key}': metadata values must be strings.",
+                                 param=f"metadata.{key}", code="invalid_type")
     if req.previous_response_id is not None:
         raise InvalidRequest(
             "previous_response_id is not supported: the gateway stores no responses. "
@@ -245,7 +249,8 @@ class _AssistantTurn:
         else:
             text = "".join(t for is_reasoning, t in self.pieces if not is_reasoning)
         reasoning = [t for is_reasoning, t in self.pieces if is_reasoning]
-        if not text and not self.tool_calls and not (mode == "field" and reasoning) and self.token_fields is None:
+        carries_tokens = self.token_fields is not None and settings.return_token_id_information
+        if not text and not self.tool_calls and not (mode == "field" and reasoning) and not carries_tokens:
             return None  # nothing to send (NeMo Gym sends no empty assistant turn)
         message: dict[str, Any] = {"role": "assistant"}
         if mode == "field" and reasoning:
@@ -297,7 +302,7 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
                 {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
             )
         elif isinstance(item, r.ReasoningInput):
-            blocks = [part.text for part in item.summary] or [part.text for part in item.content or []]
+            blocks = [p.text for p in item.summary if p.text] or [p.text for p in item.content or [] if p.text]
             turn.pieces.extend((True, block) for block in blocks if block)
         token_fields = _token_fields(item, where)
         if token_fields is not None:
@@ -444,7 +449,8 @@ def _tools(tools: Optional[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return converted
 
 
-def _tool_choice(choice: Any, has_tools: bool) -> Any:
+def _tool_choice(choice: Any, tool_names: list[str]) -> Any:
+    has_tools = bool(tool_names)
     if choice is None:
         return None
     if isinstance(choice, str):
@@ -456,10 +462,17 @@ def _tool_choice(choice: Any, has_tools: bool) -> Any:
         if choice == "required" and not has_tools:
             raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
         return choice if has_tools else None
-    if choice.get("type") == "function" and isinstance(choice.get("name"), str):
+    if choice.get("type") == "function":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("Missing required parameter: 'tool_choice.name'.", param="tool_choice.name",
+                                 code="missing_required_parameter")
         if not has_tools:
             raise InvalidRequest("tool_choice names a function but no tools were given.", param="tool_choice")
-        return {"type": "function", "function": {"name": choice["name"]}}
+        if name not in tool_names:
+            raise InvalidRequest(f"tool_choice names the function {name!r}, which is not among the tools.",
+                                 param="tool_choice.name")
+        return {"type": "function", "function": {"name": name}}
     raise InvalidRequest(
         f"Invalid 'tool_choice': type {choice.get('type')!r} is not supported; "
         "use 'auto', 'none', 'required' or {'type': 'function', 'name': ...}.",
