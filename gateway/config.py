@@ -252,6 +252,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     request_timeout_s: float = 3600.0
     max_request_bytes: int = 16 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # What speaks Chat Completions behind the gateway. "llama.cpp" (llama-server) differs from vLLM
+    # in how token ids come back and in its /tokenize; see README, "Upstream flavours".
+    upstream_flavour: Literal["vllm", "llama.cpp"] = "vllm"
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -33,10 +33,10 @@ async def upstream() -> AsyncIterator[FakeVLLM]:
     await runner.cleanup()
 
 
-def gateway_config(base_url: str, *overrides: str) -> Config:
+def gateway_config(base_url: str, *overrides: str, model: str = MODEL) -> Config:
     return load_config(
         [ROOT / "config" / "vllm_model.yaml"],
-        overrides=shortcut_overrides(base_url, MODEL, "") + list(overrides),
+        overrides=shortcut_overrides(base_url, model, "") + list(overrides),
         environ={},
     )
 
@@ -73,8 +73,8 @@ async def make_gateway(upstream: FakeVLLM) -> AsyncIterator[GatewayFactory]:
     runners = []
     session = aiohttp.ClientSession()
 
-    async def make(*overrides: str, base_url: str | None = None) -> Gateway:
-        config = gateway_config(base_url or upstream.url, *overrides)  # type: ignore[attr-defined]
+    async def make(*overrides: str, base_url: str | None = None, model: str = MODEL) -> Gateway:
+        config = gateway_config(base_url or upstream.url, *overrides, model=model)  # type: ignore[attr-defined]
         runner = await start(config, port=0)
         runners.append(runner)
         return Gateway(bound_url(runner), upstream, config, session)
@@ -88,6 +88,35 @@ async def make_gateway(upstream: FakeVLLM) -> AsyncIterator[GatewayFactory]:
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory) -> Gateway:
     return await make_gateway()
+
+
+# --- the real inference server (llama.cpp + a small Qwen2.5 model) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator[str]:
+    """Base URL of a real llama-server: GATEWAY_REAL_UPSTREAM if set, else one started here from
+    the cached install. Skipped when not installed, unless GATEWAY_REQUIRE_REAL_BACKEND=1 (CI)."""
+    url = os.environ.get("GATEWAY_REAL_UPSTREAM")
+    if url:
+        yield url.rstrip("/")
+        return
+    from gateway.backends import llama_cpp
+
+    if not llama_cpp.installed():
+        message = "the llama.cpp backend is not installed: python -m gateway.backends.llama_cpp install"
+        if os.environ.get("GATEWAY_REQUIRE_REAL_BACKEND") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with llama_cpp.LlamaServer() as server:
+        yield server.url
+
+
+@pytest.fixture
+async def real_gateway(make_gateway: GatewayFactory, llama_server: str) -> Gateway:
+    from gateway.backends.llama_cpp import MODEL_ALIAS
+
+    return await make_gateway("gateway.upstream_flavour=llama.cpp", base_url=llama_server, model=MODEL_ALIAS)
 
 
 def free_port() -> int:

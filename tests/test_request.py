@@ -716,7 +716,7 @@ TRACKING_KEYS = ("logprobs", "top_logprobs", "return_tokens_as_token_ids", "retu
 def test_no_logprobs_by_default() -> None:
     result = plan({"input": "hi"})
     assert not set(TRACKING_KEYS) & set(result.body)
-    assert (result.text_logprobs, result.track_tokens, result.tokenize) == (False, False, None)
+    assert (result.text_logprobs, result.track_tokens, result.tokenize) == (None, False, None)
 
 
 @pytest.mark.parametrize(("top_logprobs", "expected"), [(None, 0), (0, 0), (5, 5), (20, 20)])
@@ -725,7 +725,7 @@ def test_include_logprobs_asks_vllm_for_them(top_logprobs: Any, expected: int) -
     if top_logprobs is not None:
         body["top_logprobs"] = top_logprobs
     result = plan(body)
-    assert result.text_logprobs is True
+    assert result.text_logprobs == expected  # alternatives per token the client gets
     assert (result.body["logprobs"], result.body["top_logprobs"]) == (True, expected)
     assert "return_tokens_as_token_ids" not in result.body
     assert result.response.top_logprobs == top_logprobs
@@ -734,7 +734,7 @@ def test_include_logprobs_asks_vllm_for_them(top_logprobs: Any, expected: int) -
 def test_top_logprobs_without_include_asks_for_nothing() -> None:
     result = plan({"input": "hi", "top_logprobs": 3})
     assert not set(TRACKING_KEYS) & set(result.body)
-    assert result.text_logprobs is False
+    assert result.text_logprobs is None
     assert result.response.top_logprobs == 3
 
 
@@ -753,7 +753,7 @@ def test_token_tracking_asks_for_token_ids_and_plans_a_tokenize_call() -> None:
     body = result.body
     assert (body["logprobs"], body["top_logprobs"], body["return_tokens_as_token_ids"]) == (True, 0, True)
     assert "return_token_ids" not in body
-    assert result.track_tokens is True and result.text_logprobs is False
+    assert result.track_tokens is True and result.text_logprobs is None
     # /tokenize gets exactly the prompt-deciding fields of the generation request (DESIGN.md).
     assert result.tokenize == {
         "model": MODEL,
@@ -781,7 +781,19 @@ def test_inline_prompt_token_ids_replace_the_tokenize_call() -> None:
 
 def test_token_tracking_keeps_the_clients_top_logprobs() -> None:
     result = plan({"input": "hi", "include": [LOGPROBS], "top_logprobs": 4}, return_token_id_information=True)
-    assert (result.body["top_logprobs"], result.text_logprobs, result.track_tokens) == (4, True, True)
+    assert (result.body["top_logprobs"], result.text_logprobs, result.track_tokens) == (4, 4, True)
+
+
+def test_llama_cpp_flavour_asks_for_ids_its_way() -> None:
+    """llama.cpp gives each token's id in logprobs (no return_tokens_as_token_ids) and sends logprobs
+    only with at least one alternative; its prompt ids always come from /tokenize."""
+    result = plan({"input": "hi"}, return_token_id_information=True, request_prompt_and_generation_token_ids=True,
+                  upstream_flavour="llama.cpp")
+    assert (result.body["logprobs"], result.body["top_logprobs"]) == (True, 1)
+    assert "return_tokens_as_token_ids" not in result.body and "return_token_ids" not in result.body
+    assert result.tokenize is not None and result.tokenize["messages"] == [{"role": "user", "content": "hi"}]
+    client = plan({"input": "hi", "include": [LOGPROBS]}, upstream_flavour="llama.cpp")
+    assert client.body["top_logprobs"] == 1 and client.text_logprobs == 0
 
 
 def test_token_tracking_needs_one_choice() -> None:

@@ -133,7 +133,7 @@ async def test_dropped_tokens_are_an_error_not_a_wrong_sample(make_gateway: Gate
     gateway.upstream.queue(generation)
     events, final = await gateway.stream({"input": "2+2?"})
     assert final["status"] == "failed" and final["error"]["code"] == "token_information_invalid"
-    assert f"reported {len(EXPECTED_IDS) + 3} generated tokens but sent log-probabilities for {len(EXPECTED_IDS)}" in final["error"]["message"]
+    assert f"upstream reported {len(EXPECTED_IDS) + 3} generated tokens but sent log-probabilities for {len(EXPECTED_IDS)}" in final["error"]["message"]
     generation = tokenized([12])
     generation.completion_tokens = 99
     gateway.upstream.queue(generation)

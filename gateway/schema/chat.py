@@ -35,15 +35,18 @@ class Delta(msgspec.Struct):
     tool_calls: Optional[list[ToolCallDelta]] = None
 
 
-class TopLogprob(msgspec.Struct):
+class TopLogprob(msgspec.Struct, kw_only=True):
     token: str
     logprob: float
+    id: Optional[int] = None
     bytes: Optional[list[int]] = None
 
 
-class TokenLogprob(msgspec.Struct):
+class TokenLogprob(msgspec.Struct, kw_only=True):
     token: str
     logprob: float
+    # llama.cpp names the token id here; vLLM, asked with return_tokens_as_token_ids, in ``token``.
+    id: Optional[int] = None
     bytes: Optional[list[int]] = None
     top_logprobs: Optional[list[TopLogprob]] = None
 

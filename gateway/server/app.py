@@ -258,6 +258,7 @@ def conversion_settings(config: Config) -> ConversionSettings:
         replace_developer_role_with_system=model.replace_developer_role_with_system,
         return_token_id_information=model.return_token_id_information,
         request_prompt_and_generation_token_ids=model.request_prompt_and_generation_token_ids,
+        upstream_flavour=gw.upstream_flavour,
         chat_template_kwargs=model.chat_template_kwargs,
         extra_body=model.extra_body,
         sampling_overrides=model.sampling_overrides,
@@ -279,6 +280,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
         api_key=model.api_key,
         default_headers=model.default_headers,
         timeouts=Timeouts(connect=config.gateway.connect_timeout_s, total=config.gateway.request_timeout_s),
+        flavour=config.gateway.upstream_flavour,
     )
 
     async def start_client(app: web.Application) -> None:

@@ -66,6 +66,7 @@ class ConversionSettings:
     replace_developer_role_with_system: bool = False
     return_token_id_information: bool = False
     request_prompt_and_generation_token_ids: bool = False
+    upstream_flavour: str = "vllm"  # "vllm" | "llama.cpp"
     chat_template_kwargs: Optional[dict[str, Any]] = None
     extra_body: Optional[dict[str, Any]] = None
     sampling_overrides: Optional[dict[str, Any]] = None
@@ -81,7 +82,8 @@ class ChatPlan:
     response: r.Response
     options: StreamOptions
     track_tokens: bool = False  # return_token_id_information: ids and logprobs of the generation
-    text_logprobs: bool = False  # include: ["message.output_text.logprobs"]
+    # include: ["message.output_text.logprobs"]: alternatives per token (top_logprobs), else None
+    text_logprobs: Optional[int] = None
     # /tokenize body, when prompt ids must come from there (started concurrently with generation)
     tokenize: Optional[dict[str, Any]] = None
 
@@ -136,19 +138,21 @@ def plan_chat_request(
     body = {**extra, **body}
     if settings.sampling_overrides:
         body.update(copy.deepcopy(settings.sampling_overrides))
-    text_logprobs = bool(req.include and LOGPROBS_INCLUDE in req.include)
-    if text_logprobs:
+    text_logprobs = (req.top_logprobs or 0) if req.include and LOGPROBS_INCLUDE in req.include else None
+    # llama.cpp sends logprobs only when asked for at least one alternative per token.
+    min_top = 1 if settings.upstream_flavour == "llama.cpp" else 0
+    if text_logprobs is not None:
         body["logprobs"] = True
-        body["top_logprobs"] = req.top_logprobs or 0
+        body["top_logprobs"] = max(req.top_logprobs or 0, min_top)
     tokenize = None
     if settings.return_token_id_information:
         if body.get("n", 1) != 1:
             raise InvalidRequest("token tracking needs one choice per request: n must be 1.", param="n")
-        # vLLM names each generated token "token_id:<int>" and gives its logprob.
         body["logprobs"] = True
-        body.setdefault("top_logprobs", 0)
-        body["return_tokens_as_token_ids"] = True
-        if settings.request_prompt_and_generation_token_ids:
+        body.setdefault("top_logprobs", min_top)
+        if settings.upstream_flavour == "vllm":
+            body["return_tokens_as_token_ids"] = True  # each logprob's token is "token_id:<int>"
+        if settings.request_prompt_and_generation_token_ids and settings.upstream_flavour == "vllm":
             body["return_token_ids"] = True
         else:
             tokenize = tokenize_body(body)

@@ -101,7 +101,7 @@ class ResponseStateMachine:
         new_id: Callable[[str], str] = random_id,
         *,
         track_tokens: bool = False,
-        text_logprobs: bool = False,
+        text_logprobs: Optional[int] = None,
     ) -> None:
         # ``response`` carries the request's echo fields (model, tools, instructions, ...).
         self._base = response
@@ -120,7 +120,8 @@ class ResponseStateMachine:
         self._started = False
         # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
         self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
-        self._text_logprobs = text_logprobs
+        self._text_logprobs = text_logprobs is not None  # logprobs on output_text, with this many alternatives
+        self._top_logprobs = text_logprobs or 0
         self._pending_logprobs: list[Any] = []  # logprobs of message text not yet emitted
         self._chunk_logprobs: list[Any] = []
         self._chunk_message_text = False  # this chunk had answer text (maybe held back)
@@ -251,7 +252,7 @@ class ResponseStateMachine:
         if self.tokens is not None:
             self.tokens.add_choice(choice)
         if self._text_logprobs and choice.logprobs is not None and choice.logprobs.content:
-            self._chunk_logprobs = [_client_logprob(entry) for entry in choice.logprobs.content]
+            self._chunk_logprobs = [_client_logprob(entry, self._top_logprobs) for entry in choice.logprobs.content]
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
@@ -462,16 +463,16 @@ class _UpstreamProtocolError(Exception):
     pass
 
 
-def _client_logprob(entry: chat.TokenLogprob) -> dict[str, Any]:
+def _client_logprob(entry: chat.TokenLogprob, top: int) -> dict[str, Any]:
     """vLLM's logprob entry in the Responses shape (``bytes`` always present)."""
     return {
         "token": entry.token,
         "logprob": entry.logprob,
         "bytes": entry.bytes if entry.bytes is not None else list(entry.token.encode("utf-8")),
         "top_logprobs": [
-            {"token": top.token, "logprob": top.logprob,
-             "bytes": top.bytes if top.bytes is not None else list(top.token.encode("utf-8"))}
-            for top in entry.top_logprobs or []
+            {"token": alt.token, "logprob": alt.logprob,
+             "bytes": alt.bytes if alt.bytes is not None else list(alt.token.encode("utf-8"))}
+            for alt in (entry.top_logprobs or [])[:top]
         ],
     }
 

@@ -46,7 +46,7 @@ class GenerationTokens:
         if logprobs is not None and logprobs.content:
             ids, values = self.logprob_ids, self.logprobs
             for entry in logprobs.content:
-                ids.append(parse_token_id(entry.token))
+                ids.append(token_id(entry))
                 values.append(entry.logprob)
         if choice.token_ids is not None:
             if self.inline_ids is None:
@@ -63,14 +63,21 @@ class GenerationTokens:
             )
         if completion_tokens is not None and completion_tokens != len(ids):
             raise TokenInfoError(
-                f"vLLM reported {completion_tokens} generated tokens but sent log-probabilities for {len(ids)}; "
-                "vLLM leaves out the tokens its tool parser holds back when streaming: "
-                "use stream: false for token tracking with tools"
+                f"the upstream reported {completion_tokens} generated tokens but sent log-probabilities for "
+                f"{len(ids)}: when streaming, vLLM leaves out the tokens its tool parser holds back (and "
+                "llama.cpp those it holds at the end); use stream: false for exact token tracking there"
             )
         prompt = self.inline_prompt_ids if self.inline_prompt_ids is not None else tokenized_prompt
         if prompt is None:
             raise TokenInfoError("no prompt token ids: vLLM sent none and /tokenize gave none")
         return TokenInfo(list(prompt), list(ids), list(self.logprobs))
+
+
+def token_id(entry: chat.TokenLogprob) -> int:
+    """vLLM: ``"token_id:<int>"`` in ``token`` (return_tokens_as_token_ids); llama.cpp: ``id``."""
+    if entry.id is not None and not entry.token.startswith(TOKEN_ID_PREFIX):
+        return entry.id
+    return parse_token_id(entry.token)
 
 
 def parse_token_id(token: str) -> int:

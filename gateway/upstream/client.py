@@ -126,6 +126,7 @@ class VLLMClient:
         api_key: str = "",
         default_headers: Optional[dict[str, str]] = None,
         timeouts: Timeouts = Timeouts(),
+        flavour: str = "vllm",
     ) -> None:
         if not base_urls:
             raise ValueError("at least one base_url is needed")
@@ -134,6 +135,7 @@ class VLLMClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeouts = timeouts
+        self.flavour = flavour
         self._next = itertools.cycle(range(len(self.base_urls)))
         self._session: Optional[aiohttp.ClientSession] = None
 
@@ -200,29 +202,41 @@ class VLLMClient:
             raise UpstreamError(f"{base}{path} did not answer with JSON") from None
 
     async def tokenize(self, base: str, body: dict[str, Any]) -> list[int]:
-        """vLLM's ``/tokenize``, which lives at the server root, not under ``/v1``."""
+        """The prompt's token ids. vLLM: ``/tokenize`` with the chat fields; llama.cpp: render the
+        prompt with ``/apply-template``, then ``/tokenize`` it. Both live at the server root."""
         root = base[: -len("/v1")] if base.endswith("/v1") else base
-        url = f"{root}/tokenize"
+        if self.flavour == "llama.cpp":
+            rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"})
+            prompt = rendered.get("prompt")
+            if not isinstance(prompt, str):
+                raise UpstreamError(f"{root}/apply-template did not answer with {{prompt}}")
+            body = {"content": prompt, "add_special": False, "parse_special": True}
+        answer = await self._post_json(root, "/tokenize", body)
+        tokens = answer.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise UpstreamError(f"{root}/tokenize did not answer with a list of integer 'tokens'")
+        return tokens
+
+    async def _post_json(self, root: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"{root}{path}"
         try:
             async with self.session.post(url, data=orjson.dumps(body), headers=self._headers) as response:
                 raw = await response.read()
                 if response.status >= 400:
-                    error = _http_error(base, response.status, raw)
-                    raise UpstreamError(f"/tokenize failed: {error.message}")
+                    raise UpstreamError(f"{path} failed: {_http_error(root, response.status, raw).message}")
         except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"Could not connect to the vLLM server at {root} for /tokenize: "
-                                      f"{_describe(exc)}") from None
+            raise UpstreamUnreachable(f"Could not connect to the server at {root} for {path}: {_describe(exc)}") from None
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{root}/tokenize did not answer in time") from None
+            raise UpstreamTimeout(f"{url} did not answer in time") from None
         except aiohttp.ClientError as exc:
-            raise UpstreamError(f"/tokenize at {root} failed: {_describe(exc)}") from None
+            raise UpstreamError(f"{url} failed: {_describe(exc)}") from None
         try:
-            tokens = orjson.loads(raw)["tokens"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamError(f"{url} did not answer with vLLM's {{tokens, count, max_model_len}}") from None
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise UpstreamError(f"{url} answered 'tokens' that are not a list of integers")
-        return tokens
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"{url} did not answer with JSON") from None
+        if not isinstance(answer, dict):
+            raise UpstreamError(f"{url} did not answer with a JSON object")
+        return answer
 
     async def models(self) -> Any:
         return await self.get_json(self.base_urls[0], "/models")
