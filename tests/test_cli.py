@@ -1,0 +1,110 @@
+"""The command line as a user runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*GATEWAY, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_explains_commands_and_overrides() -> None:
+    top = run("--help")
+    assert top.returncode == 0 and "serve" in top.stdout and "demo" in top.stdout
+    serve = run("serve", "--help")
+    assert serve.returncode == 0
+    assert "+policy_model.vllm_model.base_url=" in serve.stdout and "--base-url" in serve.stdout
+
+
+def test_config_errors_name_the_key_and_exit_2() -> None:
+    result = run("print-config", "--base-url", "http://localhost:8000/v1", "--model", "m",
+                 "+policy_model.vllm_model.uses_reasoning_parsr=true")
+    assert result.returncode == 2
+    assert "uses_reasoning_parsr" in result.stderr and "uses_reasoning_parser" in result.stderr  # suggestion
+    missing = run("print-config", env={"HOME": "/nonexistent"})
+    assert missing.returncode == 2 and "policy_base_url" in missing.stderr
+
+
+def test_print_config_masks_the_key() -> None:
+    result = run("print-config", "--base-url", "http://localhost:8000/v1", "--model", "m", "--api-key", "sk-hidden-42")
+    assert result.returncode == 0
+    config = json.loads(result.stdout)
+    assert config["model_server"]["api_key"] == "***" and "sk-hidden-42" not in result.stdout
+    assert config["model_server"]["base_url"] == ["http://localhost:8000/v1"]
+
+
+def test_env_file_and_short_override() -> None:
+    env_file = ROOT / "tests" / "data" / "env.cli-test.yaml"
+    env_file.parent.mkdir(exist_ok=True)
+    env_file.write_text("policy_base_url: http://gpu-a:8000/v1\npolicy_api_key: EMPTY\npolicy_model_name: Qwen/Qwen3-8B\n")
+    try:
+        result = run("print-config", "--env-file", str(env_file), "+policy_model.vllm_model.base_url=http://gpu-b:10240/v1")
+    finally:
+        env_file.unlink()
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["model_server"]["base_url"] == ["http://gpu-b:10240/v1"]
+    assert config["model_server"]["model"] == "Qwen/Qwen3-8B"
+
+
+def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
+    port = free_port()
+    dead_upstream = f"http://127.0.0.1:{free_port()}/v1"
+    process = subprocess.Popen([*GATEWAY, "serve", "--base-url", dead_upstream, "--model", "m", "--port", str(port)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                pytest.fail("health must be 503 while vLLM is unreachable")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503
+                body = json.loads(exc.read())
+                assert body["upstreams"][0]["url"] == dead_upstream and not body["upstreams"][0]["ok"]
+                break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+        assert process.returncode == 0
+        assert f"listening on http://127.0.0.1:{port}" in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--port", str(port))
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.real_model
+def test_demo_streams_a_real_answer(llama_server: str) -> None:
+    result = run("demo", "--once", "--port", str(free_port()), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "[reasoning]" in result.stdout or "[answer]" in result.stdout or "[tool call" in result.stdout
+    assert "response.completed" in result.stdout or "response.incomplete" in result.stdout
