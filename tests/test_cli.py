@@ -108,3 +108,38 @@ def test_demo_streams_a_real_answer(llama_server: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "[reasoning]" in result.stdout or "[answer]" in result.stdout or "[tool call" in result.stdout
     assert "response.completed" in result.stdout or "response.incomplete" in result.stdout
+
+
+def test_workers_share_the_port_and_stop_together() -> None:
+    port = free_port()
+    process = subprocess.Popen([*GATEWAY, "serve", "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                                "--port", str(port), "--workers", "2"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        children: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+                children = f.read().split()
+            listening = 0
+            for _ in range(10):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                except urllib.error.HTTPError as exc:
+                    listening += exc.code == 503
+                except urllib.error.URLError:
+                    pass
+            if len(children) == 2 and listening == 10:
+                break
+            time.sleep(0.2)
+        assert len(children) == 2, "two worker processes"
+        assert listening == 10, "the port answers"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+        assert process.returncode == 0, stderr
+        assert stderr.count("(worker ") == 2  # each worker logged that it listens
+        assert not any(os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+                       for pid in children)
+    finally:
+        if process.poll() is None:
+            process.kill()
