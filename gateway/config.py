@@ -28,7 +28,7 @@ import os
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -247,9 +247,39 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The chat template already opens <think> in the prompt, so generated text
     # starts inside reasoning (relevant without a reasoning parser).
     reasoning_starts_open: bool = False
+    # --- timeouts (seconds) towards vLLM ---
     connect_timeout_s: float = 10.0
+    # Until vLLM's first byte: covers queueing and prefill of a long prompt under load.
+    first_byte_timeout_s: float = 600.0
+    # Silence between two chunks of a stream: longer means vLLM stalled (error + response.failed).
+    idle_timeout_s: float = 300.0
     # Total time allowed for one upstream request, streaming included.
     request_timeout_s: float = 3600.0
+    # During upstream silences, an SSE comment this often keeps clients with idle timeouts
+    # (Codex, OpenClaw: 120 s) from aborting.
+    keepalive_interval_s: float = 15.0
+    # --- several vLLM servers ---
+    # Retries of a request that failed before vLLM answered (refused, 429, 502/503/504), each on
+    # another server when there is one, with exponential backoff from retry_backoff_s.
+    max_retries: int = 2
+    retry_backoff_s: float = 0.2
+    retry_backoff_max_s: float = 2.0
+    # Active checks of each server's /health; 0 disables them.
+    health_check_interval_s: float = 10.0
+    # Passive ejection: after this many failures in a row a server gets no traffic for eject_s
+    # (doubling while it keeps failing, up to 8x), then gets it again.
+    eject_after_failures: int = 3
+    eject_s: float = 10.0
+    # Session affinity (prefix caching): the header carrying a session key; NeMo Gym's session
+    # cookie and the request's prompt_cache_key work too.
+    session_header: str = "x-session-id"
+    # --- the gateway's own clients ---
+    # Bearer keys clients must send (none: no auth). Keys can also come from a file, one per line.
+    api_keys: list[str] = []
+    api_keys_file: Optional[str] = None
+    cors_allow_origins: list[str] = []
+    # SIGTERM: streams get this long to finish before they end with response.failed.
+    shutdown_grace_s: float = 30.0
     max_request_bytes: int = 16 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # What speaks Chat Completions behind the gateway. "llama.cpp" (llama-server) differs from vLLM
@@ -259,10 +289,19 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
             raise _field_error("port", f"must be between 1 and 65535, got {self.port!r}")
-        for field in ("connect_timeout_s", "request_timeout_s"):
+        for field in ("connect_timeout_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
+                      "keepalive_interval_s", "eject_s", "retry_backoff_s", "retry_backoff_max_s"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise _field_error(field, f"must be a finite number of seconds > 0, got {value!r}")
+        for field in ("health_check_interval_s", "shutdown_grace_s"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise _field_error(field, f"must be a finite number of seconds >= 0, got {value!r}")
+        for field, low, high in (("max_retries", 0, 10), ("eject_after_failures", 1, 1000)):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise _field_error(field, f"must be an integer from {low} to {high}, got {value!r}")
         size = self.max_request_bytes
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise _field_error("max_request_bytes", f"must be > 0, got {self.max_request_bytes!r}")
@@ -957,9 +996,10 @@ def redacted(config: Config) -> dict[str, Any]:
         name: (_REDACTED if _is_secret_header(name) else value) for name, value in server["default_headers"].items()
     }
     server["base_url"] = [_display_url(url) for url in server["base_url"]]
+    data["gateway"]["api_keys"] = [_REDACTED for _ in data["gateway"]["api_keys"]]
     # The key could also have been pasted into some other value (an ignored
     # NeMo Gym key, extra_body...): mask it wherever it occurs.
-    return _scrub_tree(data, {config.model_server.api_key})
+    return _scrub_tree(data, {config.model_server.api_key, *config.gateway.api_keys} - {""})
 
 
 def _scrub_tree(node: Any, secrets: set[str]) -> Any:

@@ -1,12 +1,17 @@
 """The aiohttp application: routes, the SSE shell around the state machine, error mapping.
 
 The handler decides nothing about events: it feeds the state machine what the upstream sends and
-writes what the machine returns, one socket write per upstream chunk.
+writes what the machine returns, one socket write per upstream read. Writing awaits the client
+(aiohttp drains when the socket buffer is full), and only then is the upstream read again, so a
+slow client slows the upstream read (TCP pushes back to vLLM) and memory per stream stays bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import json
 import logging
 import time
 import uuid
@@ -21,13 +26,17 @@ from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
 from ..translate.stream import ResponseStateMachine, StreamOptions
+from ..translate.tokens import tokenize_body
 from ..upstream.client import (
+    KEEPALIVE,
     ChatStream,
-    Timeouts,
+    ClientSettings,
     UpstreamError,
     UpstreamHTTPError,
     VLLMClient,
 )
+from ..upstream.pool import Backend
+from .sse import KEEPALIVE as KEEPALIVE_FRAME
 from .sse import encode_events
 
 log = logging.getLogger("gateway.server")
@@ -36,6 +45,9 @@ access_log = logging.getLogger("gateway.access")
 CONFIG_KEY = web.AppKey("config", Config)
 CLIENT_KEY = web.AppKey("client", VLLMClient)
 SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
+STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
+SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
+KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -51,10 +63,10 @@ _response_encoder = msgspec.json.Encoder()
 
 def error_response(
     status: int, message: str, *, type_: str = "invalid_request_error", param: Optional[str] = None,
-    code: Optional[str] = None,
+    code: Optional[str] = None, headers: Optional[dict[str, str]] = None,
 ) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 def _upstream_error_response(exc: UpstreamError) -> web.Response:
@@ -79,7 +91,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         if exc.status < 400:
             raise
         reason = exc.reason or "error"
-        return error_response(exc.status, f"{reason}: {request.method} {request.path}", code=reason.lower().replace(" ", "_"))
+        return error_response(exc.status, f"{reason}: {request.method} {request.path}",
+                              code=reason.lower().replace(" ", "_"))
     except asyncio.CancelledError:
         status = 499  # the client went away
         raise
@@ -89,6 +102,83 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
                               code="internal_error")
     finally:
         access_log.info("%s %s %d %.1fms", request.method, request.path, status, (time.perf_counter() - started) * 1000)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bearer keys for the gateway's own clients, when configured. /health stays open (probes)."""
+    keys: list[bytes] = request.app[KEYS_KEY]
+    if keys and request.path.startswith("/v1/") and request.method != "OPTIONS":
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        # compare with every key, whatever matches first: the time taken tells nothing
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            return error_response(401, "Invalid or missing API key.", code="invalid_api_key",
+                                  headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+def cors_middleware(origins: list[str]) -> Any:
+    allow_all = "*" in origins
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and (allow_all or origin in origins)
+        if request.method == "OPTIONS" and allowed:
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            response = await handler(request)
+        if allowed and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = "*" if allow_all else origin  # type: ignore[assignment]
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Session-Id"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        return response
+
+    return middleware
+
+
+# --- session affinity -----------------------------------------------------------------------------
+
+
+def session_cookie_name(config: Config) -> str:
+    """NeMo Gym's model server names its session cookie ``VLLMModel___<server name>``."""
+    return f"VLLMModel___{config.server_name}"
+
+
+def session_key(request: web.Request, prompt_cache_key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(key to route by, new cookie value to set). A session header wins, then the request's
+    ``prompt_cache_key``, then the session cookie; a client with none gets a cookie, as NeMo Gym's
+    server gives it, so that its next turn lands on the same vLLM server."""
+    config = request.app[CONFIG_KEY]
+    header = request.headers.get(config.gateway.session_header)
+    if header:
+        return header, None
+    if prompt_cache_key:
+        return prompt_cache_key, None
+    cookie = request.cookies.get(session_cookie_name(config))
+    if cookie:
+        return _cookie_session_id(cookie), None
+    if len(config.model_server.base_url) < 2:
+        return None, None  # one server: nothing to keep sessions on
+    new = uuid.uuid4().hex
+    return new, new
+
+
+def _cookie_session_id(value: str) -> str:
+    """A Starlette-signed NeMo Gym cookie is ``base64(json).timestamp.signature`` and re-signed on
+    every response: route by the session id inside, which stays the same."""
+    payload = value.split(".", 1)[0]
+    try:
+        data = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+        if isinstance(data, dict) and isinstance(data.get("session_id"), str):
+            return data["session_id"]
+    except (ValueError, TypeError):
+        pass
+    return value
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -102,10 +192,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
         return error_response(400, exc.message, param=exc.param, code=exc.code)
+    key, new_cookie = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
+    backend = client.choose(key)
     if plan.stream:
-        return await _stream(request, client, plan)
-    return await _complete(client, plan)
+        response = await _stream(request, client, plan, backend, key, new_cookie)
+    else:
+        response = await _complete(client, plan, backend, key)
+        if new_cookie and not response.prepared:
+            response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
+    return response
 
 
 class PromptTokens:
@@ -123,8 +219,6 @@ class PromptTokens:
         if tokens is None or tokens.bundle is not None or tokens.inline_prompt_ids is not None:
             return None  # not needed
         if self._task is None:  # inline ids were asked for but did not come: fall back to /tokenize
-            from ..translate.tokens import tokenize_body
-
             self._task = asyncio.ensure_future(self._client.tokenize(self._base, tokenize_body(self._plan.body)))
         return await self._task
 
@@ -140,14 +234,13 @@ def _machine(plan: ChatPlan) -> ResponseStateMachine:
                                 text_logprobs=plan.text_logprobs)
 
 
-async def _complete(client: VLLMClient, plan: ChatPlan) -> web.Response:
+async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: Optional[str]) -> web.Response:
     machine = _machine(plan)
     machine.start()
-    base = client.pick()
-    prompt = PromptTokens(client, base, plan)
+    prompt = PromptTokens(client, backend.url, plan)
     try:
         try:
-            completion = await client.complete_chat(plan.body, base)
+            completion = await client.complete_chat(plan.body, backend, key)
         except UpstreamHTTPError as exc:
             if not exc.is_context_overflow:
                 return _upstream_error_response(exc)
@@ -171,16 +264,18 @@ async def _complete(client: VLLMClient, plan: ChatPlan) -> web.Response:
         prompt.cancel()
 
 
-async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan) -> web.StreamResponse:
+async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, backend: Backend,
+                  key: Optional[str], new_cookie: Optional[str]) -> web.StreamResponse:
     machine = _machine(plan)
     overflow: Optional[str] = None
     upstream: Optional[ChatStream] = None
-    base = client.pick()
-    prompt = PromptTokens(client, base, plan)
+    prompt = PromptTokens(client, backend.url, plan)
+    streams: set[asyncio.Task[Any]] = request.app[STREAMS_KEY]
+    task = asyncio.current_task()
     try:
         # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
         try:
-            upstream = await client.open_chat_stream(plan.body, base)
+            upstream = await client.open_chat_stream(plan.body, backend, key)
         except UpstreamHTTPError as exc:
             if not exc.is_context_overflow:
                 return _upstream_error_response(exc)
@@ -189,16 +284,29 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan) -> w
             return _upstream_error_response(exc)
 
         response = web.StreamResponse(headers=SSE_HEADERS)
+        if new_cookie:
+            response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
         await response.prepare(request)
         await response.write(encode_events(machine.start()))
         if overflow is not None:
             await response.write(encode_events(machine.context_overflow(overflow)))
         else:
-            assert upstream is not None
-            await _relay(upstream, machine, response, prompt)
+            assert upstream is not None and task is not None
+            streams.add(task)
+            try:
+                await _relay(upstream, machine, response, prompt)
+            except asyncio.CancelledError:
+                if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
+                    raise  # the client left: nothing to tell it
+                # the shutdown grace period is over: end the stream properly, then let go
+                task.uncancel()
+                await response.write(encode_events(machine.fail(
+                    "server_shutting_down", "the gateway is shutting down; the stream was ended")))
         await response.write_eof()
         return response
     finally:
+        if task is not None:
+            streams.discard(task)
         prompt.cancel()
         if upstream is not None:
             upstream.close()  # on any exit, including a client that left: vLLM stops generating
@@ -209,9 +317,12 @@ async def _relay(
 ) -> None:
     try:
         async for chunk in upstream:
+            if chunk is KEEPALIVE:
+                await response.write(KEEPALIVE_FRAME)
+                continue
             if chunk is None:  # [DONE]
                 break
-            events = machine.feed(chunk)
+            events = machine.feed(chunk)  # type: ignore[arg-type]
             if events:
                 await response.write(encode_events(events))
             if machine.done:
@@ -240,8 +351,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    upstreams = await request.app[CLIENT_KEY].health()
-    ok = any(u["ok"] for u in upstreams)
+    """200 when at least one vLLM server answers its /health now; 503 with the reasons otherwise."""
+    upstreams = await request.app[CLIENT_KEY].check_health(timeout=3.0)
+    ok = any(u["healthy"] for u in upstreams)
     body = {"status": "ok" if ok else "unavailable", "upstreams": upstreams}
     return web.Response(status=200 if ok else 503, body=orjson.dumps(body), content_type="application/json")
 
@@ -270,26 +382,66 @@ def conversion_settings(config: Config) -> ConversionSettings:
     )
 
 
+def client_settings(config: Config) -> ClientSettings:
+    gw = config.gateway
+    return ClientSettings(
+        connect=gw.connect_timeout_s, first_byte=gw.first_byte_timeout_s, idle=gw.idle_timeout_s,
+        total=gw.request_timeout_s, keepalive=gw.keepalive_interval_s, max_retries=gw.max_retries,
+        backoff=gw.retry_backoff_s, backoff_max=gw.retry_backoff_max_s, health_interval=gw.health_check_interval_s,
+        eject_after=gw.eject_after_failures, eject_s=gw.eject_s,
+    )
+
+
+def client_keys(config: Config) -> list[bytes]:
+    keys = list(config.gateway.api_keys)
+    if config.gateway.api_keys_file:
+        with open(config.gateway.api_keys_file, encoding="utf-8") as f:
+            keys += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    return [key.encode() for key in keys]
+
+
 def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=config.gateway.max_request_bytes)
+    middlewares = [errors_middleware, auth_middleware]
+    if config.gateway.cors_allow_origins:
+        middlewares.insert(0, cors_middleware(config.gateway.cors_allow_origins))
+    app = web.Application(middlewares=middlewares, client_max_size=config.gateway.max_request_bytes)
     app[CONFIG_KEY] = config
     app[SETTINGS_KEY] = conversion_settings(config)
+    app[STREAMS_KEY] = set()
+    app[SHUTDOWN_KEY] = asyncio.Event()
+    app[KEYS_KEY] = client_keys(config)
     model = config.model_server
     app[CLIENT_KEY] = client or VLLMClient(
         model.base_url,
         api_key=model.api_key,
         default_headers=model.default_headers,
-        timeouts=Timeouts(connect=config.gateway.connect_timeout_s, total=config.gateway.request_timeout_s),
+        settings=client_settings(config),
         flavour=config.gateway.upstream_flavour,
     )
 
     async def start_client(app: web.Application) -> None:
         await app[CLIENT_KEY].start()
 
+    async def drain_streams(app: web.Application) -> None:
+        """SIGTERM: the listening socket is closed already; open streams get the grace period to
+        finish, then are ended with response.failed."""
+        streams: set[asyncio.Task[Any]] = app[STREAMS_KEY]
+        deadline = time.monotonic() + config.gateway.shutdown_grace_s
+        if streams:
+            log.info("waiting up to %.0f s for %d open streams", config.gateway.shutdown_grace_s, len(streams))
+        while streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        app[SHUTDOWN_KEY].set()
+        for task in list(streams):
+            task.cancel()
+        while streams:
+            await asyncio.sleep(0.01)
+
     async def close_client(app: web.Application) -> None:
         await app[CLIENT_KEY].close()
 
     app.on_startup.append(start_client)
+    app.on_shutdown.append(drain_streams)
     app.on_cleanup.append(close_client)
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/models", list_models)

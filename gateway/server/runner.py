@@ -27,7 +27,10 @@ async def start(
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request even while vLLM is silent (aiohttp would otherwise notice only at the
     # next write).
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # shutdown_timeout: aiohttp's own wait for handlers, kept longer than our grace period so that
+    # streams are ended by us (with response.failed), not cut by aiohttp.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=config.gateway.shutdown_grace_s + 5)
     await runner.setup()
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port if port is None else port,
                        reuse_port=reuse_port or None)

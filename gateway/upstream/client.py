@@ -8,7 +8,7 @@ a message.
 from __future__ import annotations
 
 import asyncio
-import itertools
+import random
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional, Union
 
@@ -17,6 +17,7 @@ import msgspec
 import orjson
 
 from ..schema import chat
+from .pool import Backend, BackendPool
 from .sse import DONE, SSEDecoder
 
 
@@ -71,41 +72,101 @@ class UpstreamStreamBroken(UpstreamError):
     code = "upstream_disconnected"
 
 
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent something that is not a chat completion stream."""
+
+    code = "upstream_protocol_error"
+
+
+class UpstreamStalled(UpstreamError):
+    """vLLM sent nothing for longer than the first-byte or idle timeout."""
+
+    status = 504
+    code = "upstream_stalled"
+
+
 @dataclass(frozen=True)
-class Timeouts:
+class ClientSettings:
     connect: float = 10.0
+    first_byte: float = 600.0
+    idle: float = 300.0
     total: float = 3600.0
+    keepalive: float = 15.0
+    max_retries: int = 2
+    backoff: float = 0.2
+    backoff_max: float = 2.0
+    health_interval: float = 10.0
+    eject_after: int = 3
+    eject_s: float = 10.0
 
 
-Streamed = Union[chat.ChatChunk, None]  # None marks [DONE]
+KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write an SSE comment
+Streamed = Union[chat.ChatChunk, None, object]  # a chunk, None for [DONE], or KEEPALIVE
 
 
 class ChatStream:
-    """An open streaming chat completion. Iterate for chunks (``None`` = ``[DONE]``); ``close()``
-    aborts the HTTP request, which makes vLLM stop generating."""
+    """An open streaming chat completion. Iterate for chunks (``None`` = ``[DONE]``, ``KEEPALIVE``
+    during silences); ``close()`` aborts the HTTP request, which makes vLLM stop generating."""
 
-    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, backend: Backend, pool: BackendPool,
+                 settings: ClientSettings, started: float) -> None:
         self._response = response
-        self._url = url
+        self.backend = backend
+        self._pool = pool
+        self._settings = settings
+        self._started = started
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[Streamed]:
         decoder = SSEDecoder()
         decode = chat.chunk_decoder.decode
+        content = self._response.content
+        loop = asyncio.get_running_loop()
+        settings = self._settings
+        deadline = self._started + settings.first_byte  # until the first byte; then idle after each read
+        first = True
         try:
-            async for data in self._response.content.iter_any():
+            while True:
+                wait = min(deadline - loop.time(), settings.keepalive)
+                try:
+                    if wait <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(wait):
+                        data = await content.readany()
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise UpstreamStalled(self._stall_message(first)) from None
+                    yield KEEPALIVE
+                    continue
+                if not data:
+                    break
+                first = False
+                deadline = loop.time() + settings.idle
                 for payload in decoder.feed(data):
                     yield _decode_chunk(payload, decode)
             for payload in decoder.close():
                 yield _decode_chunk(payload, decode)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as exc:
-            raise UpstreamStreamBroken(f"the connection to {self._url} was lost mid-stream ({_describe(exc)})") from None
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{self._url} did not finish the stream in time") from None
+            self._pool.failure(self.backend, str(exc))
+            raise UpstreamStreamBroken(
+                f"the connection to {self.backend.url} was lost mid-stream ({_describe(exc)})") from None
+        except UpstreamStalled as exc:
+            self._pool.failure(self.backend, exc.message)
+            raise
+
+    def _stall_message(self, first: bool) -> str:
+        if first:
+            return (f"the vLLM server at {self.backend.url} sent nothing within {self._settings.first_byte:g} s "
+                    "(first_byte_timeout_s)")
+        return f"the vLLM server at {self.backend.url} stalled: no output for {self._settings.idle:g} s (idle_timeout_s)"
 
     def close(self) -> None:
-        if not self._response.closed:
-            # ``close`` (not ``release``) drops the connection: vLLM sees the client leave.
-            self._response.close()
+        if not self._closed:
+            self._closed = True
+            self.backend.in_flight -= 1
+            if not self._response.closed:
+                # ``close`` (not ``release``) drops the connection: vLLM sees the client leave.
+                self._response.close()
 
 
 def _decode_chunk(payload: bytes, decode: Any) -> Streamed:
@@ -114,42 +175,56 @@ def _decode_chunk(payload: bytes, decode: Any) -> Streamed:
     try:
         return decode(payload)
     except msgspec.DecodeError as exc:
-        raise UpstreamStreamBroken(f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
+        raise UpstreamProtocolError(f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
+
+
+# A failure before vLLM answered that another try (on another server) may not have.
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class VLLMClient:
-    """One client for all configured servers (``base_url`` as a list): requests are spread round-robin."""
+    """Talks to every configured vLLM server: picks one per request (``pool``), retries failures
+    that happened before vLLM answered, checks the servers' health in the background."""
 
     def __init__(
         self,
         base_urls: list[str],
         api_key: str = "",
         default_headers: Optional[dict[str, str]] = None,
-        timeouts: Timeouts = Timeouts(),
+        settings: ClientSettings = ClientSettings(),
         flavour: str = "vllm",
     ) -> None:
-        if not base_urls:
-            raise ValueError("at least one base_url is needed")
-        self.base_urls = [url.rstrip("/") for url in base_urls]
+        self.pool = BackendPool([url.rstrip("/") for url in base_urls], eject_after=settings.eject_after,
+                                eject_s=settings.eject_s)
+        self.base_urls = [b.url for b in self.pool.backends]
         self._headers = {"Content-Type": "application/json", **(default_headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeouts = timeouts
+        self.settings = settings
         self.flavour = flavour
-        self._next = itertools.cycle(range(len(self.base_urls)))
+        self.retries = 0  # tries repeated after a failure, since start
         self._session: Optional[aiohttp.ClientSession] = None
+        self._health_task: Optional[asyncio.Task[None]] = None
 
     async def start(self) -> None:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self._timeouts.total, connect=self._timeouts.connect),
-                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+                timeout=aiohttp.ClientTimeout(total=self.settings.total, connect=self.settings.connect),
                 auto_decompress=True,
             )
+        if self.settings.health_interval > 0 and len(self.pool.backends) > 1 and self._health_task is None:
+            self._health_task = asyncio.ensure_future(self._check_health_forever())
 
     async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+            self._health_task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -160,31 +235,86 @@ class VLLMClient:
             raise RuntimeError("VLLMClient.start() was not awaited")
         return self._session
 
-    def pick(self) -> str:
-        return self.base_urls[next(self._next)]
+    def choose(self, session_key: Optional[str] = None) -> Backend:
+        backend = self.pool.choose(session_key)
+        assert backend is not None  # the pool never has zero servers
+        return backend
 
-    async def open_chat_stream(self, body: dict[str, Any], base: Optional[str] = None) -> ChatStream:
-        base = base or self.pick()
-        url = f"{base}/chat/completions"
-        response = await self._post(url, body)
-        return ChatStream(response, base)
+    async def open_chat_stream(self, body: dict[str, Any], first: Optional[Backend] = None,
+                               session_key: Optional[str] = None) -> ChatStream:
+        started = asyncio.get_running_loop().time()
+        backend, response = await self._send(body, first, session_key, self.settings.first_byte)
+        return ChatStream(response, backend, self.pool, self.settings, started)
 
-    async def complete_chat(self, body: dict[str, Any], base: Optional[str] = None) -> chat.ChatCompletion:
-        base = base or self.pick()
-        url = f"{base}/chat/completions"
-        response = await self._post(url, body)
+    async def complete_chat(self, body: dict[str, Any], first: Optional[Backend] = None,
+                            session_key: Optional[str] = None) -> chat.ChatCompletion:
+        backend, response = await self._send(body, first, session_key, None)
         try:
             raw = await response.read()
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise UpstreamStreamBroken(f"the connection to {base} was lost ({_describe(exc)})") from None
+            self.pool.failure(backend, str(exc))
+            raise UpstreamStreamBroken(f"the connection to {backend.url} was lost ({_describe(exc)})") from None
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{base} did not answer in time") from None
+            raise UpstreamTimeout(f"{backend.url} did not answer within {self.settings.total:g} s") from None
         finally:
             response.release()
+            backend.in_flight -= 1
         try:
             return chat.completion_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            raise UpstreamError(f"{base} answered with something that is not a chat completion: {exc}") from None
+            raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
+
+    async def _send(self, body: dict[str, Any], first: Optional[Backend], session_key: Optional[str],
+                    header_timeout: Optional[float]) -> tuple[Backend, aiohttp.ClientResponse]:
+        """POST to a server; on a failure before it answered, retry (bounded, with backoff) on
+        another server when there is one. Nothing is retried once vLLM answered 200."""
+        payload = orjson.dumps(body)
+        backend = first or self.choose(session_key)
+        tried: set[str] = set()
+        attempt = 0
+        while True:
+            backend.in_flight += 1
+            try:
+                response = await self._post(backend, payload, header_timeout)
+            except UpstreamError as exc:
+                backend.in_flight -= 1
+                status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
+                if isinstance(exc, (UpstreamUnreachable, UpstreamTimeout)) or (status or 0) >= 500:
+                    self.pool.failure(backend, exc.message)
+                retriable = isinstance(exc, UpstreamUnreachable) or status in _RETRY_STATUSES
+                if not retriable or attempt >= self.settings.max_retries:
+                    raise
+                attempt += 1
+                self.retries += 1
+                tried.add(backend.url)
+                delay = min(self.settings.backoff * 2 ** (attempt - 1), self.settings.backoff_max)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter: retries do not align
+                backend = self.pool.choose(session_key, exclude=frozenset(tried)) or self.choose(session_key)
+                continue
+            self.pool.success(backend)
+            return backend, response
+
+    async def _post(self, backend: Backend, payload: bytes, header_timeout: Optional[float]) -> aiohttp.ClientResponse:
+        base = backend.url
+        try:
+            async with asyncio.timeout(header_timeout):
+                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=self._headers)
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnreachable(f"Could not connect to the vLLM server at {base}: {_describe(exc)}") from None
+        except asyncio.TimeoutError:
+            limit = header_timeout if header_timeout is not None else self.settings.total
+            raise UpstreamTimeout(f"the vLLM server at {base} did not answer within {limit:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(f"The request to the vLLM server at {base} failed: {_describe(exc)}") from None
+        if response.status >= 400:
+            try:
+                raw = await response.read()
+            except aiohttp.ClientError:
+                raw = b""
+            finally:
+                response.release()
+            raise _http_error(base, response.status, raw)
+        return response
 
     async def get_json(self, base: str, path: str) -> Any:
         url = f"{base}{path}"
@@ -204,7 +334,7 @@ class VLLMClient:
     async def tokenize(self, base: str, body: dict[str, Any]) -> list[int]:
         """The prompt's token ids. vLLM: ``/tokenize`` with the chat fields; llama.cpp: render the
         prompt with ``/apply-template``, then ``/tokenize`` it. Both live at the server root."""
-        root = base[: -len("/v1")] if base.endswith("/v1") else base
+        root = _root(base)
         if self.flavour == "llama.cpp":
             rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"})
             prompt = rendered.get("prompt")
@@ -239,42 +369,30 @@ class VLLMClient:
         return answer
 
     async def models(self) -> Any:
-        return await self.get_json(self.base_urls[0], "/models")
+        return await self.get_json(self.choose().url, "/models")
 
-    async def health(self, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """Per server: does it answer ``/models``? (``/health`` lives at the root and is not
-        OpenAI-compatible; ``/models`` proves the API answers and the key works.)"""
+    async def _check_health_forever(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self.settings.health_interval)
 
-        async def probe(base: str) -> dict[str, Any]:
+    async def check_health(self, timeout: float = 5.0) -> list[dict[str, object]]:
+        """Ask every server's ``/health`` (vLLM and llama.cpp have it at the root) and record it."""
+
+        async def probe(backend: Backend) -> None:
+            root = _root(backend.url)
             try:
-                await asyncio.wait_for(self.get_json(base, "/models"), timeout)
-                return {"url": base, "ok": True}
-            except asyncio.TimeoutError:
-                return {"url": base, "ok": False, "error": f"no answer within {timeout:g} s"}
-            except UpstreamError as exc:
-                return {"url": base, "ok": False, "error": exc.message}
+                async with asyncio.timeout(timeout):
+                    async with self.session.get(f"{root}/health", headers=self._headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                        self.pool.health(backend, ok, None if ok else f"/health answered {response.status}")
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                reason = _describe(exc) if not isinstance(exc, asyncio.TimeoutError) else f"no answer in {timeout:g} s"
+                self.pool.health(backend, False, f"/health: {reason}")
 
-        return list(await asyncio.gather(*(probe(base) for base in self.base_urls)))
-
-    async def _post(self, url: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
-        base = url.rsplit("/chat/completions", 1)[0]
-        try:
-            response = await self.session.post(url, data=orjson.dumps(body), headers=self._headers)
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnreachable(f"Could not connect to the vLLM server at {base}: {_describe(exc)}") from None
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{base} did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnreachable(f"The request to the vLLM server at {base} failed: {_describe(exc)}") from None
-        if response.status >= 400:
-            try:
-                raw = await response.read()
-            except aiohttp.ClientError:
-                raw = b""
-            finally:
-                response.release()
-            raise _http_error(base, response.status, raw)
-        return response
+        await asyncio.gather(*(probe(b) for b in self.pool.backends))
+        return self.pool.status()
 
 
 def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
@@ -297,3 +415,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
     return str(exc) or type(exc).__name__
+
+
+def _root(base: str) -> str:
+    """The server root of an OpenAI base URL: /health and /tokenize live there, not under /v1."""
+    return base[: -len("/v1")] if base.endswith("/v1") else base

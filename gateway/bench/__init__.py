@@ -1,0 +1,13 @@
+"""Performance benchmark of the gateway: ``python -m gateway.bench`` (see ``gateway/bench/README.md``).
+
+Not part of the test suite. Modules:
+
+* ``workload``  - the vLLM-shaped chunk streams (text, reasoning, tool calls, mixed), pre-encoded;
+* ``upstream``  - a fake vLLM that writes those streams as fast as it can (or trickles them);
+* ``loadgen``   - the load generator process (asyncio + aiohttp), measuring one run;
+* ``procstat``  - CPU and memory of process trees from ``/proc``;
+* ``procs``     - starting, polling and stopping the upstream, gateway and load generator;
+* ``machine``   - the in-process micro-benchmark of the Responses state machine;
+* ``sections``  - the measured sections (relay, workers, memory, machine), one function each;
+* ``report``    - tables, targets and JSON.
+"""

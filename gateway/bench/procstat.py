@@ -1,0 +1,95 @@
+"""CPU time and memory of a process and all its descendants, read from ``/proc`` (Linux).
+
+A gateway started with ``--workers N`` is a parent and N children; a figure "of the gateway" is the
+sum over that tree. Children are found through ``/proc/<pid>/task/<tid>/children`` (every thread's
+list, recursively). CPU is ``utime + stime`` from ``/proc/<pid>/stat`` (whole process, all threads,
+in clock ticks, usually 10 ms; a measurement window of seconds makes that negligible).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def available() -> bool:
+    return os.path.exists(f"/proc/{os.getpid()}/stat")
+
+
+def children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant."""
+    seen, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen or not os.path.exists(f"/proc/{p}"):
+            continue
+        seen.append(p)
+        todo += children(p)
+    return seen
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), 0.0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(b")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime (fields 14 and 15 of stat)
+
+
+def _status_kb(pid: int, key: bytes) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size now (``VmRSS``), in KiB."""
+    return _status_kb(pid, b"VmRSS:")
+
+
+def peak_rss_kb(pid: int) -> int:
+    """Highest resident set size since the process started (``VmHWM``), in KiB."""
+    return _status_kb(pid, b"VmHWM:")
+
+
+@dataclass
+class TreeSample:
+    pids: list[int]
+    cpu_s: float
+    rss_kb: int
+    hwm_kb: int  # sum over processes of each one's own peak
+
+
+def sample(pid: int) -> TreeSample:
+    pids = tree(pid)
+    return TreeSample(
+        pids=pids,
+        cpu_s=sum(cpu_seconds(p) for p in pids),
+        rss_kb=sum(rss_kb(p) for p in pids),
+        hwm_kb=sum(peak_rss_kb(p) for p in pids),
+    )
