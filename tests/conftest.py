@@ -21,14 +21,27 @@ SHARED = ROOT.parent / "shared"
 MODEL = "Qwen/Qwen3-8B"
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeVLLM]:
+async def _start_fake() -> tuple[FakeVLLM, web.AppRunner]:
     fake = FakeVLLM(MODEL)
     runner = web.AppRunner(fake.app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     fake.url = bound_url(runner) + "/v1"  # type: ignore[attr-defined]
+    return fake, runner
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeVLLM]:
+    fake, runner = await _start_fake()
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream2() -> AsyncIterator[FakeVLLM]:
+    """A second vLLM server, for failover and balancing."""
+    fake, runner = await _start_fake()
     yield fake
     await runner.cleanup()
 
@@ -47,6 +60,7 @@ class Gateway:
     upstream: FakeVLLM
     config: Config
     session: aiohttp.ClientSession
+    runner: Any = None
 
     async def post(self, body: dict[str, Any]) -> aiohttp.ClientResponse:
         return await self.session.post(self.url + "/v1/responses", json=body)
@@ -71,13 +85,19 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 @pytest.fixture
 async def make_gateway(upstream: FakeVLLM) -> AsyncIterator[GatewayFactory]:
     runners = []
-    session = aiohttp.ClientSession()
+    # No cookie jar: each request is a new client unless a test says otherwise (the gateway hands
+    # out session cookies for affinity when it has several servers).
+    session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
 
-    async def make(*overrides: str, base_url: str | None = None, model: str = MODEL) -> Gateway:
-        config = gateway_config(base_url or upstream.url, *overrides, model=model)  # type: ignore[attr-defined]
+    async def make(*overrides: str, base_url: str | list[str] | None = None, model: str = MODEL) -> Gateway:
+        url = base_url or upstream.url  # type: ignore[attr-defined]
+        if isinstance(url, list):  # several servers: policy_base_url as a YAML list
+            overrides = ("policy_base_url=[" + ",".join(url) + "]", *overrides)
+            url = url[0]
+        config = gateway_config(url, *overrides, model=model)
         runner = await start(config, port=0)
         runners.append(runner)
-        return Gateway(bound_url(runner), upstream, config, session)
+        return Gateway(bound_url(runner), upstream, config, session, runner)
 
     yield make
     await session.close()

@@ -94,8 +94,9 @@ class FakeVLLM:
     def __init__(self, model: str = "Qwen/Qwen3-8B") -> None:
         self.model = model
         self.script: list[Generation] = []
-        self.requests: list[dict[str, Any]] = []  # {"path", "body", "headers", "started", "closed_early"}
+        self.requests: list[dict[str, Any]] = []  # {"path", "body", "headers", "started", "closed_early", "sent"}
         self.closed_early = asyncio.Event()
+        self.healthy = True  # what /health answers
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
@@ -117,7 +118,7 @@ class FakeVLLM:
             {"id": self.model, "object": "model", "created": 0, "owned_by": "vllm", "max_model_len": 4096}]})
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response()
+        return web.Response(status=200 if self.healthy else 503)
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -129,7 +130,7 @@ class FakeVLLM:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = {"path": request.path, "body": body, "headers": dict(request.headers),
-                  "started": time.monotonic(), "closed_early": False}
+                  "started": time.monotonic(), "closed_early": False, "sent": 0, "finished": False}
         self.requests.append(record)
         gen = self.script.pop(0) if self.script else Generation(deltas=content("Hello from the fake vLLM."))
         if gen.status != 200:
@@ -166,6 +167,7 @@ class FakeVLLM:
                 if gen.delay or i in gen.pauses:
                     await asyncio.sleep(gen.delay + gen.pauses.get(i, 0.0))
                 await self._send(response, self._chunk(chunk_id, delta))
+                record["sent"] = i + 1
             record["last_chunk_at"] = time.monotonic()
             if gen.drop_after is not None and gen.drop_after >= len(gen.deltas):
                 request.transport.close()
@@ -179,6 +181,7 @@ class FakeVLLM:
                                             "usage": gen.usage()})
             if gen.send_done:
                 await response.write(b"data: [DONE]\n\n")
+            record["finished"] = True
         except (ConnectionResetError, asyncio.CancelledError):
             record["closed_early"] = True
             self.closed_early.set()

@@ -149,23 +149,17 @@ def session_cookie_name(config: Config) -> str:
     return f"VLLMModel___{config.server_name}"
 
 
-def session_key(request: web.Request, prompt_cache_key: Optional[str]) -> tuple[Optional[str], Optional[str]]:
-    """(key to route by, new cookie value to set). A session header wins, then the request's
-    ``prompt_cache_key``, then the session cookie; a client with none gets a cookie, as NeMo Gym's
-    server gives it, so that its next turn lands on the same vLLM server."""
+def session_key(request: web.Request, prompt_cache_key: Optional[str]) -> Optional[str]:
+    """The key to route by: a session header wins, then the request's ``prompt_cache_key``, then
+    NeMo Gym's session cookie. None: route by load (and hand out a cookie, see create_response)."""
     config = request.app[CONFIG_KEY]
     header = request.headers.get(config.gateway.session_header)
     if header:
-        return header, None
+        return header
     if prompt_cache_key:
-        return prompt_cache_key, None
+        return prompt_cache_key
     cookie = request.cookies.get(session_cookie_name(config))
-    if cookie:
-        return _cookie_session_id(cookie), None
-    if len(config.model_server.base_url) < 2:
-        return None, None  # one server: nothing to keep sessions on
-    new = uuid.uuid4().hex
-    return new, new
+    return _cookie_session_id(cookie) if cookie else None
 
 
 def _cookie_session_id(value: str) -> str:
@@ -192,9 +186,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
         return error_response(400, exc.message, param=exc.param, code=exc.code)
-    key, new_cookie = session_key(request, req.prompt_cache_key)
+    key = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
+    new_cookie = None
+    if key is None and len(client.pool.backends) > 1:
+        # As NeMo Gym's server does: a client without a session gets one, here for the server
+        # that load balancing picked, so that its next turns land there too (prefix cache).
+        new_cookie = key = client.pool.key_for(backend)
     if plan.stream:
         response = await _stream(request, client, plan, backend, key, new_cookie)
     else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
@@ -64,6 +65,16 @@ class BackendPool:
         fewest = min(b.in_flight for b in candidates)
         tied = [b for b in candidates if b.in_flight == fewest]
         return tied[self._turn % len(tied)]
+
+    def key_for(self, backend: Backend) -> str:
+        """A new session key that routes to ``backend`` (as things stand): a client without a
+        session gets one for the server least in flight, and keeps it through its cookie."""
+        candidates = self.available()
+        for _ in range(256):
+            key = uuid.uuid4().hex
+            if backend not in candidates or self.choose(key) is backend:
+                return key
+        return key  # unreachable in practice: each try hits with probability 1/len(candidates)
 
     def success(self, backend: Backend) -> None:
         backend.failures = 0
