@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -75,7 +76,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
-    import os
 
     env_file = args.env_file
     if env_file is None and os.path.exists("env.yaml"):
@@ -98,8 +98,6 @@ def _load(args: argparse.Namespace):
 
 def _default_config() -> str:
     """The shipped config/vllm_model.yaml: from the working tree, or next to the package."""
-    import os
-
     if os.path.exists(DEFAULT_CONFIG):
         return DEFAULT_CONFIG
     here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), DEFAULT_CONFIG)
@@ -129,15 +127,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "print-config":
         print(json.dumps(redacted(config), indent=2))
         return 0
-    logging.basicConfig(
-        level=config.gateway.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from .server.runner import serve
-
     if args.workers < 1:
         print("vllm-gateway: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.workers > 1 and config.gateway.metrics and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Before prometheus_client is imported: every worker writes its metrics there and
+        # /metrics (served by any worker) adds them up.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vllm-gateway-metrics-")
+    from .server.observability import configure_logging
+    from .server.runner import serve
+
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
     try:
         return serve(config, args.workers)
     except OSError as exc:  # e.g. the port is taken

@@ -282,6 +282,13 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     shutdown_grace_s: float = 30.0
     max_request_bytes: int = 16 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # One line per request (request id, model, status, timings, tokens) as text or JSON.
+    log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics at GET /metrics.
+    metrics: bool = True
+    # Opt-in JSON lines of the exact upstream requests and responses (prompts and outputs: keep it
+    # off in production). NeMo Gym's NEMO_GYM_VLLM_TRANSPORT_LOG environment variable works too.
+    transport_log: Optional[str] = None
     # What speaks Chat Completions behind the gateway. "llama.cpp" (llama-server) differs from vLLM
     # in how token ids come back and in its /tokenize; see README, "Upstream flavours".
     upstream_flavour: Literal["vllm", "llama.cpp"] = "vllm"

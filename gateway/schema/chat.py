@@ -29,7 +29,8 @@ class ToolCallDelta(msgspec.Struct):
 class Delta(msgspec.Struct):
     role: Optional[str] = None
     content: Optional[str] = None
-    # vLLM >= 0.10 names it ``reasoning``; older vLLM and llama.cpp use ``reasoning_content``.
+    # vLLM >= 0.16 names it ``reasoning`` (0.11.1-0.14 send both); older vLLM and llama.cpp use
+    # ``reasoning_content``.
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
     tool_calls: Optional[list[ToolCallDelta]] = None

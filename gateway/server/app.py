@@ -13,6 +13,7 @@ import base64
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any, Optional
@@ -36,6 +37,7 @@ from ..upstream.client import (
     VLLMClient,
 )
 from ..upstream.pool import Backend
+from .observability import Metrics, TransportLog, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
 from .sse import encode_events
 
@@ -48,6 +50,12 @@ SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
 STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
 SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
 KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
+METRICS_KEY = web.AppKey("metrics", Metrics)
+# Per-request storage: typed keys where aiohttp has them (3.13+), plain strings before.
+_RequestKey = getattr(web, "RequestKey", None)
+REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
+LOG_FIELDS = _RequestKey("log_fields", dict) if _RequestKey else "log_fields"
+TRANSPORT_KEY = web.AppKey("transport_log", object)  # a TransportLog, or None
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -76,12 +84,17 @@ def _upstream_error_response(exc: UpstreamError) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every failure becomes an OpenAI-style error object: never a traceback, never HTML."""
+    """Every failure becomes an OpenAI-style error object: never a traceback, never HTML. Also
+    where each request gets its id (``X-Request-Id``, sent upstream too) and its log line."""
     started = time.perf_counter()
     status = 500
+    rid = request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id"))
+    request[LOG_FIELDS] = fields = {}
     try:
         response = await handler(request)
         status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
         return response
     except web.HTTPRequestEntityTooLarge as exc:
         status = 413
@@ -93,15 +106,22 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         reason = exc.reason or "error"
         return error_response(exc.status, f"{reason}: {request.method} {request.path}",
                               code=reason.lower().replace(" ", "_"))
-    except asyncio.CancelledError:
-        status = 499  # the client went away
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499  # the client went away (noticed at once, or at the next write)
         raise
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path, rid)
         return error_response(500, "The gateway failed unexpectedly; the error has been logged.", type_="server_error",
-                              code="internal_error")
+                              code="internal_error", headers={"X-Request-Id": rid})
     finally:
-        access_log.info("%s %s %d %.1fms", request.method, request.path, status, (time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        metrics = request.app[METRICS_KEY]
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.duration.labels(route, "true" if fields.get("stream") else "false").observe(elapsed)
+        access_log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                        extra={"fields": {"request_id": rid, "method": request.method, "path": request.path,
+                                          "status": status, "duration_ms": round(elapsed * 1000, 1), **fields}})
 
 
 @web.middleware
@@ -186,6 +206,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
         return error_response(400, exc.message, param=exc.param, code=exc.code)
+    request[LOG_FIELDS].update(model=settings.model, stream=plan.stream)
     key = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
@@ -194,13 +215,66 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         # As NeMo Gym's server does: a client without a session gets one, here for the server
         # that load balancing picked, so that its next turns land there too (prefix cache).
         new_cookie = key = client.pool.key_for(backend)
-    if plan.stream:
-        response = await _stream(request, client, plan, backend, key, new_cookie)
-    else:
-        response = await _complete(client, plan, backend, key)
-        if new_cookie and not response.prepared:
-            response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
+    call = UpstreamCall(request, plan)
+    try:
+        if plan.stream:
+            response = await _stream(request, client, plan, backend, key, new_cookie, call)
+        else:
+            response = await _complete(client, plan, backend, key, call)
+            if new_cookie and not response.prepared:
+                response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
+    finally:
+        call.done()
     return response
+
+
+class UpstreamCall:
+    """What one request did upstream, for its log line, the metrics and the transport log."""
+
+    def __init__(self, request: web.Request, plan: ChatPlan) -> None:
+        self.request = request
+        self.plan = plan
+        self.started = time.perf_counter()
+        self.first_output: Optional[float] = None
+        self.server: Optional[str] = None
+        self.final: Optional[Response] = None
+        self.error: Optional[UpstreamError] = None
+        transport = request.app[TRANSPORT_KEY]
+        self.capture: Optional[list[bytes]] = [] if transport is not None else None
+
+    def output_started(self) -> None:
+        if self.first_output is None:
+            self.first_output = time.perf_counter()
+            self.request.app[METRICS_KEY].ttft.observe(self.first_output - self.started)
+
+    def done(self) -> None:
+        fields = self.request[LOG_FIELDS]
+        metrics = self.request.app[METRICS_KEY]
+        fields["upstream"] = self.server
+        if self.first_output is not None:
+            fields["ttft_ms"] = round((self.first_output - self.started) * 1000, 1)
+        final = self.final
+        if final is not None:
+            metrics.responses.labels(final.status).inc()
+            fields["response_status"] = final.status
+            if final.error is not None:
+                fields["error_code"] = final.error.code
+            usage = final.usage
+            if usage is not None:
+                fields["input_tokens"], fields["output_tokens"] = usage.input_tokens, usage.output_tokens
+                metrics.tokens.labels("input").inc(usage.input_tokens)
+                metrics.tokens.labels("output").inc(usage.output_tokens)
+                metrics.reasoning_tokens.inc(usage.output_tokens_details.reasoning_tokens)
+        if self.error is not None:
+            fields["error_code"] = self.error.code
+        transport = self.request.app[TRANSPORT_KEY]
+        if transport is not None and self.server is not None:
+            body = b"".join(self.capture or [])
+            status = self.error.upstream_status if isinstance(self.error, UpstreamHTTPError) else 200
+            if isinstance(self.error, UpstreamHTTPError):
+                body = self.error.body
+            transport.write(self.request[REQUEST_ID], self.server, self.plan.body, status, body,
+                            self.error.message if self.error else None)
 
 
 class PromptTokens:
@@ -233,28 +307,35 @@ def _machine(plan: ChatPlan) -> ResponseStateMachine:
                                 text_logprobs=plan.text_logprobs)
 
 
-async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: Optional[str]) -> web.Response:
+async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: Optional[str],
+                    call: UpstreamCall) -> web.Response:
     machine = _machine(plan)
     machine.start()
     prompt = PromptTokens(client, backend.url, plan)
+    call.server = backend.url
     try:
         try:
-            completion = await client.complete_chat(plan.body, backend, key)
+            completion = await client.complete_chat(plan.body, backend, key, call.request[REQUEST_ID], call.capture)
         except UpstreamHTTPError as exc:
+            call.error = exc
             if not exc.is_context_overflow:
                 return _upstream_error_response(exc)
             machine.context_overflow(exc.upstream_message)
+            call.final = machine.final
             return _json(machine.final)
         except UpstreamError as exc:
+            call.error = exc
             return _upstream_error_response(exc)
         machine.feed_completion(completion)
+        if machine.has_output:
+            call.output_started()
         if not machine.done:
             try:
                 prompt_ids = await prompt.get(machine)
             except UpstreamError as exc:
                 return _upstream_error_response(exc)
             machine.finish(prompt_ids)
-        final = machine.final
+        final = call.final = machine.final
         if final is not None and final.status == "failed" and final.error is not None:
             # Without a stream there is no response.failed to carry it: an HTTP error says it.
             return error_response(502, final.error.message, type_="upstream_error", code=final.error.code)
@@ -264,8 +345,9 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
 
 
 async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, backend: Backend,
-                  key: Optional[str], new_cookie: Optional[str]) -> web.StreamResponse:
+                  key: Optional[str], new_cookie: Optional[str], call: UpstreamCall) -> web.StreamResponse:
     machine = _machine(plan)
+    call.server = backend.url
     overflow: Optional[str] = None
     upstream: Optional[ChatStream] = None
     prompt = PromptTokens(client, backend.url, plan)
@@ -274,15 +356,18 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
     try:
         # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
         try:
-            upstream = await client.open_chat_stream(plan.body, backend, key)
+            upstream = await client.open_chat_stream(plan.body, backend, key, request[REQUEST_ID], call.capture)
+            call.server = upstream.backend.url
         except UpstreamHTTPError as exc:
+            call.error = exc
             if not exc.is_context_overflow:
                 return _upstream_error_response(exc)
             overflow = exc.upstream_message
         except UpstreamError as exc:
+            call.error = exc
             return _upstream_error_response(exc)
 
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
         if new_cookie:
             response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
         await response.prepare(request)
@@ -292,8 +377,11 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
         else:
             assert upstream is not None and task is not None
             streams.add(task)
+            request.app[METRICS_KEY].open_streams.inc()
             try:
-                await _relay(upstream, machine, response, prompt)
+                await _relay(upstream, machine, response, prompt, call)
+            except ConnectionResetError:
+                raise asyncio.CancelledError from None  # the client left mid-write: as a disconnect
             except asyncio.CancelledError:
                 if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
                     raise  # the client left: nothing to tell it
@@ -304,16 +392,17 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
         await response.write_eof()
         return response
     finally:
-        if task is not None:
+        call.final = machine.final
+        if task is not None and task in streams:
             streams.discard(task)
+            request.app[METRICS_KEY].open_streams.dec()
         prompt.cancel()
         if upstream is not None:
             upstream.close()  # on any exit, including a client that left: vLLM stops generating
 
 
-async def _relay(
-    upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse, prompt: PromptTokens
-) -> None:
+async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse,
+                 prompt: PromptTokens, call: UpstreamCall) -> None:
     try:
         async for chunk in upstream:
             if chunk is KEEPALIVE:
@@ -323,6 +412,8 @@ async def _relay(
                 break
             events = machine.feed(chunk)  # type: ignore[arg-type]
             if events:
+                if call.first_output is None and machine.has_output:
+                    call.output_started()
                 await response.write(encode_events(events))
             if machine.done:
                 return
@@ -331,6 +422,7 @@ async def _relay(
         else:
             events = machine.finish(await prompt.get(machine))
     except UpstreamError as exc:
+        call.error = exc
         events = machine.fail(exc.code, exc.message)
     if events:
         await response.write(encode_events(events))
@@ -347,6 +439,11 @@ async def list_models(request: web.Request) -> web.Response:
     except UpstreamError as exc:
         return _upstream_error_response(exc)
     return web.Response(body=orjson.dumps(models), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].render(request.app[CLIENT_KEY].pool.status())
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -409,6 +506,9 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app[STREAMS_KEY] = set()
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
+    app[METRICS_KEY] = Metrics()
+    transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
+    app[TRANSPORT_KEY] = TransportLog(transport_path) if transport_path else None
     model = config.model_server
     app[CLIENT_KEY] = client or VLLMClient(
         model.base_url,
@@ -416,6 +516,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
         default_headers=model.default_headers,
         settings=client_settings(config),
         flavour=config.gateway.upstream_flavour,
+        metrics=app[METRICS_KEY],
     )
 
     async def start_client(app: web.Application) -> None:
@@ -445,4 +546,6 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app.router.add_post("/v1/responses", create_response)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
+    if config.gateway.metrics:
+        app.router.add_get("/metrics", metrics)
     return app

@@ -134,6 +134,11 @@ class ResponseStateMachine:
         return self.final is not None
 
     @property
+    def has_output(self) -> bool:
+        """An output item has started (for time-to-first-token)."""
+        return bool(self._output)
+
+    @property
     def finish_reason(self) -> Optional[str]:
         return self._finish_reason
 

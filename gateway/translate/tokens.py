@@ -64,8 +64,9 @@ class GenerationTokens:
         if completion_tokens is not None and completion_tokens != len(ids):
             raise TokenInfoError(
                 f"the upstream reported {completion_tokens} generated tokens but sent log-probabilities for "
-                f"{len(ids)}: when streaming, vLLM leaves out the tokens its tool parser holds back (and "
-                "llama.cpp those it holds at the end); use stream: false for exact token tracking there"
+                f"{len(ids)}: when streaming, vLLM leaves out the tokens its tool or reasoning parser swallows "
+                "(and llama.cpp those it holds at the end); use stream: false, or on vLLM "
+                "request_prompt_and_generation_token_ids: true, for exact token tracking there"
             )
         prompt = self.inline_prompt_ids if self.inline_prompt_ids is not None else tokenized_prompt
         if prompt is None:

@@ -63,7 +63,10 @@ class UpstreamHTTPError(UpstreamError):
         if self.upstream_status != 400:
             return False
         text = self.body.decode("utf-8", "replace")
-        return "context length" in text or "max_tokens" in text or "maximum context" in text
+        # "This model's maximum context length is ..." (all versions); "'max_tokens' or
+        # 'max_completion_tokens' is too large" (older). Not any message naming max_tokens: "min_tokens
+        # must be less than or equal to max_tokens" is a plain 400.
+        return "context length" in text or ("max_tokens" in text and "too large" in text)
 
 
 class UpstreamStreamBroken(UpstreamError):
@@ -108,14 +111,15 @@ class ChatStream:
     """An open streaming chat completion. Iterate for chunks (``None`` = ``[DONE]``, ``KEEPALIVE``
     during silences); ``close()`` aborts the HTTP request, which makes vLLM stop generating."""
 
-    def __init__(self, response: aiohttp.ClientResponse, backend: Backend, pool: BackendPool,
-                 settings: ClientSettings, started: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, backend: Backend, client: "VLLMClient",
+                 started: float, capture: Optional[list[bytes]] = None) -> None:
         self._response = response
         self.backend = backend
-        self._pool = pool
-        self._settings = settings
+        self._client = client
+        self._settings = client.settings
         self._started = started
         self._closed = False
+        self.capture = capture  # raw bytes as received, for the transport log
 
     async def __aiter__(self) -> AsyncIterator[Streamed]:
         decoder = SSEDecoder()
@@ -123,6 +127,7 @@ class ChatStream:
         content = self._response.content
         loop = asyncio.get_running_loop()
         settings = self._settings
+        capture = self.capture
         deadline = self._started + settings.first_byte  # until the first byte; then idle after each read
         first = True
         try:
@@ -142,16 +147,18 @@ class ChatStream:
                     break
                 first = False
                 deadline = loop.time() + settings.idle
+                if capture is not None:
+                    capture.append(data)
                 for payload in decoder.feed(data):
                     yield _decode_chunk(payload, decode)
             for payload in decoder.close():
                 yield _decode_chunk(payload, decode)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as exc:
-            self._pool.failure(self.backend, str(exc))
-            raise UpstreamStreamBroken(
-                f"the connection to {self.backend.url} was lost mid-stream ({_describe(exc)})") from None
-        except UpstreamStalled as exc:
-            self._pool.failure(self.backend, exc.message)
+            error = UpstreamStreamBroken(f"the connection to {self.backend.url} was lost mid-stream ({_describe(exc)})")
+            self._client.failed(self.backend, error)
+            raise error from None
+        except UpstreamError as exc:
+            self._client.failed(self.backend, exc)
             raise
 
     def _stall_message(self, first: bool) -> str:
@@ -193,7 +200,9 @@ class VLLMClient:
         default_headers: Optional[dict[str, str]] = None,
         settings: ClientSettings = ClientSettings(),
         flavour: str = "vllm",
+        metrics: Optional[Any] = None,
     ) -> None:
+        self.metrics = metrics  # has upstream_error(server, code) and upstream_retry(server)
         self.pool = BackendPool([url.rstrip("/") for url in base_urls], eject_after=settings.eject_after,
                                 eject_s=settings.eject_s)
         self.base_urls = [b.url for b in self.pool.backends]
@@ -240,20 +249,31 @@ class VLLMClient:
         assert backend is not None  # the pool never has zero servers
         return backend
 
+    def failed(self, backend: Backend, error: UpstreamError) -> None:
+        """A server failure: counts towards its ejection, and in the metrics."""
+        self.pool.failure(backend, error.message)
+        if self.metrics is not None:
+            self.metrics.upstream_error(backend.url, error.code)
+
     async def open_chat_stream(self, body: dict[str, Any], first: Optional[Backend] = None,
-                               session_key: Optional[str] = None) -> ChatStream:
+                               session_key: Optional[str] = None, request_id: Optional[str] = None,
+                               capture: Optional[list[bytes]] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
-        backend, response = await self._send(body, first, session_key, self.settings.first_byte)
-        return ChatStream(response, backend, self.pool, self.settings, started)
+        backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id)
+        return ChatStream(response, backend, self, started, capture)
 
     async def complete_chat(self, body: dict[str, Any], first: Optional[Backend] = None,
-                            session_key: Optional[str] = None) -> chat.ChatCompletion:
-        backend, response = await self._send(body, first, session_key, None)
+                            session_key: Optional[str] = None, request_id: Optional[str] = None,
+                            capture: Optional[list[bytes]] = None) -> chat.ChatCompletion:
+        backend, response = await self._send(body, first, session_key, None, request_id)
         try:
             raw = await response.read()
+            if capture is not None:
+                capture.append(raw)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            self.pool.failure(backend, str(exc))
-            raise UpstreamStreamBroken(f"the connection to {backend.url} was lost ({_describe(exc)})") from None
+            error = UpstreamStreamBroken(f"the connection to {backend.url} was lost ({_describe(exc)})")
+            self.failed(backend, error)
+            raise error from None
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"{backend.url} did not answer within {self.settings.total:g} s") from None
         finally:
@@ -265,27 +285,32 @@ class VLLMClient:
             raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
 
     async def _send(self, body: dict[str, Any], first: Optional[Backend], session_key: Optional[str],
-                    header_timeout: Optional[float]) -> tuple[Backend, aiohttp.ClientResponse]:
+                    header_timeout: Optional[float], request_id: Optional[str]) -> tuple[Backend, aiohttp.ClientResponse]:
         """POST to a server; on a failure before it answered, retry (bounded, with backoff) on
         another server when there is one. Nothing is retried once vLLM answered 200."""
         payload = orjson.dumps(body)
+        headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
         backend = first or self.choose(session_key)
         tried: set[str] = set()
         attempt = 0
         while True:
             backend.in_flight += 1
             try:
-                response = await self._post(backend, payload, header_timeout)
+                response = await self._post(backend, payload, header_timeout, headers)
             except UpstreamError as exc:
                 backend.in_flight -= 1
                 status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
                 if isinstance(exc, (UpstreamUnreachable, UpstreamTimeout)) or (status or 0) >= 500:
-                    self.pool.failure(backend, exc.message)
+                    self.failed(backend, exc)
+                elif self.metrics is not None:
+                    self.metrics.upstream_error(backend.url, exc.code)
                 retriable = isinstance(exc, UpstreamUnreachable) or status in _RETRY_STATUSES
                 if not retriable or attempt >= self.settings.max_retries:
                     raise
                 attempt += 1
                 self.retries += 1
+                if self.metrics is not None:
+                    self.metrics.upstream_retry(backend.url)
                 tried.add(backend.url)
                 delay = min(self.settings.backoff * 2 ** (attempt - 1), self.settings.backoff_max)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))  # jitter: retries do not align
@@ -294,11 +319,12 @@ class VLLMClient:
             self.pool.success(backend)
             return backend, response
 
-    async def _post(self, backend: Backend, payload: bytes, header_timeout: Optional[float]) -> aiohttp.ClientResponse:
+    async def _post(self, backend: Backend, payload: bytes, header_timeout: Optional[float],
+                    headers: dict[str, str]) -> aiohttp.ClientResponse:
         base = backend.url
         try:
             async with asyncio.timeout(header_timeout):
-                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=self._headers)
+                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=headers)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"Could not connect to the vLLM server at {base}: {_describe(exc)}") from None
         except asyncio.TimeoutError:

@@ -1,0 +1,147 @@
+"""Metrics (Prometheus), the per-request log line, request ids and the transport log.
+
+Metrics live in a registry per application (several apps may share a test process). With
+``serve --workers N`` each worker writes to ``PROMETHEUS_MULTIPROC_DIR`` (set by the CLI before the
+workers fork) and ``/metrics`` aggregates all of them, whichever worker answers the scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from typing import Any, Optional
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gateway_requests", "Requests answered, by route and HTTP status",
+                                ["route", "status"], registry=r)
+        self.open_streams = Gauge("gateway_open_streams", "Responses streams open now", registry=r,
+                                  multiprocess_mode="livesum")
+        self.ttft = Histogram("gateway_time_to_first_token_seconds",
+                              "From request to the first output event (reasoning, text or tool call)",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.duration = Histogram("gateway_request_duration_seconds", "Whole request, by route and stream",
+                                  ["route", "stream"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("gateway_tokens", "Tokens, as vLLM counted them", ["direction"], registry=r)
+        self.reasoning_tokens = Counter("gateway_reasoning_tokens", "Reasoning tokens vLLM reported", registry=r)
+        self.responses = Counter("gateway_responses", "Responses by final status", ["status"], registry=r)
+        self.upstream_errors = Counter("gateway_upstream_errors", "Upstream failures by server and kind",
+                                       ["server", "code"], registry=r)
+        self.upstream_retries = Counter("gateway_upstream_retries", "Requests retried after a server failed",
+                                        ["server"], registry=r)
+        self.upstream_healthy = Gauge("gateway_upstream_healthy", "1 when the server passed its last check",
+                                      ["server"], registry=r, multiprocess_mode="max")
+        self.upstream_in_flight = Gauge("gateway_upstream_in_flight", "Requests in flight per server",
+                                        ["server"], registry=r, multiprocess_mode="livesum")
+
+    def upstream_error(self, server: str, code: str) -> None:
+        self.upstream_errors.labels(server, code).inc()
+
+    def upstream_retry(self, server: str) -> None:
+        self.upstream_retries.labels(server).inc()
+
+    def render(self, pool_status: list[dict[str, Any]]) -> bytes:
+        for server in pool_status:
+            self.upstream_healthy.labels(server["url"]).set(1 if server["ok"] else 0)
+            self.upstream_in_flight.labels(server["url"]).set(server["in_flight"])
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+# --- request ids ----------------------------------------------------------------------------------
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(header: Optional[str]) -> str:
+    """The client's X-Request-Id when it is a sane token, else a new one."""
+    if header and _CLIENT_ID.match(header):
+        return header
+    return f"req_{uuid.uuid4().hex}"
+
+
+# --- logs -----------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the request fields if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.converter = time.gmtime
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        return text
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # our own line replaces it
+
+
+# --- transport log --------------------------------------------------------------------------------
+
+
+class TransportLog:
+    """Opt-in JSON lines of the exact upstream requests and responses, for debugging what a model
+    really produced (NeMo Gym's NEMO_GYM_VLLM_TRANSPORT_LOG). It holds prompts and outputs: keep
+    it off in production. Authorization is never written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+
+    def write(self, request_id: str, url: str, request: Any, status: Optional[int], response: bytes,
+              error: Optional[str] = None) -> None:
+        entry = {
+            "time": time.time(),
+            "request_id": request_id,
+            "url": url,
+            "request": request,
+            "response": {"status": status, "body": response.decode("utf-8", "replace")},
+        }
+        if error:
+            entry["error"] = error
+        with open(self.path, "ab") as f:
+            f.write(orjson.dumps(entry) + b"\n")
