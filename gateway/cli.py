@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "A tiny model for trying the gateway; production runs vLLM.")
     demo.add_argument("--port", type=int, default=8300, help="gateway port (default 8300)")
     demo.add_argument("--once", action="store_true", help="exit after the demo answer instead of serving")
+    check = commands.add_parser(
+        "check", help="validate the config and probe each vLLM server; prints a report",
+        description="Validates the configuration and probes each vLLM server: its models endpoint, /tokenize, "
+                    "a one-token generation, whether tool calling and reasoning parsing are set up the way the "
+                    "config expects (and token ids, with return_token_id_information). Exit status 1 when a "
+                    "check fails.", epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_options(check)
     show = commands.add_parser("print-config", help="print the resolved configuration (secrets masked) and exit",
                                epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_options(show)
@@ -127,6 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "print-config":
         print(json.dumps(redacted(config), indent=2))
         return 0
+    if args.command == "check":
+        from .check import main as check_main
+
+        return check_main(config, sys.stdout.isatty())
     if args.workers < 1:
         print("vllm-gateway: --workers must be at least 1", file=sys.stderr)
         return 2

@@ -143,3 +143,10 @@ def test_workers_share_the_port_and_stop_together() -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_check_reports_an_unreachable_server() -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    result = run("check", "--base-url", dead, "--model", "m", "--api-key", "sk-do-not-print")
+    assert result.returncode == 1
+    assert f"Connection refused to {dead}" in result.stdout and "sk-do-not-print" not in result.stdout
