@@ -77,6 +77,18 @@ def peak_rss_kb(pid: int) -> int:
     return _status_kb(pid, b"VmHWM:")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all cores, every process and the kernel) since boot:
+    what is not idle or iowait in ``/proc/stat``. Minus our processes' time, it is the other load."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / _TICK
+
+
 @dataclass
 class TreeSample:
     pids: list[int]

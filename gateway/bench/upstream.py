@@ -13,8 +13,10 @@ sends vLLM's) and then written straight to the socket, honouring the transport's
 The path prefix before ``/v1`` selects the scenario and the workload (see ``workload.parse_path``):
 
 * ``/w/<mix>/<tokens>/<tokens_per_chunk>/v1/...``  - the whole stream at once ("burst");
-* ``/trickle/<mix>/<tokens>/<tokens_per_chunk>/<interval_ms>/v1/...`` - the role chunk at once, then
-  one chunk every ``interval_ms``: streams stay open for the memory test.
+* ``/step/<mix>/<tokens>/<tokens_per_chunk>/v1/...`` - one write per chunk, one chunk per turn of
+  the event loop (as uvicorn writes vLLM's stream: the last chunk of the HTTP body on its own);
+* ``/trickle/<mix>/<tokens>/<tokens_per_chunk>/<interval_ms>/v1/...`` - like ``step``, with a pause
+  of ``interval_ms`` before each delta: streams stay open for the memory test.
 
 A new scenario (e.g. upstream faults for a soak run) is one more entry in ``SCENARIOS``.
 """
@@ -80,6 +82,7 @@ class _Bodies:
 
 
 BODIES = _Bodies()
+STATS = {"connections": 0, "requests": 0, "unused_connections": 0, "cut_streams": 0}  # GET /bench/stats
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -93,12 +96,14 @@ class UpstreamProtocol(asyncio.Protocol):
         self._busy = False  # a response is being written (or trickled)
         self._ending = False  # the response's last bytes are queued
         self._close_after = False
-        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer: Optional[asyncio.Handle] = None
+        self._served = 0
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        STATS["connections"] += 1
 
     def data_received(self, data: bytes) -> None:
         self._in += data
@@ -113,6 +118,10 @@ class UpstreamProtocol(asyncio.Protocol):
         self._pump()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
+        if not self._served:
+            STATS["unused_connections"] += 1
+        elif self._busy:
+            STATS["cut_streams"] += 1  # the client left before the end of a response
         if self._timer is not None:
             self._timer.cancel()
         self._out.clear()
@@ -140,11 +149,15 @@ class UpstreamProtocol(asyncio.Protocol):
             del self._in[: end + 4 + length]
             self._close_after = headers.get("connection", "").lower() == "close"
             self._busy = True
+            self._served += 1
             self._route(method, target.split("?", 1)[0], body)
 
     def _route(self, method: str, path: str, body: bytes) -> None:
-        if method == "GET" and (path == "/health" or path.endswith("/v1/models")):
-            payload = b"{}" if path == "/health" else orjson.dumps(
+        if path == "/bench/stats":
+            self._finish(_response("200 OK", orjson.dumps(STATS)))
+            return
+        if method == "GET" and (path.endswith("/health") or path.endswith("/v1/models")):
+            payload = b"{}" if path.endswith("/health") else orjson.dumps(
                 {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "vllm", "max_model_len": 1 << 20}]})
             self._finish(_response("200 OK", payload))
             return
@@ -163,6 +176,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if not request.get("stream"):
             self._finish(BODIES.completion(prefix, workload))
             return
+        STATS["requests"] += 1
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         handler(self, prefix, workload, params, include_usage)
 
@@ -184,12 +198,13 @@ class UpstreamProtocol(asyncio.Protocol):
             self._timer = None
             if self.transport is None:
                 return
-            if position <= n_deltas:
+            if position < len(frames) - 1:
                 self._write(frames[position])
                 position += 1
-                self._timer = loop.call_later(interval, tick)
+                delay = interval if position <= n_deltas else 0.0  # the tail (finish, usage, DONE) follows at once
+                self._timer = loop.call_later(delay, tick) if delay else loop.call_soon(tick)
             else:
-                self._finish(b"".join(frames[position:]))
+                self._finish(frames[position])  # the end of the chunked body, written on its own as uvicorn does
 
         self._timer = loop.call_later(interval, tick)
 
@@ -227,6 +242,7 @@ class UpstreamProtocol(asyncio.Protocol):
 SCENARIOS: dict[str, Callable[..., None]] = {
     "w": UpstreamProtocol.burst,
     "trickle": UpstreamProtocol.trickle,
+    "step": lambda self, prefix, workload, params, include_usage: self.trickle(prefix, workload, ["0"], include_usage),
 }
 
 

@@ -59,7 +59,11 @@ class Workload:
 
     @property
     def path(self) -> str:
-        return f"/w/{self.mix}/{self.tokens}/{self.tokens_per_chunk}"
+        return self.path_for("w")
+
+    def path_for(self, scenario: str, *params: object) -> str:
+        """The upstream path prefix (before ``/v1``) for this workload in one of its scenarios."""
+        return "/".join([f"/{scenario}/{self.mix}/{self.tokens}/{self.tokens_per_chunk}", *map(str, params)])
 
     def describe(self) -> str:
         return f"mix={self.mix}, {self.tokens} tokens/response, {self.tokens_per_chunk} token(s)/chunk"

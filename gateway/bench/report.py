@@ -1,0 +1,269 @@
+"""The printed report (plain text, aligned columns), the targets from the issue, and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from typing import Any, Optional
+
+# (key, text) of the targets the issue sets; evaluated in ``targets``.
+TARGETS = [
+    ("cpu_per_token", "gateway CPU per token <= 15 µs (text, 1 token/chunk, c=64)"),
+    ("events_ratio", "gateway events/s >= 0.5 x direct (c=64)"),
+    ("added_delta", "added first-delta p50 < 1 ms (gateway - direct, c=1)"),
+    ("machine", "state machine >= 300,000 text chunks/s"),
+    ("memory", "1,000 streams: 0 errors and < 50 KB/stream"),
+]
+
+
+# --- machine information --------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    def version(dist: str) -> Optional[str]:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cpu_model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cores": os.cpu_count(), "usable_cores": usable, "cpu": cpu_model,
+        "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(), "implementation": platform.python_implementation(),
+        "aiohttp": version("aiohttp"), "msgspec": version("msgspec"), "orjson": version("orjson"),
+        "uvloop": version("uvloop"), "gateway": version("vllm-responses-gateway"),
+        "command": " ".join([os.path.basename(sys.executable), "-m", "gateway.bench"] + sys.argv[1:]),
+    }
+
+
+def header(info: dict[str, Any]) -> str:
+    load = " ".join(f"{x:.2f}" for x in info["load_avg"]) if info["load_avg"] else "?"
+    uv = f"uvloop {info['uvloop']} (the gateway runs on it)" if info["uvloop"] else \
+        "uvloop not installed (the gateway runs on asyncio's loop; pip install uvloop for the 'fast' extra)"
+    return "\n".join([
+        f"vllm-responses-gateway benchmark, {info['time']}",
+        f"machine: {info['cores']} cores ({info['usable_cores']} usable), {info['cpu'] or '?'}, {info['os']}, "
+        f"load average at start {load}",
+        f"python {info['python']} ({info['implementation']}), aiohttp {info['aiohttp']}, msgspec {info['msgspec']}, "
+        f"orjson {info['orjson']}; {uv}",
+        f"command: {info['command']}",
+    ])
+
+
+# --- formatting -----------------------------------------------------------------------------------
+
+
+def _n(value: Any, digits: int = 0, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}{unit}"
+    return str(value)
+
+
+def _spread(stats: dict[str, Any], key: str) -> str:
+    s = stats.get(key + "_spread")
+    return f" ±{s * 50:.0f}%" if s is not None else ""  # half the range, as ± around the median
+
+
+def table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [indent + "  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    for row in rows:
+        lines.append(indent + "  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                                        for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def _cores(m: dict[str, Any]) -> str:
+    """CPU % of one core per process (ga: gateway, up: upstream, lo: load generator; ot: everything else
+    on the machine during the window: other people's work, the kernel's network processing)."""
+    return " ".join(f"{name[:2]} {m[f'core_pct_{name}']:.0f}" for name in ("gateway", "upstream", "loadgen", "others")
+                    if m.get(f"core_pct_{name}") is not None)
+
+
+def _p(stats: dict[str, Any], a: str, b: str) -> str:
+    return f"{_n(stats.get(a), 2)} / {_n(stats.get(b), 2)}"
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+def relay_text(res: dict[str, Any]) -> str:
+    wl = res["workload"]
+    title = (f"RELAY: the limit (load generator -> fake vLLM) and the gateway (load generator -> gateway -> fake "
+             f"vLLM)\n  mix={wl['mix']}, {wl['tokens']} tokens/response, {wl['tokens_per_chunk']} token(s)/chunk, "
+             f"upstream writes: {wl.get('upstream', 'burst')}, gateway processes: {res['gateway_workers']}; median of "
+             f"{res['repeats']} repeat(s), ± = half the range of the repeats")
+    rows = []
+    for c, level in res["levels"].items():
+        for target in ("direct", "gateway"):
+            m = level[target]["median"]
+            own = "gateway" if target == "gateway" else "loadgen"
+            cpu = m.get(f"cpu_us_per_token_{own}")
+            rows.append([
+                str(c), target, _n(m.get("req_s"), 1), _n(m.get("events_s")) + _spread(m, "events_s"),
+                _n(m.get("tokens_s")), _p(m, "ttfb_p50_ms", "ttfb_p99_ms"), _p(m, "delta_p50_ms", "delta_p99_ms"),
+                (f"{own[:2]} {_n(cpu, 2)}" + _spread(m, f"cpu_us_per_token_{own}")) if cpu is not None else "-",
+                _cores(m), _n(m.get("upstream_connections_per_request"), 2), str(m.get("errors", 0)),
+            ])
+    main = table(["c", "target", "req/s", "events/s", "tokens/s", "TTFB ms p50/p99", "1st delta ms p50/p99",
+                  "CPU µs/token", "CPU % of a core", "up conn/req", "errors"], rows)
+    rows = []
+    for c, level in res["levels"].items():
+        r = level["ratio"]
+        rows.append([str(c), "gateway/direct", _n(r.get("events_s"), 3) + _spread(r, "events_s"),
+                     _n(r.get("tokens_s"), 3), _n(r.get("req_s"), 3),
+                     _n(r.get("gateway_cpu_us_per_token"), 2) + _spread(r, "gateway_cpu_us_per_token"),
+                     _n(r.get("added_ttfb_p50_ms"), 3), _n(r.get("added_delta_p50_ms"), 3)])
+    ratios = table(["c", "", "events/s ratio", "tokens/s ratio", "req/s ratio", "gw CPU µs/token",
+                    "added TTFB p50 ms", "added 1st delta p50 ms"], rows)
+    cpu = sorted(c for c in (lv["ratio"].get("gateway_cpu_us_per_token") for lv in res["levels"].values()) if c)
+    if cpu:
+        median_cpu = cpu[len(cpu) // 2]
+        ratios += (f"\n\n  At {median_cpu:.1f} µs of CPU per token, one gateway process streams at most "
+                   f"~{1e6 / median_cpu:,.0f} tokens/s with a whole core to itself.")
+    errors = [s for level in res["levels"].values() for t in ("direct", "gateway")
+              for s in level[t]["median"].get("error_samples", [])]
+    notes = ("\n  first errors: " + "; ".join(errors[:3])) if errors else ""
+    return f"{title}\n\n{main}\n\n{ratios}{notes}"
+
+
+def workers_text(res: dict[str, Any]) -> str:
+    if "skipped" in res:
+        return f"WORKERS: skipped: {res['skipped']}"
+    wl = res["workload"]
+    title = (f"WORKERS: `serve --workers N` (SO_REUSEPORT), CPU summed over the gateway's processes\n"
+             f"  mix={wl['mix']}, {wl['tokens']} tokens/response, {wl['tokens_per_chunk']} token(s)/chunk, upstream "
+             f"writes: {wl['upstream']}; median "
+             f"of {res['repeats']} repeat(s)")
+    rows = []
+    for c, level in res["levels"].items():
+        for w in res["counts"]:
+            m = level[w]["median"] if w in level else level[str(w)]["median"]
+            scaling = level["scaling"] if w != res["counts"][0] else {}
+            rows.append([str(c), str(w), _n(m.get("req_s"), 1), _n(m.get("events_s")) + _spread(m, "events_s"),
+                         _n(m.get("tokens_s")), _n(m.get("cpu_us_per_token_gateway"), 2) +
+                         _spread(m, "cpu_us_per_token_gateway"), _cores(m),
+                         _n(scaling.get("events_s"), 2) + ("x" if scaling else "") + _spread(scaling, "events_s"),
+                         str(m.get("errors", 0))])
+    return title + "\n\n" + table(["c", "workers", "req/s", "events/s", "tokens/s", "gw CPU µs/token",
+                                   "CPU % of a core", "scaling", "errors"], rows)
+
+
+def memory_text(res: dict[str, Any]) -> str:
+    title = (f"MEMORY: {res['streams']:,} streams open at once through the gateway (upstream trickles a chunk every "
+             f"{res['interval_ms']} ms for {res['hold_s']:g} s); median of {res['repeats']} repeat(s)")
+    rows = []
+    for i, r in enumerate(res["runs"] + [res["median"]]):
+        rows.append(["median" if i == len(res["runs"]) else f"run {i + 1}", _n(r.get("max_open")),
+                     str(r.get("errors")), _n(r["idle_rss_kb"] / 1024, 1), _n(r["peak_rss_kb"] / 1024, 1),
+                     _n(r["rss_all_open_kb"] / 1024, 1), _n(r["per_stream_kb"], 1), _n(r.get("all_open_s"), 2)])
+    errors = res["median"].get("error_samples") or []
+    notes = ("\n  first errors: " + "; ".join(errors[:3])) if errors else ""
+    return title + "\n\n" + table(["", "open at once", "errors", "idle RSS MB", "peak RSS MB", "RSS all open MB",
+                                   "KB/stream", "s to open all"], rows) + notes
+
+
+def machine_text(res: dict[str, Any]) -> str:
+    title = (f"STATE MACHINE alone (in-process, {res['tokens']} tokens/response, {res['tokens_per_chunk']} "
+             f"token(s)/chunk); median of {res['repeats']} repeats (best in brackets)")
+    rows = []
+    for mix, r in res["mixes"].items():
+        m, p = r["machine"], r["pipeline"]
+        rows.append([mix, str(r["chunks_per_response"]),
+                     f"{m['us_per_chunk']:.2f} ({m['best_us_per_chunk']:.2f})",
+                     f"{m['chunks_per_s']:,.0f} ({m['best_chunks_per_s']:,.0f})",
+                     f"{p['us_per_chunk']:.2f} ({p['best_us_per_chunk']:.2f})",
+                     f"{p['chunks_per_s']:,.0f} ({p['best_chunks_per_s']:,.0f})"])
+    return title + "\n\n" + table(["workload", "chunks", "machine µs/chunk", "machine chunks/s",
+                                   "decode+machine+encode µs/chunk", "chunks/s"], rows)
+
+
+# --- targets --------------------------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+
+    def add(key: str, measured: Optional[str], ok: Optional[bool], note: str = "") -> None:
+        text = dict(TARGETS)[key]
+        out.append({"target": text, "measured": measured or "-",
+                    "verdict": "not measured" if ok is None else ("met" if ok else "MISSED"), "note": note})
+
+    relay = results.get("relay")
+    level = lambda c: relay["levels"].get(c) or relay["levels"].get(str(c)) if relay else None  # noqa: E731
+    l64, l1 = level(64), level(1)
+    if l64:
+        cpu = l64["ratio"].get("gateway_cpu_us_per_token")
+        wl = relay["workload"]
+        exact = wl["mix"] == "text" and wl["tokens_per_chunk"] == 1
+        add("cpu_per_token", f"{cpu:.2f} µs" if cpu is not None else None,
+            (cpu <= 15.0) if exact and cpu is not None else None,
+            "" if exact else "run with --mix text --tokens-per-chunk 1 to judge")
+        ratio = l64["ratio"].get("events_s")
+        add("events_ratio", f"{ratio:.3f}x" if ratio is not None else None, ratio >= 0.5 if ratio is not None else None)
+    else:
+        add("cpu_per_token", None, None, "needs the relay section at c=64")
+        add("events_ratio", None, None, "needs the relay section at c=64")
+    if l1:
+        added = l1["ratio"].get("added_delta_p50_ms")
+        add("added_delta", f"{added:.3f} ms" if added is not None else None, added < 1.0 if added is not None else None)
+    else:
+        add("added_delta", None, None, "needs the relay section at c=1")
+    machine = results.get("machine")
+    if machine:
+        rate = machine["mixes"]["text"]["machine"]["chunks_per_s"]
+        add("machine", f"{rate:,.0f} chunks/s", rate >= 300_000)
+    else:
+        add("machine", None, None, "needs the machine section")
+    memory = results.get("memory")
+    if memory:
+        m = memory["median"]
+        ok = m["errors"] == 0 and m["per_stream_kb"] < 50 and m.get("max_open") == memory["streams"]
+        add("memory", f"{m['errors']} errors, {m['per_stream_kb']:.1f} KB/stream, {m.get('max_open'):.0f} open", ok)
+    else:
+        add("memory", None, None, "needs the memory section")
+    return out
+
+
+def targets_text(rows: list[dict[str, Any]]) -> str:
+    return "TARGETS (from the issue)\n\n" + table(
+        ["target", "measured", "verdict"], [[r["target"], r["measured"], r["verdict"] + (f" ({r['note']})" if r["note"] else "")]
+                                            for r in rows])
+
+
+SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text}
+
+
+def render(info: dict[str, Any], results: dict[str, Any], wall_s: float) -> str:
+    parts = [header(info)]
+    for name in ("relay", "workers", "memory", "machine"):
+        if name in results:
+            parts.append(SECTION_TEXT[name](results[name]))
+    parts.append(targets_text(targets(results)))
+    parts.append(f"wall time {wall_s:.0f} s")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_json(path: str, info: dict[str, Any], results: dict[str, Any], options: dict[str, Any], wall_s: float) -> None:
+    doc = {"machine": info, "options": options, "wall_s": wall_s, "targets": targets(results), "results": results}
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.write("\n")
