@@ -39,7 +39,7 @@ from ..upstream.client import (
 from ..upstream.pool import Backend
 from .observability import Metrics, TransportLog, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
-from .sse import encode_events
+from .sse import encode_events, encode_events_into
 
 log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
@@ -248,6 +248,12 @@ class UpstreamCall:
             self.request.app[METRICS_KEY].ttft.observe(self.first_output - self.started)
 
     def done(self) -> None:
+        try:
+            self._record()
+        except Exception:  # bookkeeping must never turn an answered request into an error
+            log.exception("could not record request %s", self.request[REQUEST_ID])
+
+    def _record(self) -> None:
         fields = self.request[LOG_FIELDS]
         metrics = self.request.app[METRICS_KEY]
         fields["upstream"] = self.server
@@ -262,9 +268,10 @@ class UpstreamCall:
             usage = final.usage
             if usage is not None:
                 fields["input_tokens"], fields["output_tokens"] = usage.input_tokens, usage.output_tokens
-                metrics.tokens.labels("input").inc(usage.input_tokens)
-                metrics.tokens.labels("output").inc(usage.output_tokens)
-                metrics.reasoning_tokens.inc(usage.output_tokens_details.reasoning_tokens)
+                # counters only go up: a nonsensical negative count from upstream counts as 0
+                metrics.tokens.labels("input").inc(max(0, usage.input_tokens))
+                metrics.tokens.labels("output").inc(max(0, usage.output_tokens))
+                metrics.reasoning_tokens.inc(max(0, usage.output_tokens_details.reasoning_tokens))
         if self.error is not None:
             fields["error_code"] = self.error.code
         transport = self.request.app[TRANSPORT_KEY]
@@ -401,22 +408,45 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             upstream.close()  # on any exit, including a client that left: vLLM stops generating
 
 
+# A busy vLLM packs many chunks into one read: their events go out in one write, but a write is
+# not held back past this size, and the first output of a response goes out at once.
+_WRITE_BATCH_BYTES = 16384
+
+
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse,
                  prompt: PromptTokens, call: UpstreamCall) -> None:
+    out = bytearray()
     try:
-        async for chunk in upstream:
-            if chunk is KEEPALIVE:
+        async for batch in upstream:
+            if batch is KEEPALIVE:
                 await response.write(KEEPALIVE_FRAME)
                 continue
-            if chunk is None:  # [DONE]
-                break
-            events = machine.feed(chunk)  # type: ignore[arg-type]
-            if events:
+            finished = False
+            for chunk in batch:  # type: ignore[union-attr]
+                if chunk is None:  # [DONE]
+                    finished = True
+                    break
+                events = machine.feed(chunk)
+                if not events:
+                    continue
+                encode_events_into(events, out)
                 if call.first_output is None and machine.has_output:
                     call.output_started()
-                await response.write(encode_events(events))
-            if machine.done:
-                return
+                    await response.write(bytes(out))
+                    out.clear()
+                elif len(out) >= _WRITE_BATCH_BYTES:
+                    await response.write(bytes(out))
+                    out.clear()
+                if machine.done:
+                    finished = True
+                    break
+            if out:
+                await response.write(bytes(out))
+                out.clear()
+            if finished:
+                break
+        if machine.done:
+            return
         if machine.finish_reason is None:
             events = machine.finish()  # fails: the stream ended without finishing
         else:
@@ -424,8 +454,9 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
     except UpstreamError as exc:
         call.error = exc
         events = machine.fail(exc.code, exc.message)
-    if events:
-        await response.write(encode_events(events))
+    encode_events_into(events, out)
+    if out:
+        await response.write(bytes(out))
 
 
 def _json(response: Optional[Response]) -> web.Response:

@@ -1,4 +1,5 @@
-"""Encoding of stream events as Server-Sent Events frames. One reused msgspec encoder."""
+"""Encoding of stream events as Server-Sent Events frames. One reused msgspec encoder; each event
+type's ``event: <type>\\ndata: `` prefix is built once."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ _prefixes: dict[type, bytes] = {}
 def encode_events(events: Iterable[StreamEvent]) -> bytes:
     """``event: <type>\\ndata: <json>\\n\\n`` for each event, as one buffer (one socket write)."""
     out = bytearray()
+    encode_events_into(events, out)
+    return bytes(out)
+
+
+def encode_events_into(events: Iterable[StreamEvent], out: bytearray) -> None:
+    """The same, appended to ``out``: the relay gathers a whole upstream read into one write."""
     for event in events:
         cls = type(event)
         prefix = _prefixes.get(cls)
@@ -23,7 +30,6 @@ def encode_events(events: Iterable[StreamEvent]) -> bytes:
         out += prefix
         _encoder.encode_into(event, out, len(out))
         out += b"\n\n"
-    return bytes(out)
 
 
 KEEPALIVE = b": keepalive\n\n"

@@ -96,7 +96,7 @@ def decode_request(raw: bytes) -> r.ResponsesRequest:
         return _request_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}.", param=None, code="invalid_json"
         ) from None

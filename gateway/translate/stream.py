@@ -344,6 +344,7 @@ class ResponseStateMachine:
         if not name:
             return  # wait for the name
         self._held_call = None
+        self._close_open("completed")  # text may have opened a message while the call waited for its name
         item = r.FunctionCallItem(
             id=self._new_id("fc"),
             status="in_progress",

@@ -104,12 +104,14 @@ class ClientSettings:
 
 
 KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write an SSE comment
-Streamed = Union[chat.ChatChunk, None, object]  # a chunk, None for [DONE], or KEEPALIVE
+Streamed = Optional[chat.ChatChunk]  # a chunk, or None for [DONE]
 
 
 class ChatStream:
-    """An open streaming chat completion. Iterate for chunks (``None`` = ``[DONE]``, ``KEEPALIVE``
-    during silences); ``close()`` aborts the HTTP request, which makes vLLM stop generating."""
+    """An open streaming chat completion. Iterating yields, per network read, the list of chunks
+    it carried (``None`` in it = ``[DONE]``), or ``KEEPALIVE`` during silences: the relay then
+    writes once per read, however many chunks a busy vLLM packed into it. ``close()`` aborts the
+    HTTP request, which makes vLLM stop generating."""
 
     def __init__(self, response: aiohttp.ClientResponse, backend: Backend, client: "VLLMClient",
                  started: float, capture: Optional[list[bytes]] = None) -> None:
@@ -120,8 +122,9 @@ class ChatStream:
         self._started = started
         self._closed = False
         self.capture = capture  # raw bytes as received, for the transport log
+        self.done_seen = False  # [DONE] arrived: the connection may go back to the pool
 
-    async def __aiter__(self) -> AsyncIterator[Streamed]:
+    async def __aiter__(self) -> AsyncIterator[Union[list[Streamed], object]]:
         decoder = SSEDecoder()
         decode = chat.chunk_decoder.decode
         content = self._response.content
@@ -149,10 +152,12 @@ class ChatStream:
                 deadline = loop.time() + settings.idle
                 if capture is not None:
                     capture.append(data)
-                for payload in decoder.feed(data):
-                    yield _decode_chunk(payload, decode)
-            for payload in decoder.close():
-                yield _decode_chunk(payload, decode)
+                payloads = decoder.feed(data)
+                if payloads:
+                    yield self._decode(payloads, decode)
+            payloads = decoder.close()
+            if payloads:
+                yield self._decode(payloads, decode)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as exc:
             error = UpstreamStreamBroken(f"the connection to {self.backend.url} was lost mid-stream ({_describe(exc)})")
             self._client.failed(self.backend, error)
@@ -161,6 +166,20 @@ class ChatStream:
             self._client.failed(self.backend, exc)
             raise
 
+    def _decode(self, payloads: list[bytes], decode: Any) -> list[Streamed]:
+        chunks: list[Streamed] = []
+        for payload in payloads:
+            if payload == DONE:
+                self.done_seen = True
+                chunks.append(None)
+                break
+            try:
+                chunks.append(decode(payload))
+            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
+                raise UpstreamProtocolError(
+                    f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
+        return chunks
+
     def _stall_message(self, first: bool) -> str:
         if first:
             return (f"the vLLM server at {self.backend.url} sent nothing within {self._settings.first_byte:g} s "
@@ -168,21 +187,28 @@ class ChatStream:
         return f"the vLLM server at {self.backend.url} stalled: no output for {self._settings.idle:g} s (idle_timeout_s)"
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.backend.in_flight -= 1
-            if not self._response.closed:
-                # ``close`` (not ``release``) drops the connection: vLLM sees the client leave.
-                self._response.close()
+        if self._closed:
+            return
+        self._closed = True
+        self.backend.in_flight -= 1
+        if self._response.closed:
+            return
+        if self.done_seen:
+            # Finished: read the end of the body in the background so that the connection goes
+            # back to the pool (a new TCP connection per request costs under load).
+            asyncio.ensure_future(self._drain())
+        else:
+            # ``close`` (not ``release``) drops the connection: vLLM sees the client leave.
+            self._response.close()
 
-
-def _decode_chunk(payload: bytes, decode: Any) -> Streamed:
-    if payload == DONE:
-        return None
-    try:
-        return decode(payload)
-    except msgspec.DecodeError as exc:
-        raise UpstreamProtocolError(f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(1.0):
+                while await self._response.content.readany():
+                    pass
+            self._response.release()
+        except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+            self._response.close()
 
 
 # A failure before vLLM answered that another try (on another server) may not have.
@@ -281,7 +307,7 @@ class VLLMClient:
             backend.in_flight -= 1
         try:
             return chat.completion_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
 
     async def _send(self, body: dict[str, Any], first: Optional[Backend], session_key: Optional[str],
@@ -431,7 +457,7 @@ def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
             upstream_message = parsed.message
         elif parsed.detail is not None:
             upstream_message = str(parsed.detail)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         upstream_message = raw[:500].decode("utf-8", "replace").strip()
     text = upstream_message or f"HTTP {status}"
     return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw)
