@@ -247,3 +247,17 @@ def parse_sse(body: bytes) -> list[dict[str, Any]]:
         check(name == event.get("type"), f"SSE event name {name!r} differs from type {event.get('type')!r}")
         events.append(event)
     return events
+
+
+def output_texts(response: dict[str, Any]) -> list[tuple[str, str]]:
+    """(type, text) of each output item: the message's text, the reasoning's text (summary or raw),
+    or ``name(arguments)`` for a function call. A compact view to compare Responses in tests."""
+    out = []
+    for item in response["output"]:
+        if item["type"] == "message":
+            out.append(("message", item["content"][0]["text"]))
+        elif item["type"] == "reasoning":
+            out.append(("reasoning", "".join(p["text"] for p in item["summary"] + (item.get("content") or []))))
+        else:
+            out.append(("function_call", f"{item['name']}({item['arguments']})"))
+    return out

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import Gateway, GatewayFactory, free_port
-from tests.contract import check_stream, parse_sse
+from tests.contract import check_stream, output_texts as texts, parse_sse
 from tests.fake_vllm import CONTEXT_OVERFLOW_MESSAGE, Generation, content, reasoning, tool_call
 
 WEATHER_TOOL = {
@@ -18,19 +18,6 @@ WEATHER_TOOL = {
     "description": "Weather for a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-def texts(response: dict) -> list[tuple[str, str]]:
-    """(type, text) of each output item: message text, reasoning summary, or call name(arguments)."""
-    out = []
-    for item in response["output"]:
-        if item["type"] == "message":
-            out.append(("message", item["content"][0]["text"]))
-        elif item["type"] == "reasoning":
-            out.append(("reasoning", "".join(p["text"] for p in item["summary"] + (item.get("content") or []))))
-        else:
-            out.append(("function_call", f"{item['name']}({item['arguments']})"))
-    return out
 
 
 async def test_plain_text(gateway: Gateway) -> None:

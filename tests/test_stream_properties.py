@@ -18,7 +18,7 @@ from gateway.schema import responses as r
 from gateway.server.sse import encode_events
 from gateway.translate.stream import ResponseStateMachine, StreamOptions, chunk_from_completion
 from gateway.translate.think import ThinkSplitter
-from tests.contract import check_stream, parse_sse
+from tests.contract import check_stream, output_texts, parse_sse
 
 # --- generating model outputs ---------------------------------------------------------------------
 
@@ -160,20 +160,8 @@ def reference_items(output: Output, options: StreamOptions) -> list[tuple[str, s
             continue  # whitespace never opens an item
         pending_boundary = False
     result = [(kind, text.strip()) for kind, text in items]
-    result += [("function_call", f"{name}:{arguments}") for name, arguments in output.calls]
+    result += [("function_call", f"{name}({arguments})") for name, arguments in output.calls]
     return result
-
-
-def summarize(response: dict) -> list[tuple[str, str]]:
-    out = []
-    for item in response["output"]:
-        if item["type"] == "message":
-            out.append(("message", item["content"][0]["text"]))
-        elif item["type"] == "reasoning":
-            out.append(("reasoning", "".join(p["text"] for p in item["summary"] + (item.get("content") or []))))
-        else:
-            out.append(("function_call", f"{item['name']}:{item['arguments']}"))
-    return out
 
 
 # --- the properties -------------------------------------------------------------------------------
@@ -196,7 +184,7 @@ def test_any_chunking_gives_the_reference_response(output: Output, options: Stre
     _, one_chunk = run(whole, options)
     events, cut_up = run(chunk_stream(output, data, field_name), options)
     assert cut_up == one_chunk
-    assert summarize(cut_up) == reference_items(output, options)
+    assert output_texts(cut_up) == reference_items(output, options)
     expected_status = "incomplete" if output.finish == "length" else "completed"
     assert cut_up["status"] == expected_status
     assert [i.get("call_id") for i in cut_up["output"] if i["type"] == "function_call"] == [
