@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from . import report
 from .loadgen import LoadGenError
 from .procs import BenchError, Procs
-from .sections import SECTIONS, Context, Options
+from .sections import DEFAULT_SECTIONS, SECTIONS, Context, Options
 from .workload import MIXES, Workload
 
 
@@ -56,12 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, metavar="S", help="seconds of load before each measurement (default 1)")
     p.add_argument("--repeats", type=int, metavar="N", help="runs per figure; medians are reported (default 3)")
     p.add_argument("--only", type=_sections, metavar="SECTION[,SECTION]",
-                   help=f"run only these sections: {', '.join(SECTIONS)} (default all)")
+                   help=f"run only these sections: {', '.join(SECTIONS)} (default: all but soak, which runs "
+                        f"only when named)")
     p.add_argument("--gateway-workers", type=int, metavar="N",
                    help="start the gateway with `serve --workers N` in the relay section (CPU and memory are summed "
                         "over its processes); the workers section compares 1 with max(2, N)")
     p.add_argument("--memory-streams", type=int, default=1000, metavar="N",
                    help="streams held open at once in the memory section (default 1000)")
+    p.add_argument("--soak-seconds", type=float, metavar="S",
+                   help="soak section: seconds of load (default 60; --quick 10)")
+    p.add_argument("--soak-streams", type=int, default=1000, metavar="N",
+                   help="soak section: streams kept open at once (default 1000)")
+    p.add_argument("--soak-disconnects", type=float, default=0.1, metavar="P",
+                   help="soak section: fraction of streams the client leaves at a random time (default 0.1)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="soak section: the seed of every random choice (stream kinds, upstream timing, "
+                        "disconnects); the same seed gives stream n the same behaviour (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write every figure, each repeat, to this JSON file")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run in seconds: 1 repeat, short runs (figures are noisier)")
@@ -83,12 +93,20 @@ def options_from(args: argparse.Namespace) -> Options:
         memory_hold=2.0 if quick else 6.0,
         machine_seconds=0.1 if quick else 0.3,
         machine_repeats=2 if quick else 5,
+        soak_seconds=args.soak_seconds if args.soak_seconds is not None else (10.0 if quick else 60.0),
+        soak_streams=args.soak_streams,
+        soak_disconnects=args.soak_disconnects,
+        soak_warmup=4.0 if quick else 10.0,
+        soak_second=5.0 if quick else 10.0,
+        seed=args.seed,
     )
     Workload(opts.mix, opts.tokens, opts.tokens_per_chunk)  # validates
     if opts.repeats < 1 or opts.duration <= 0 or (opts.requests is not None and opts.requests < 1):
         raise ValueError("--repeats, --duration and --requests must be positive")
     if opts.gateway_workers is not None and opts.gateway_workers < 1:
         raise ValueError("--gateway-workers must be >= 1")
+    if opts.soak_seconds <= 0 or opts.soak_streams < 1 or not 0.0 <= opts.soak_disconnects <= 1.0:
+        raise ValueError("--soak-seconds and --soak-streams must be positive, --soak-disconnects within 0..1")
     return opts
 
 
@@ -107,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"python -m gateway.bench: {exc}", file=sys.stderr)
         return 2
-    names = args.only or list(SECTIONS)
+    names = args.only or DEFAULT_SECTIONS
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (a `&` job)
     info = report.machine_info()

@@ -14,6 +14,8 @@ Modes:
   Afterwards no new request starts and the ones in flight finish (they are not counted).
 * ``hold``  - ``concurrency`` streams opened together (in batches), kept open by a trickling
   upstream, while the watched processes' resident memory is sampled: the memory test.
+* ``soak``  - ``concurrency`` streams kept open for ``duration`` seconds against the fake vLLM's
+  fault scenario, each one classified (``soak.run``; ``Spec.soak`` holds its parameters).
 
 Bytes are never JSON-decoded: events are counted as ``\\n\\n`` frame ends, the first delta and the
 end of a stream are found by substring search.
@@ -32,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import procstat
+from . import procstat, soak
 
 # First model output in a chat chunk: non-empty content, reasoning or tool arguments.
 _CHAT_DELTA = re.compile(rb'"(?:content|reasoning|reasoning_content|arguments)":"[^"]')
@@ -60,8 +62,10 @@ class Spec:
     batch: int = 100  # hold: streams opened per batch
     batch_interval: float = 0.02
     upstream_stats: Optional[str] = None  # URL of the fake upstream's counters (connections, requests)
-    # Hooks for a soak run: abort this fraction of streams after a random number of reads.
+    # Abort this fraction of streams: relay mode after a random number of reads; soak mode at a
+    # random time (``soak["disconnect_window_s"]``).
     disconnect_probability: float = 0.0
+    soak: Optional[dict[str, Any]] = None  # soak mode: seed, phase, ramp_s, hang_s, drain_s, disconnect_window_s
 
 
 class _Counters:
@@ -281,7 +285,11 @@ async def run_spec(spec: Spec) -> dict[str, Any]:
     run = _Run(spec)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.request_timeout, sock_connect=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
+    traces = soak.trace_configs() if spec.mode == "soak" else None
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                     trace_configs=traces) as session:
+        if spec.mode == "soak":
+            return await soak.run(spec, session)
         body = await (_hold(run, session) if spec.mode == "hold" else _relay(run, session))
     per = run.events_per_response
     body.update({
@@ -300,8 +308,22 @@ async def run_spec(spec: Spec) -> dict[str, Any]:
 # --- the process ----------------------------------------------------------------------------------
 
 
+def _raise_fd_limit() -> None:
+    """1,000 streams need 1,000 sockets here: the soft limit of open files up to the hard one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else hard
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _child(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _raise_fd_limit()
     while True:
         try:
             spec = conn.recv()

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from . import procstat
 from .loadgen import LoadGen
@@ -107,11 +107,13 @@ class Procs:
 
     # --- the gateway ----------------------------------------------------------------------------
 
-    def gateway(self, base_url: str, workers: Optional[int] = None, name: str = "gateway") -> Child:
+    def gateway(self, base_url: str, workers: Optional[int] = None, name: str = "gateway",
+                overrides: Sequence[str] = ()) -> Child:
+        """``overrides``: more ``key=value`` settings, e.g. ``gateway.idle_timeout_s=5``."""
         port = free_port()
         log = self.dir / f"{name}-{port}.log"
         cmd = [sys.executable, "-m", "gateway", "serve", "--base-url", base_url, "--model", "bench", "--api-key=",
-               "--host", HOST, "--port", str(port), "gateway.log_level=WARNING"]
+               "--host", HOST, "--port", str(port), "gateway.log_level=WARNING", *overrides]
         if CONFIG.exists():
             cmd[4:4] = ["--config", str(CONFIG)]
         if workers is not None:

@@ -89,6 +89,20 @@ def machine_busy_seconds() -> float:
     return busy / _TICK
 
 
+def listen_overflows() -> int:
+    """Connections the kernel dropped since boot because a listening socket's accept queue was
+    full (``TcpExt: ListenOverflows`` in ``/proc/net/netstat``; the whole machine)."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:") and "ListenOverflows" in names.split():
+            return int(values.split()[names.split().index("ListenOverflows")])
+    return 0
+
+
 @dataclass
 class TreeSample:
     pids: list[int]

@@ -17,6 +17,7 @@ TARGETS = [
     ("added_delta", "added first-delta p50 < 1 ms (gateway - direct, c=1)"),
     ("machine", "state machine >= 300,000 text chunks/s"),
     ("memory", "1,000 streams: 0 errors and < 50 KB/stream"),
+    ("soak", "soak: 0 hung, 0 broken, nothing left open, no memory growth"),
 ]
 
 
@@ -181,6 +182,102 @@ def memory_text(res: dict[str, Any]) -> str:
                                    "KB/stream", "s to open all"], rows) + notes
 
 
+def _mb(kb: Optional[float], sign: bool = False) -> str:
+    if kb is None:
+        return "-"
+    return f"{kb / 1024:+.1f}" if sign else f"{kb / 1024:.1f}"
+
+
+def soak_text(res: dict[str, Any]) -> str:
+    settings = " ".join(x.split(".", 1)[1] for x in res["gateway_settings"])
+    title = (f"SOAK: {res['streams']:,} streams at once through one gateway for {res['seconds']:g} s (after a "
+             f"{res['warmup_s']:g} s warm-up; then a {res['second_s']:g} s second soak), each phase followed by a wait "
+             f"for every stream to end;\n  {res['disconnect_probability']:.0%} of the streams left by the client at a "
+             f"random time, the fake vLLM misbehaving on purpose in a random mix (below); seed {res['seed']}\n"
+             f"  gateway: {settings}; hung = no event (keepalives aside) for {res['hang_s']:g} s, or still open when "
+             f"the wait ends")
+    rows = []
+    for r in res["phases"] + [None]:
+        if r is None:
+            t = res["totals"]
+            rows.append(["all", "", "", f"{sum(t.values()):,}", "", "", f"{t['completed'] + t['incomplete']:,}",
+                         f"{t['failed_stream'] + t['failed_http']:,}", f"{t['disconnected']:,}", str(t["hung"]),
+                         str(t["broken"]), str(res["unexpected"]), "", ""])
+            continue
+        o = r["outcomes"]
+        rows.append([r["label"], f"{r['seconds']:g}", f"{r['drain_s']:.1f}", f"{r['streams']:,}", _n(r["req_s"]),
+                     f"{r['max_open']:,}/{_n(r.get('min_open_steady'))}",
+                     f"{o['completed'] + o['incomplete']:,}", f"{o['failed_stream'] + o['failed_http']:,}",
+                     f"{o['disconnected']:,}", str(o["hung"]), str(o["broken"]),
+                     str(sum(row["unexpected"] for row in r["by_kind"].values())),
+                     f"{r['core_pct_gateway']:.0f} ({_cores(r)})", _mb(r["rss_idle_after_kb"])])
+    phases = table(["phase", "load s", "drain s", "streams", "req/s", "open max/min", "completed", "failed cleanly",
+                    "disconnected", "hung", "broken", "unexpected", "gw CPU % (all)", "RSS idle after MB"], rows)
+    kinds = {k["name"]: k for k in res["kinds"]}
+    rows = []
+    for name, row in res["by_kind"].items():
+        n = sum(v for k, v in row.items() if k != "unexpected")
+        rows.append([name, kinds[name]["expected"], f"{n:,}", f"{row['completed']:,}", f"{row['incomplete']:,}",
+                     f"{row['failed_stream']:,}", f"{row['failed_http']:,}", f"{row['disconnected']:,}",
+                     str(row["hung"]), str(row["broken"]), str(row["unexpected"])])
+    by_kind = table(["upstream does", "expected", "streams", "completed", "incomplete", "failed (stream)",
+                     "failed (HTTP)", "disconnected", "hung", "broken", "unexpected"], rows)
+    errors = ", ".join(f"{k} {v:,}" for k, v in sorted(res["errors"].items(), key=lambda kv: -kv[1])) or "none"
+    c, m, u = res["checks"], res["memory"], res["upstream"]
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "FAILED"
+
+    lag = u["close_lag_ms"]
+    probe = res["probe_ms"]
+    rows = [
+        ["hung streams (must be 0)", str(c["hung"]) + (" (" + ", ".join(f"{k} {v}" for k, v in
+                                                                       res["hung_reasons"].items()) + ")"
+                                                   if res["hung_reasons"] else ""), verdict(c["hung"] == 0)],
+        ["broken streams (must be 0)", str(c["broken"]), verdict(c["broken"] == 0)],
+        ["gateway_open_streams after each phase (/metrics)", _n(c["open_streams_after"]),
+         verdict(c["open_streams_after"] == 0)],
+        ["gateway_upstream_in_flight after each phase", _n(c["upstream_in_flight_after"]),
+         verdict(c["upstream_in_flight_after"] == 0)],
+        ["upstream requests never closed (still open, or stall ran out)", str(c["upstream_left_open"]),
+         verdict(c["upstream_left_open"] == 0)],
+        ["client disconnects -> upstream request closed",
+         f"{u['client_disconnects']:,}: {u['closed_after_client_left']:,} closed after, {u['ended_before_client_left']:,} "
+         f"already over, {u['never_sent_upstream']:,} never sent, {u['ran_on_after_client_left']} ran to their end "
+         f"(noticed late), {u['abandoned_still_open']} left open",
+         verdict(u["abandoned_still_open"] == 0)],
+        ["  client left -> upstream closed, ms p50/p99/max",
+         f"{_n(lag['p50'], 1)} / {_n(lag['p99'], 1)} / {_n(lag['max'], 1)}", ""],
+        ["upstream requests closed early, by cause", ", ".join(f"{k} {v:,}" for k, v in u["early"].items()),
+         verdict(u["early"].get("other", 0) == 0)],
+        ["gateway RSS MB: before / peak / after (+growth)",
+         f"{_mb(m['before_kb'])} / {_mb(m['peak_kb'])} / {_mb(m['after_kb'])} ({_mb(m['growth_kb'], True)})", ""],
+        ["  during the soak, at 1/4, 1/2, 3/4, the end", " / ".join(_mb(x) for x in m["main_trend_kb"]), ""],
+        [f"  after the second soak (growth <= {m['growth_limit_kb'] / 1024:g} MB)",
+         f"{_mb(m['after_second_kb'])} ({_mb(m['growth_second_kb'], True)}"
+         + (f", {m['growth_second_bytes_per_request']:+,.0f} bytes/stream)" if m.get("growth_second_bytes_per_request")
+            is not None else ")"), verdict(c["no_growth"])],
+        ["gateway still answers after the soak", c["still_answers_detail"], verdict(c["still_answers"])],
+        ["gateway process alive to the end", "yes" if c["alive"] else "no", verdict(c["alive"])],
+        ["gateway log records (WARNING and above)", f"{c['log']['records']:,}", ""],
+        ["gateway answer time, no upstream (GET 404), ms p50/p99/max", f"{_n(probe['p50'], 1)} / {_n(probe['p99'], 1)} / "
+                                                                      f"{_n(probe['max'], 1)}", ""],
+        ["listen queue overflows (whole machine)", f"{res['listen_overflows']:,}", ""],
+    ]
+    checks = table(["check", "measured", "verdict"], rows)
+    notes = [f"  errors by kind: {errors}",
+             f"  upstream: {u['requests']:,} requests ({u['tries']:,} tries with the gateway's retries), ended "
+             + ", ".join(f"{k} {v:,}" for k, v in sorted(u["states"].items()))]
+    for kind in ("hung", "broken", "unexpected"):
+        if res["samples"][kind]:
+            notes.append(f"  {kind}: " + "; ".join(res["samples"][kind][:3]))
+    if u["samples"]:
+        notes.append("  upstream: " + "; ".join(u["samples"][:3]))
+    for kind, n in list(c["log"]["kinds"].items())[:5]:
+        notes.append(f"  gateway log, {n:,}x: {kind[:300]}")
+    return "\n\n".join([title, phases, by_kind, checks, "\n".join(notes)])
+
+
 def machine_text(res: dict[str, Any]) -> str:
     title = (f"STATE MACHINE alone (in-process, {res['tokens']} tokens/response, {res['tokens_per_chunk']} "
              f"token(s)/chunk); median of {res['repeats']} repeats (best in brackets)")
@@ -240,6 +337,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("memory", f"{m['errors']} errors, {m['per_stream_kb']:.1f} KB/stream, {m.get('max_open'):.0f} open", ok)
     else:
         add("memory", None, None, "needs the memory section")
+    soak = results.get("soak")
+    if soak:
+        c, m = soak["checks"], soak["memory"]
+        add("soak", f"{c['hung']} hung, {c['broken']} broken, {c['open_streams_after']:g} open after, "
+                    f"{c['upstream_left_open']} upstream left open, RSS {_mb(m['growth_second_kb'], True)} MB",
+            soak["ok"])
+    else:
+        add("soak", None, None, "run --only soak")
     return out
 
 
@@ -249,12 +354,13 @@ def targets_text(rows: list[dict[str, Any]]) -> str:
                                             for r in rows])
 
 
-SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text}
+SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text,
+                "soak": soak_text}
 
 
 def render(info: dict[str, Any], results: dict[str, Any], wall_s: float) -> str:
     parts = [header(info)]
-    for name in ("relay", "workers", "memory", "machine"):
+    for name in ("relay", "workers", "memory", "soak", "machine"):
         if name in results:
             parts.append(SECTION_TEXT[name](results[name]))
     parts.append(targets_text(targets(results)))

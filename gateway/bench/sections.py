@@ -1,7 +1,7 @@
 """The measured sections. Each is a function ``(Options, Context) -> dict`` registered in
-``SECTIONS``; the dict is what ``report`` prints and what ``--json`` writes. A new section (e.g. a
-soak run: 1,000 streams for a minute with random client disconnects, ``Spec.disconnect_probability``,
-and upstream faults, a new scenario in ``upstream.SCENARIOS``) is one more function here.
+``SECTIONS``; the dict is what ``report`` prints and what ``--json`` writes. A new section is one
+more function here (``soak`` is the latest: 1,000 streams for a minute with random client
+disconnects and upstream faults).
 
 Every figure is measured ``repeats`` times; runs of different targets are interleaved (direct,
 gateway, direct, gateway, ...) so that the machine's noise falls on both, and the report shows
@@ -10,13 +10,19 @@ medians, with the spread of the repeats beside the main figures.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+import orjson
+
 from . import machine as machine_bench
 from . import procstat
+from . import soak as soak_plan
 from .loadgen import LoadGen, Spec
 from .procs import BenchError, Child, Procs, workers_supported
 from .workload import Workload
@@ -41,6 +47,12 @@ class Options:
     trickle_interval_ms: int = 200
     machine_seconds: float = 0.3
     machine_repeats: int = 5
+    soak_seconds: float = 60.0
+    soak_streams: int = 1000
+    soak_disconnects: float = 0.1  # fraction of soak streams the client leaves at a random time
+    soak_warmup: float = 10.0  # a soak this long first: the memory "before" is read after it
+    soak_second: float = 10.0  # a second soak this long after the main one (0: none): growth between the two
+    seed: int = 1
 
     @property
     def workload(self) -> Workload:
@@ -287,9 +299,272 @@ def machine(opts: Options, ctx: Context) -> dict[str, Any]:
                              ctx.progress)
 
 
+# --- soak: 1,000 streams for a minute, client disconnects and upstream faults ----------------------
+
+SOAK_TIMEOUT_S = 5.0  # the gateway's first_byte_timeout_s and idle_timeout_s during the soak
+SOAK_KEEPALIVE_S = 1.0  # its keepalive_interval_s
+SOAK_HANG_S = SOAK_TIMEOUT_S + 10.0  # a stream with no event (keepalives aside) for this long is hung
+SOAK_LONGEST_S = 13.0  # the longest a soak stream lasts when the gateway does its job (slow: 4 gaps of up to 3 s), plus margin
+SOAK_IDLE_S = 3.0  # the gateway idles this long before each memory reading
+SOAK_RAMP_S = 5.0  # the first streams of a phase start spread over this (at most half the phase)
+SOAK_DISCONNECT_WINDOW_S = 6.0  # a client that leaves does so within this of sending its request
+SOAK_GROWTH_LIMIT_KB = 4096  # "no growth": RSS after the second soak within this of after the soak
+
+
+def _http_get(url: str, timeout: float = 10.0) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise BenchError(f"GET {url} failed: {getattr(exc, 'reason', exc)}") from None
+
+
+def _gateway_metrics(url: str) -> dict[str, float]:
+    """The few /metrics figures the soak checks (summed over label sets)."""
+    text = _http_get(url + "/metrics").decode("utf-8", "replace")
+    out: dict[str, float] = {}
+    for name in ("gateway_open_streams", "gateway_upstream_in_flight", "gateway_upstream_retries_total"):
+        values = re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M)
+        out[name] = sum(float(v) for v in values) if values else 0.0
+    return out
+
+
+def _still_answers(url: str) -> tuple[bool, str]:
+    """One plain streamed request after the soak: does the gateway still complete a stream?"""
+    body = ('{"model": "bench", "input": "%s", "stream": true}' % soak_plan.directive("z-000001", "text", 1)).encode()
+    request = urllib.request.Request(url + "/v1/responses", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30.0) as resp:
+            text = resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"failed: {getattr(exc, 'reason', exc)}"
+    ok = b"event: response.completed\n" in text
+    return ok, "a stream completed" if ok else f"no response.completed in {text[-200:]!r}"
+
+
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d+ (\w+) (\S+): (.*)$")
+_OWN_FRAME = re.compile(r'File ".*?/(gateway/(?!bench/)[^"]+)", line (\d+), in (\S+)')
+
+
+def _log_summary(lines: list[str]) -> dict[str, Any]:
+    """The gateway's log (WARNING and above) grouped by kind: level, logger, message without its
+    variable parts, the exception a traceback ends with and the last frame of gateway code in it."""
+    records: list[list[str]] = []
+    for line in lines:
+        if _LOG_RECORD.match(line) or not records:
+            records.append([line])
+        else:
+            records[-1].append(line)
+    kinds: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for record in records:
+        m = _LOG_RECORD.match(record[0])
+        if m:
+            message = re.sub(r"[0-9a-f]{16,}|\d+(\.\d+)?", "#", m.group(3))  # ids, ports, times
+            head = f"{m.group(1)} {m.group(2)}: {message}"
+        else:
+            head = record[0]
+        frames = [f"{f[0]}:{f[1]} in {f[2]}" for f in _OWN_FRAME.findall("\n".join(record))]
+        exc = next((line.strip() for line in reversed(record[1:]) if line and not line.startswith(" ")), "")
+        key = " | ".join(x for x in (head, frames[-1] if frames else "", exc) if x)
+        kinds[key] = kinds.get(key, 0) + 1
+        first.setdefault(key, "\n".join(record))
+    ordered = sorted(kinds.items(), key=lambda kv: -kv[1])
+    return {"records": len(records), "kinds": dict(ordered), "first": [first[k] for k, _ in ordered[:3]]}
+
+
+def _upstream_check(result: dict[str, Any], records: dict[str, list[Any]]) -> dict[str, Any]:
+    """What the fake vLLM saw of each request of a phase, against what the client did."""
+    states: dict[str, int] = {}
+    for kind, tries, state, started, ended in records.values():
+        states[state] = states.get(state, 0) + 1
+    left_open = [f"{i} ({r[0]}, {r[2]})" for i, r in records.items() if r[2] in ("open", "expired")]
+    # Every request the client abandoned: closed upstream after it left, or already over by then.
+    closed_after, ended_before, never_sent, ran_on, still_open = 0, 0, 0, [], 0
+    lags: list[float] = []
+    abandoned = set()
+    for stream_id, left_at in result["disconnects"]:
+        abandoned.add(stream_id)
+        record = records.get(stream_id)
+        if record is None:
+            never_sent += 1  # the client left before the gateway sent it upstream
+            continue
+        kind, tries, state, started, ended = record
+        if state in ("open", "expired"):
+            still_open += 1
+        elif ended < left_at:  # over before the client left (a stall the gateway gave up on, say)
+            ended_before += 1
+        elif state == "early":  # the gateway closed it because the client left
+            closed_after += 1
+            lags.append((ended - left_at) * 1000.0)
+        elif state == "http" or ended < max(left_at, started) + 0.25:
+            ended_before += 1  # an answer that takes no time, or the last write and the leaving crossed
+        else:  # the upstream streamed on to its end: the gateway noticed the client late
+            ran_on.append(f"{stream_id} ({kind}, ended by itself {ended - left_at:.2f} s after the client left"
+                          + (f", sent upstream {started - left_at:.2f} s after it left)" if started > left_at else ")"))
+    # Requests the upstream saw closed before their end, by cause.
+    early: dict[str, int] = {"client left": 0, "gateway timeout (stall)": 0, "invalid JSON line": 0, "other": 0}
+    other: list[str] = []
+    for stream_id, (kind, tries, state, started, ended) in records.items():
+        if state != "early":
+            continue
+        if stream_id in abandoned or stream_id in result.get("hung_ids", ()):
+            early["client left"] += 1
+        elif kind.startswith("stall_"):
+            early["gateway timeout (stall)"] += 1
+        elif kind == "bad_json":
+            early["invalid JSON line"] += 1
+        else:
+            early["other"] += 1
+            if len(other) < 5:
+                other.append(f"{stream_id} ({kind})")
+    return {
+        "requests": len(records), "tries": sum(r[1] for r in records.values()), "states": states,
+        "left_open": len(left_open), "left_open_samples": left_open[:5],
+        "client_disconnects": len(result["disconnects"]), "closed_after_client_left": closed_after,
+        "ended_before_client_left": ended_before, "never_sent_upstream": never_sent,
+        "ran_on_after_client_left": len(ran_on), "ran_on_samples": ran_on[:5], "abandoned_still_open": still_open,
+        "close_lag_ms": soak_plan.percentiles(lags), "lags_ms": lags, "early": early,
+        "early_other_samples": other,
+    }
+
+
+def soak(opts: Options, ctx: Context) -> dict[str, Any]:
+    upstream = ctx.upstream
+    overrides = [f"gateway.first_byte_timeout_s={SOAK_TIMEOUT_S:g}", f"gateway.idle_timeout_s={SOAK_TIMEOUT_S:g}",
+                 f"gateway.keepalive_interval_s={SOAK_KEEPALIVE_S:g}"]
+    drain_s = SOAK_LONGEST_S + SOAK_HANG_S
+    phases = [("warm-up", "w", opts.soak_warmup), ("soak", "m", opts.soak_seconds)]
+    if opts.soak_second > 0:
+        phases.append(("second soak", "s", opts.soak_second))
+    gateway = ctx.procs.gateway(upstream.url + "/soak/text/32/1/v1", name="gateway-soak", overrides=overrides)
+    runs: list[dict[str, Any]] = []
+    hwm = 0
+    try:
+        _http_get(upstream.url + "/bench/soak/clear")
+        for label, tag, seconds in phases:
+            ctx.progress(f"soak {label}: {opts.soak_streams} streams for {seconds:g} s, then until all have ended "
+                         f"(at most {drain_s:g} s)")
+            spec = Spec(url=gateway.url + "/v1/responses", body=b"", protocol="responses", mode="soak",
+                        concurrency=opts.soak_streams, duration=seconds, warmup=0.0,
+                        drain_timeout=drain_s + 15.0, request_timeout=seconds + drain_s + 60.0,
+                        watch={"gateway": gateway.pid, "upstream": upstream.pid},
+                        disconnect_probability=opts.soak_disconnects,
+                        soak={"seed": opts.seed, "phase": tag, "ramp_s": min(SOAK_RAMP_S, seconds / 2),
+                              "hang_s": SOAK_HANG_S,
+                              "drain_s": drain_s, "disconnect_window_s": SOAK_DISCONNECT_WINDOW_S})
+            result = ctx.loadgen.run(spec)
+            time.sleep(SOAK_IDLE_S)  # every stream is over: the gateway idles
+            records = orjson.loads(_http_get(upstream.url + "/bench/soak/clear"))
+            metrics = _gateway_metrics(gateway.url)
+            idle = procstat.sample(gateway.pid)
+            result["label"] = label
+            result["rss_idle_after_kb"] = idle.rss_kb
+            result["metrics_after"] = metrics
+            result["upstream_check"] = _upstream_check(result, records)
+            del result["disconnects"], result["hung_ids"]  # long lists, used up
+            o = result["outcomes"]
+            ctx.progress(f"soak {label}: {result['streams']:,} streams, {result['req_s']:,.0f}/s, max {result['max_open']} "
+                         f"open; completed {o['completed'] + o['incomplete']:,}, failed cleanly "
+                         f"{o['failed_stream'] + o['failed_http']:,}, disconnected {o['disconnected']:,}, hung "
+                         f"{o['hung']}, broken {o['broken']}; gateway CPU {result['core_pct_gateway']:.0f}% of a "
+                         f"core, RSS idle after {idle.rss_kb / 1024:.1f} MB, open streams "
+                         f"{metrics['gateway_open_streams']:g}")
+            runs.append(result)
+        answers = _still_answers(gateway.url)
+        hwm = procstat.sample(gateway.pid).hwm_kb
+    finally:
+        alive = gateway.proc.poll() is None
+        ctx.procs.stop(gateway)
+        try:
+            log = [line for line in gateway.log.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            log = []
+    return _soak_summary(opts, runs, answers, alive, hwm, log, overrides)
+
+
+def _soak_summary(opts: Options, runs: list[dict[str, Any]], answers: tuple[bool, str], alive: bool, hwm: int,
+                  log: list[str], overrides: list[str]) -> dict[str, Any]:
+    measured = runs  # every phase is judged; the warm-up is also where the memory "before" comes from
+    totals = {o: sum(r["outcomes"][o] for r in measured) for o in soak_plan.OUTCOMES}
+    hung_reasons: dict[str, int] = {}
+    for r in measured:
+        for reason, n in r["hung_reasons"].items():
+            hung_reasons[reason] = hung_reasons.get(reason, 0) + n
+    unexpected = sum(row["unexpected"] for r in measured for row in r["by_kind"].values())
+    by_kind: dict[str, dict[str, int]] = {}
+    for r in measured:
+        for kind, row in r["by_kind"].items():
+            into = by_kind.setdefault(kind, {k: 0 for k in row})
+            for k, v in row.items():
+                into[k] += v
+    errors: dict[str, int] = {}
+    for r in measured:
+        for code, n in r["stream_errors"].items():
+            errors[f"response.failed {code}"] = errors.get(f"response.failed {code}", 0) + n
+        for code, n in r["http_errors"].items():
+            errors[f"HTTP {code}"] = errors.get(f"HTTP {code}", 0) + n
+    before = runs[0]["rss_idle_after_kb"]
+    after = runs[1]["rss_idle_after_kb"]
+    second = runs[2]["rss_idle_after_kb"] if len(runs) > 2 else None
+    peak = max([hwm] + [r["peak_rss_kb"] for r in runs])
+    upstream: dict[str, Any] = {}
+    for key in ("requests", "tries", "left_open", "client_disconnects", "closed_after_client_left",
+                "ended_before_client_left", "never_sent_upstream", "ran_on_after_client_left", "abandoned_still_open"):
+        upstream[key] = sum(r["upstream_check"][key] for r in measured)
+    upstream["early"] = {cause: sum(r["upstream_check"]["early"][cause] for r in measured)
+                         for cause in measured[0]["upstream_check"]["early"]}
+    upstream["states"] = {}
+    for r in measured:
+        for state, n in r["upstream_check"]["states"].items():
+            upstream["states"][state] = upstream["states"].get(state, 0) + n
+    upstream["close_lag_ms"] = soak_plan.percentiles([x for r in measured for x in r["upstream_check"]["lags_ms"]])
+    upstream["samples"] = [x for r in runs for key in ("left_open_samples", "ran_on_samples", "early_other_samples")
+                           for x in r["upstream_check"][key]][:8]
+    for r in runs:
+        del r["upstream_check"]["lags_ms"]
+    samples = {kind: [x for r in runs for x in r["samples"][kind]][:10] for kind in ("hung", "broken", "unexpected")}
+    checks = {
+        "hung": totals["hung"],
+        "broken": totals["broken"],
+        "open_streams_after": max(r["metrics_after"]["gateway_open_streams"] for r in runs),
+        "upstream_in_flight_after": max(r["metrics_after"]["gateway_upstream_in_flight"] for r in runs),
+        "upstream_left_open": sum(r["upstream_check"]["left_open"] for r in runs),
+        "abandoned_still_open": sum(r["upstream_check"]["abandoned_still_open"] for r in runs),
+        "ran_on_after_client_left": sum(r["upstream_check"]["ran_on_after_client_left"] for r in runs),
+        "still_answers": answers[0], "still_answers_detail": answers[1], "alive": alive,
+        "log_lines": len(log), "log": _log_summary(log),
+    }
+    growth_second = (second - after) if second is not None else None
+    main = runs[1]["timeline"]  # (seconds, open, RSS KiB, overflows), one a second
+    trend = [main[min(len(main) - 1, round(q * (len(main) - 1)))][2] for q in (0.25, 0.5, 0.75, 1.0)] if main else []
+    checks["no_growth"] = growth_second is None or growth_second <= SOAK_GROWTH_LIMIT_KB
+    ok = (checks["hung"] == 0 and checks["broken"] == 0 and checks["open_streams_after"] == 0
+          and checks["upstream_in_flight_after"] == 0 and checks["upstream_left_open"] == 0
+          and checks["abandoned_still_open"] == 0 and answers[0] and alive and checks["no_growth"])
+    return {
+        "streams": opts.soak_streams, "seconds": opts.soak_seconds, "warmup_s": opts.soak_warmup,
+        "second_s": opts.soak_second, "disconnect_probability": opts.soak_disconnects, "seed": opts.seed,
+        "gateway_settings": overrides, "hang_s": SOAK_HANG_S, "idle_s": SOAK_IDLE_S,
+        "kinds": [{"name": k.name, "weight": k.weight, "expected": k.expected, "what": k.what} for k in soak_plan.KINDS],
+        "totals": totals, "hung_reasons": hung_reasons, "unexpected": unexpected, "by_kind": by_kind, "errors": errors, "samples": samples,
+        "upstream": upstream,
+        "memory": {"before_kb": before, "peak_kb": peak, "after_kb": after, "after_second_kb": second,
+                   "growth_kb": after - before, "growth_second_kb": growth_second, "main_trend_kb": trend,
+                   "growth_second_bytes_per_request": growth_second * 1024 / runs[2]["streams"]
+                   if growth_second is not None and runs[2]["streams"] else None,
+                   "growth_limit_kb": SOAK_GROWTH_LIMIT_KB},
+        "checks": checks, "ok": ok, "phases": runs,
+        "probe_ms": soak_plan.percentiles([]) if not runs else runs[min(1, len(runs) - 1)]["probe_ms"],
+        "listen_overflows": sum(r["listen_overflows"] for r in runs),
+    }
+
+
 SECTIONS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
     "machine": machine,  # first: in this process, while nothing else runs
     "relay": relay,
     "workers": workers,
     "memory": memory,
+    "soak": soak,  # only when asked for (--only soak): it takes minutes
 }
+DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory"]

@@ -17,6 +17,12 @@ The path prefix before ``/v1`` selects the scenario and the workload (see ``work
   the event loop (as uvicorn writes vLLM's stream: the last chunk of the HTTP body on its own);
 * ``/trickle/<mix>/<tokens>/<tokens_per_chunk>/<interval_ms>/v1/...`` - like ``step``, with a pause
   of ``interval_ms`` before each delta: streams stay open for the memory test.
+* ``/soak/<mix>/<tokens>/<tokens_per_chunk>/v1/...`` - the soak run: each request says in its last
+  message (``soak <id> <kind> <seed>``) what to do: a trickled stream or a fault (see ``soak.py``).
+  Every such request is recorded by id (``GET /bench/soak``, ``GET /bench/soak/clear`` to read and
+  forget): how it ended upstream ("done", "http", "cut" by a reset, "early" when the client closed
+  the connection first, "expired" when a stall ran out with nobody closing it, or still "open"),
+  how many tries, and when (``time.monotonic()``, the same clock in every process of the machine).
 
 A new scenario (e.g. upstream faults for a soak run) is one more entry in ``SCENARIOS``.
 """
@@ -28,11 +34,15 @@ import asyncio
 import collections
 import os
 import signal
+import socket
 import stat
-from typing import Callable, Optional
+import struct
+import time
+from typing import Any, Callable, Optional
 
 import orjson
 
+from . import soak as soak_plan
 from .workload import MODEL, Workload, parse_path
 
 _SLICE = 256 * 1024  # bytes handed to the transport at a time (flow control in between)
@@ -83,6 +93,8 @@ class _Bodies:
 
 BODIES = _Bodies()
 STATS = {"connections": 0, "requests": 0, "unused_connections": 0, "cut_streams": 0}  # GET /bench/stats
+# The soak scenario's requests by id: [kind, tries, state, started, ended] (GET /bench/soak)
+SOAK: dict[str, list[Any]] = {}
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -98,6 +110,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self._close_after = False
         self._timer: Optional[asyncio.Handle] = None
         self._served = 0
+        self.request: dict[str, Any] = {}  # the request being answered (JSON body)
+        self._soak: Optional[list[Any]] = None  # its SOAK record, while it is open
+        self._soak_end = "done"  # what the record says once the response's last bytes are written
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -122,6 +137,7 @@ class UpstreamProtocol(asyncio.Protocol):
             STATS["unused_connections"] += 1
         elif self._busy:
             STATS["cut_streams"] += 1  # the client left before the end of a response
+        self._soak_ended("early")  # (unless the response had ended already)
         if self._timer is not None:
             self._timer.cancel()
         self._out.clear()
@@ -156,6 +172,11 @@ class UpstreamProtocol(asyncio.Protocol):
         if path == "/bench/stats":
             self._finish(_response("200 OK", orjson.dumps(STATS)))
             return
+        if path in ("/bench/soak", "/bench/soak/clear"):
+            self._finish(_response("200 OK", orjson.dumps(SOAK)))
+            if path.endswith("/clear"):
+                SOAK.clear()
+            return
         if method == "GET" and (path.endswith("/health") or path.endswith("/v1/models")):
             payload = b"{}" if path.endswith("/health") else orjson.dumps(
                 {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "vllm", "max_model_len": 1 << 20}]})
@@ -177,6 +198,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self._finish(BODIES.completion(prefix, workload))
             return
         STATS["requests"] += 1
+        self.request = request
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         handler(self, prefix, workload, params, include_usage)
 
@@ -208,6 +230,60 @@ class UpstreamProtocol(asyncio.Protocol):
 
         self._timer = loop.call_later(interval, tick)
 
+    def soak(self, prefix: str, workload: Workload, params: list[str], include_usage: bool) -> None:
+        parsed = soak_plan.parse_directive(self.request)
+        if parsed is None:
+            self._finish(_response("400 Bad Request", b'{"error": {"message": "no soak directive", "code": 400}}'))
+            return
+        stream_id, kind, seed = parsed
+        previous = SOAK.get(stream_id)
+        tries = previous[1] + 1 if previous else 1
+        record = SOAK[stream_id] = [kind, tries, "open", time.monotonic(), None]
+        self._soak = record
+        steps = soak_plan.upstream_script(kind, seed, include_usage, tries)
+        self._soak_end = "http" if steps[0][1] == "end" else "done"  # an HTTP error answer, or a stream
+        loop = asyncio.get_running_loop()
+        position = 0
+
+        def run(due: bool) -> None:
+            nonlocal position
+            self._timer = None
+            while self.transport is not None and position < len(steps):
+                delay, op, data = steps[position]
+                if delay > 0 and not due:
+                    self._timer = loop.call_later(delay, run, True)
+                    return
+                due = False
+                position += 1
+                if op == "write":
+                    self._write(data)
+                elif op == "end":
+                    self._finish(data)
+                elif op == "reset":
+                    self._soak_ended("cut")
+                    transport = self.transport
+                    sock = transport.get_extra_info("socket")
+                    if sock is not None:  # SO_LINGER 0: close() sends a RST, not a FIN
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    transport.abort()
+                elif op == "stall":
+                    self._timer = loop.call_later(soak_plan.STALL_MAX_S, expire)
+
+        def expire() -> None:
+            self._timer = None
+            self._soak_ended("expired")
+            if self.transport is not None:
+                self.transport.close()
+
+        run(True)
+
+    def _soak_ended(self, state: str) -> None:
+        record = self._soak
+        if record is not None:
+            self._soak = None
+            if record[2] == "open":
+                record[2], record[4] = state, time.monotonic()
+
     # --- writing --------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -233,6 +309,8 @@ class UpstreamProtocol(asyncio.Protocol):
         if not self._out and self._ending and transport is not None:
             self._ending = False
             self._busy = False
+            if self._soak is not None:
+                self._soak_ended(self._soak_end)
             if self._close_after:
                 transport.close()
             elif self._in:
@@ -243,6 +321,7 @@ SCENARIOS: dict[str, Callable[..., None]] = {
     "w": UpstreamProtocol.burst,
     "trickle": UpstreamProtocol.trickle,
     "step": lambda self, prefix, workload, params, include_usage: self.trickle(prefix, workload, ["0"], include_usage),
+    "soak": UpstreamProtocol.soak,
 }
 
 

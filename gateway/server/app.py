@@ -21,6 +21,7 @@ from typing import Any, Optional
 import msgspec
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
 from ..schema.responses import Response
@@ -202,6 +203,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     try:
         raw = await request.read()
+    except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+        return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
+    try:
         req = decode_request(raw)
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
@@ -322,7 +326,7 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
     call.server = backend.url
     try:
         try:
-            completion = await client.complete_chat(plan.body, backend, key, call.request[REQUEST_ID], call.capture)
+            completion = await client.complete_chat(plan.payload, backend, key, call.request[REQUEST_ID], call.capture)
         except UpstreamHTTPError as exc:
             call.error = exc
             if not exc.is_context_overflow:
@@ -363,7 +367,7 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
     try:
         # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
         try:
-            upstream = await client.open_chat_stream(plan.body, backend, key, request[REQUEST_ID], call.capture)
+            upstream = await client.open_chat_stream(plan.payload, backend, key, request[REQUEST_ID], call.capture)
             call.server = upstream.backend.url
         except UpstreamHTTPError as exc:
             call.error = exc
@@ -386,7 +390,16 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             streams.add(task)
             request.app[METRICS_KEY].open_streams.inc()
             try:
-                await _relay(upstream, machine, response, prompt, call)
+                try:
+                    await _relay(upstream, machine, response, prompt, call)
+                except (asyncio.CancelledError, ConnectionResetError):
+                    raise
+                except Exception:
+                    # The stream has started: a bug must still end it with a terminal event, not
+                    # a second HTTP response written into the body.
+                    log.exception("stream %s failed in the gateway", request[REQUEST_ID])
+                    await response.write(encode_events(machine.fail(
+                        "internal_error", "the gateway failed while streaming; the error has been logged")))
             except ConnectionResetError:
                 raise asyncio.CancelledError from None  # the client left mid-write: as a disconnect
             except asyncio.CancelledError:

@@ -18,8 +18,9 @@ class InvalidRequest(Exception):
 
 
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(?P<name>[^`]+)`")
-_MISSING_FIELD = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
+# The name runs to the last backtick: a field may be called "" or contain a backtick itself.
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>.*)`$", re.S)
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>.*)`$", re.S)
 
 
 def from_validation_error(exc: msgspec.ValidationError, prefix: str = "") -> InvalidRequest:

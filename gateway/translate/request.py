@@ -86,6 +86,7 @@ class ChatPlan:
     text_logprobs: Optional[int] = None
     # /tokenize body, when prompt ids must come from there (started concurrently with generation)
     tokenize: Optional[dict[str, Any]] = None
+    payload: bytes = b""  # ``body`` encoded once, as it goes to vLLM
 
 
 _request_decoder = msgspec.json.Decoder(r.ResponsesRequest)
@@ -106,6 +107,7 @@ def plan_chat_request(
     req: r.ResponsesRequest, settings: ConversionSettings, *, response_id: str, created_at: int
 ) -> ChatPlan:
     _reject_unsupported(req)
+    _check_values(req)
     messages = _messages(req, settings)
     tools = _tools(req.tools)
     body: dict[str, Any] = {"model": settings.model, "messages": messages}
@@ -159,6 +161,10 @@ def plan_chat_request(
     body["stream"] = req.stream
     if req.stream:
         body["stream_options"] = {"include_usage": True}
+    try:
+        payload = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError) as exc:  # the checks above should leave nothing for here
+        raise InvalidRequest(f"The request cannot be passed on to vLLM: {exc}.", param=None) from None
 
     response = r.Response(
         id=response_id,
@@ -183,7 +189,7 @@ def plan_chat_request(
     )
     return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options,
                     track_tokens=settings.return_token_id_information, text_logprobs=text_logprobs,
-                    tokenize=tokenize)
+                    tokenize=tokenize, payload=payload)
 
 
 # --- validation of what cannot be honoured ------------------------------------------------------
@@ -217,6 +223,13 @@ def _reject_unsupported(req: r.ResponsesRequest) -> None:
             f"Invalid 'top_logprobs': expected a value between 0 and 20, got {req.top_logprobs}.",
             param="top_logprobs",
         )
+    if req.max_output_tokens is not None and req.max_output_tokens > MAX_OUTPUT_TOKENS:
+        raise InvalidRequest(
+            f"Invalid 'max_output_tokens': {req.max_output_tokens} is beyond any model's context; "
+            f"the gateway accepts at most {MAX_OUTPUT_TOKENS:,}.",
+            param="max_output_tokens",
+            code="integer_above_max_value",
+        )
     if req.max_output_tokens is not None and req.max_output_tokens < 1:
         raise InvalidRequest(
             f"Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 1, "
@@ -231,6 +244,44 @@ def _reject_unsupported(req: r.ResponsesRequest) -> None:
         )
     if req.top_p is not None and not 0 <= req.top_p <= 1:
         raise InvalidRequest(f"Invalid 'top_p': expected a value between 0 and 1, got {req.top_p}.", param="top_p")
+
+
+# Bounds on what is passed through to vLLM unparsed: deeper or bigger than this is not a real
+# schema or setting, and would fail to encode (orjson stops at 255 levels and 64-bit integers).
+MAX_DEPTH = 64
+MAX_OUTPUT_TOKENS = 10_000_000
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _check_values(req: r.ResponsesRequest) -> None:
+    for name in ("max_output_tokens", "seed", "top_k", "min_tokens", "top_logprobs"):
+        value = getattr(req, name)
+        if value is not None and not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidRequest(f"Invalid '{name}': {value} does not fit in 64 bits.", param=name,
+                                 code="integer_above_max_value")
+    _check_json(req.input, "input")
+    _check_json(req.tools, "tools")
+    _check_json(req.tool_choice, "tool_choice")
+    _check_json(req.text.format if req.text else None, "text.format")
+    _check_json(req.chat_template_kwargs, "chat_template_kwargs")
+
+
+def _check_json(value: Any, where: str) -> None:
+    """Depth and integer size of a free-form JSON value, iteratively (no recursion to exhaust)."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_DEPTH:
+                raise InvalidRequest(f"Invalid '{path}': nested more than {MAX_DEPTH} levels deep.", param=path)
+            stack.extend((v, f"{path}.{k}", depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            if depth > MAX_DEPTH:
+                raise InvalidRequest(f"Invalid '{path}': nested more than {MAX_DEPTH} levels deep.", param=path)
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+        elif isinstance(node, int) and not isinstance(node, bool) and not _INT_MIN <= node <= _INT_MAX:
+            raise InvalidRequest(f"Invalid '{path}': the integer {node} does not fit in 64 bits.", param=path,
+                                 code="integer_above_max_value")
 
 
 # --- input items -> messages ----------------------------------------------------------------------
@@ -312,6 +363,12 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
         if token_fields is not None:
             turn.token_fields = token_fields  # the last item carrying them wins (NeMo Gym)
     end_turn()
+    if not messages:
+        raise InvalidRequest(
+            "'input' holds no message to send: nothing in it becomes a chat message (an empty assistant "
+            "turn or a reasoning item alone is dropped).",
+            param="input",
+        )
 
     if req.instructions:
         # One system message first: instructions, then any leading system/developer messages.
@@ -538,4 +595,5 @@ def _json_object_from_metadata(metadata: dict[str, str], key: str) -> dict[str, 
                              param=f"metadata.{key}") from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"metadata.{key} must encode a JSON object.", param=f"metadata.{key}")
+    _check_json(value, f"metadata.{key}")
     return value

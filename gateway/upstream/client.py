@@ -175,7 +175,7 @@ class ChatStream:
                 break
             try:
                 chunks.append(decode(payload))
-            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
+            except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:  # absurd depth, bad UTF-8
                 raise UpstreamProtocolError(
                     f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
         return chunks
@@ -281,14 +281,14 @@ class VLLMClient:
         if self.metrics is not None:
             self.metrics.upstream_error(backend.url, error.code)
 
-    async def open_chat_stream(self, body: dict[str, Any], first: Optional[Backend] = None,
+    async def open_chat_stream(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
                                session_key: Optional[str] = None, request_id: Optional[str] = None,
                                capture: Optional[list[bytes]] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
         backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id)
         return ChatStream(response, backend, self, started, capture)
 
-    async def complete_chat(self, body: dict[str, Any], first: Optional[Backend] = None,
+    async def complete_chat(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
                             session_key: Optional[str] = None, request_id: Optional[str] = None,
                             capture: Optional[list[bytes]] = None) -> chat.ChatCompletion:
         backend, response = await self._send(body, first, session_key, None, request_id)
@@ -307,14 +307,14 @@ class VLLMClient:
             backend.in_flight -= 1
         try:
             return chat.completion_decoder.decode(raw)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
 
-    async def _send(self, body: dict[str, Any], first: Optional[Backend], session_key: Optional[str],
+    async def _send(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend], session_key: Optional[str],
                     header_timeout: Optional[float], request_id: Optional[str]) -> tuple[Backend, aiohttp.ClientResponse]:
         """POST to a server; on a failure before it answered, retry (bounded, with backoff) on
         another server when there is one. Nothing is retried once vLLM answered 200."""
-        payload = orjson.dumps(body)
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
         headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
         backend = first or self.choose(session_key)
         tried: set[str] = set()
@@ -457,7 +457,7 @@ def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
             upstream_message = parsed.message
         elif parsed.detail is not None:
             upstream_message = str(parsed.detail)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         upstream_message = raw[:500].decode("utf-8", "replace").strip()
     text = upstream_message or f"HTTP {status}"
     return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw)
