@@ -31,6 +31,7 @@ class Generation:
     stream_error_after: Optional[int] = None  # send a {"error": ...} line after this many deltas
     drop_after: Optional[int] = None  # cut the connection after this many deltas
     stall_before: float = 0.0  # seconds before the first chunk
+    stall_headers: float = 0.0  # seconds before even the response headers
     delay: float = 0.0  # seconds between chunks
     pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
     send_done: bool = True
@@ -142,6 +143,13 @@ class FakeVLLM:
         if gen.raw_body is not None:
             return web.Response(body=gen.raw_body, status=gen.raw_status,
                                 headers={"Content-Type": gen.raw_content_type})
+        if gen.stall_headers:
+            try:
+                await asyncio.sleep(gen.stall_headers)
+            except asyncio.CancelledError:
+                record["closed_early"] = True
+                self.closed_early.set()
+                raise
         if not body.get("stream"):
             await asyncio.sleep(gen.stall_before)
             return web.json_response(self._completion(gen))

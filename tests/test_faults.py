@@ -172,6 +172,22 @@ async def test_client_disconnect_at_every_phase_closes_upstream(make_gateway: Ga
     await still_serves(gateway)
 
 
+async def test_client_leaving_before_vllm_answers_leaves_no_request_in_flight(gateway: Gateway) -> None:
+    """The per-server in-flight count (least-in-flight balancing, metrics) must come back to 0 when a
+    client leaves while the gateway still waits for vLLM's response headers."""
+    gateway.upstream.queue(*[Generation(deltas=content("late"), stall_headers=30) for _ in range(3)])
+    async with aiohttp.ClientSession() as session:
+        for stream in (True, False, True):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(session.post(gateway.url + "/v1/responses",
+                                                    json={"input": "q", "stream": stream}), 0.3)
+    await asyncio.sleep(0.3)
+    text = await (await gateway.session.get(gateway.url + "/metrics")).text()
+    assert f'gateway_upstream_in_flight{{server="{gateway.upstream.url}"}} 0.0' in text
+    assert "gateway_open_streams 0.0" in text
+    assert all(r["closed_early"] for r in gateway.upstream.requests)
+
+
 async def test_client_disconnect_during_non_streaming_closes_upstream(gateway: Gateway) -> None:
     gateway.upstream.queue(Generation(deltas=content("late"), stall_before=30))
     async with aiohttp.ClientSession() as session:

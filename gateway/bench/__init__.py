@@ -8,6 +8,7 @@ Not part of the test suite. Modules:
 * ``procstat``  - CPU and memory of process trees from ``/proc``;
 * ``procs``     - starting, polling and stopping the upstream, gateway and load generator;
 * ``machine``   - the in-process micro-benchmark of the Responses state machine;
-* ``sections``  - the measured sections (relay, workers, memory, machine), one function each;
+* ``soak``      - the soak run's two ends: what the fake vLLM does per request, and the client;
+* ``sections``  - the measured sections (relay, workers, memory, machine, soak), one function each;
 * ``report``    - tables, targets and JSON.
 """

@@ -131,8 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     info = report.machine_info()
     started = time.perf_counter()
     results: dict = {}
-    _progress(f"sections: {', '.join(n for n in SECTIONS if n in names)}; {opts.workload.describe()}; "
-              f"{opts.repeats} repeat(s)")
+    if names == ["soak"]:
+        _progress(f"sections: soak; {opts.soak_streams} streams, {opts.soak_seconds:g} s, seed {opts.seed}")
+    else:
+        _progress(f"sections: {', '.join(n for n in SECTIONS if n in names)}; {opts.workload.describe()}; "
+                  f"{opts.repeats} repeat(s)")
     try:
         with Procs() as procs:
             ctx = Context(procs, _progress)

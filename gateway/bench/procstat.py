@@ -9,7 +9,9 @@ in clock ticks, usually 10 ms; a measurement window of seconds makes that neglig
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
+from typing import Optional
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -101,6 +103,32 @@ def listen_overflows() -> int:
         if names.startswith("TcpExt:") and "ListenOverflows" in names.split():
             return int(values.split()[names.split().index("ListenOverflows")])
     return 0
+
+
+def accept_queue(port: int) -> int:
+    """Connections waiting to be accepted on the IPv4 socket listening on ``port``, from
+    ``/proc/net/tcp`` (listening sockets come first there: the read stops after them)."""
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] != "0A":  # past the listening sockets
+                    break
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    return int(fields[4].split(":")[1], 16)  # tx_queue:rx_queue; rx_queue = waiting
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return 0
+
+
+def listen_backlog(port: int) -> Optional[int]:
+    """The backlog of the socket listening on ``port`` (``ss -ltn``: Send-Q), None if unknown."""
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=5).stdout
+        return int(out.split()[2])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
 
 
 @dataclass

@@ -230,23 +230,28 @@ def soak_text(res: dict[str, Any]) -> str:
 
     lag = u["close_lag_ms"]
     probe = res["probe_ms"]
+
+    def after(metric: str) -> str:  # its value after each phase
+        return " / ".join(_n(r["metrics_after"][metric]) for r in res["phases"])
     rows = [
         ["hung streams (must be 0)", str(c["hung"]) + (" (" + ", ".join(f"{k} {v}" for k, v in
                                                                        res["hung_reasons"].items()) + ")"
                                                    if res["hung_reasons"] else ""), verdict(c["hung"] == 0)],
         ["broken streams (must be 0)", str(c["broken"]), verdict(c["broken"] == 0)],
-        ["gateway_open_streams after each phase (/metrics)", _n(c["open_streams_after"]),
+        ["gateway_open_streams after each phase (/metrics)", after("gateway_open_streams"),
          verdict(c["open_streams_after"] == 0)],
-        ["gateway_upstream_in_flight after each phase", _n(c["upstream_in_flight_after"]),
+        ["gateway_upstream_in_flight after each phase", after("gateway_upstream_in_flight"),
          verdict(c["upstream_in_flight_after"] == 0)],
         ["upstream requests never closed (still open, or stall ran out)", str(c["upstream_left_open"]),
          verdict(c["upstream_left_open"] == 0)],
-        ["client disconnects -> upstream request closed",
-         f"{u['client_disconnects']:,}: {u['closed_after_client_left']:,} closed after, {u['ended_before_client_left']:,} "
-         f"already over, {u['never_sent_upstream']:,} never sent, {u['ran_on_after_client_left']} ran to their end "
-         f"(noticed late), {u['abandoned_still_open']} left open",
-         verdict(u["abandoned_still_open"] == 0)],
-        ["  client left -> upstream closed, ms p50/p99/max",
+        ["streams the client left", f"{u['client_disconnects']:,}", ""],
+        ["  their upstream request: closed by the gateway after the client left",
+         f"{u['closed_after_client_left']:,} (of which {u['sent_after_client_left']:,} sent only after it left)", ""],
+        ["  ... already over upstream / never sent upstream",
+         f"{u['ended_before_client_left']:,} / {u['never_sent_upstream']:,}", ""],
+        ["  ... ran to its end upstream (the gateway noticed late)", f"{u['ran_on_after_client_left']:,}", ""],
+        ["  ... still open upstream (must be 0)", f"{u['abandoned_still_open']:,}", verdict(u["abandoned_still_open"] == 0)],
+        ["  client left -> gateway closed upstream, ms p50/p99/max",
          f"{_n(lag['p50'], 1)} / {_n(lag['p99'], 1)} / {_n(lag['max'], 1)}", ""],
         ["upstream requests closed early, by cause", ", ".join(f"{k} {v:,}" for k, v in u["early"].items()),
          verdict(u["early"].get("other", 0) == 0)],
@@ -260,14 +265,17 @@ def soak_text(res: dict[str, Any]) -> str:
         ["gateway still answers after the soak", c["still_answers_detail"], verdict(c["still_answers"])],
         ["gateway process alive to the end", "yes" if c["alive"] else "no", verdict(c["alive"])],
         ["gateway log records (WARNING and above)", f"{c['log']['records']:,}", ""],
-        ["gateway answer time, no upstream (GET 404), ms p50/p99/max", f"{_n(probe['p50'], 1)} / {_n(probe['p99'], 1)} / "
-                                                                      f"{_n(probe['max'], 1)}", ""],
-        ["listen queue overflows (whole machine)", f"{res['listen_overflows']:,}", ""],
+        ["gateway answer time, no upstream (GET 404), ms p50/p99/max",
+         f"{_n(probe['p50'], 1)} / {_n(probe['p99'], 1)} / {_n(probe['max'], 1)}", ""],
+        ["connections dropped by a full listen queue (whole machine)", f"{res['listen_overflows']:,}", ""],
+        ["  the gateway's accept queue: most seen waiting / its backlog",
+         f"{res['accept_queue']['max_queued']:,} / {_n(res['accept_queue']['backlog'])}", ""],
     ]
     checks = table(["check", "measured", "verdict"], rows)
     notes = [f"  errors by kind: {errors}",
              f"  upstream: {u['requests']:,} requests ({u['tries']:,} tries with the gateway's retries), ended "
-             + ", ".join(f"{k} {v:,}" for k, v in sorted(u["states"].items()))]
+             + ", ".join(f"{k} {v:,}" for k, v in sorted(u["states"].items()))
+             + f"; keepalive comments received: {sum(r['keepalives'] for r in res['phases']):,}"]
     for kind in ("hung", "broken", "unexpected"):
         if res["samples"][kind]:
             notes.append(f"  {kind}: " + "; ".join(res["samples"][kind][:3]))
@@ -341,7 +349,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if soak:
         c, m = soak["checks"], soak["memory"]
         add("soak", f"{c['hung']} hung, {c['broken']} broken, {c['open_streams_after']:g} open after, "
-                    f"{c['upstream_left_open']} upstream left open, RSS {_mb(m['growth_second_kb'], True)} MB",
+                    f"{c['upstream_in_flight_after']:g} in flight after, {c['upstream_left_open']} upstream left "
+                    f"open, RSS {_mb(m['growth_second_kb'], True)} MB",
             soak["ok"])
     else:
         add("soak", None, None, "run --only soak")

@@ -304,7 +304,7 @@ def machine(opts: Options, ctx: Context) -> dict[str, Any]:
 SOAK_TIMEOUT_S = 5.0  # the gateway's first_byte_timeout_s and idle_timeout_s during the soak
 SOAK_KEEPALIVE_S = 1.0  # its keepalive_interval_s
 SOAK_HANG_S = SOAK_TIMEOUT_S + 10.0  # a stream with no event (keepalives aside) for this long is hung
-SOAK_LONGEST_S = 13.0  # the longest a soak stream lasts when the gateway does its job (slow: 4 gaps of up to 3 s), plus margin
+SOAK_LONGEST_S = 13.0  # the longest a soak stream lasts if the gateway does its job (slow: 4 gaps <= 3 s) + margin
 SOAK_IDLE_S = 3.0  # the gateway idles this long before each memory reading
 SOAK_RAMP_S = 5.0  # the first streams of a phase start spread over this (at most half the phase)
 SOAK_DISCONNECT_WINDOW_S = 6.0  # a client that leaves does so within this of sending its request
@@ -380,7 +380,7 @@ def _upstream_check(result: dict[str, Any], records: dict[str, list[Any]]) -> di
         states[state] = states.get(state, 0) + 1
     left_open = [f"{i} ({r[0]}, {r[2]})" for i, r in records.items() if r[2] in ("open", "expired")]
     # Every request the client abandoned: closed upstream after it left, or already over by then.
-    closed_after, ended_before, never_sent, ran_on, still_open = 0, 0, 0, [], 0
+    closed_after, ended_before, never_sent, ran_on, still_open, sent_late = 0, 0, 0, [], 0, 0
     lags: list[float] = []
     abandoned = set()
     for stream_id, left_at in result["disconnects"]:
@@ -396,7 +396,10 @@ def _upstream_check(result: dict[str, Any], records: dict[str, list[Any]]) -> di
             ended_before += 1
         elif state == "early":  # the gateway closed it because the client left
             closed_after += 1
-            lags.append((ended - left_at) * 1000.0)
+            if started < left_at:  # how long the gateway took to notice, and close what it had open
+                lags.append((ended - left_at) * 1000.0)
+            else:  # the gateway read the request after the client had left (it was queued), then closed
+                sent_late += 1
         elif state == "http" or ended < max(left_at, started) + 0.25:
             ended_before += 1  # an answer that takes no time, or the last write and the leaving crossed
         else:  # the upstream streamed on to its end: the gateway noticed the client late
@@ -423,6 +426,7 @@ def _upstream_check(result: dict[str, Any], records: dict[str, list[Any]]) -> di
         "left_open": len(left_open), "left_open_samples": left_open[:5],
         "client_disconnects": len(result["disconnects"]), "closed_after_client_left": closed_after,
         "ended_before_client_left": ended_before, "never_sent_upstream": never_sent,
+        "sent_after_client_left": sent_late,
         "ran_on_after_client_left": len(ran_on), "ran_on_samples": ran_on[:5], "abandoned_still_open": still_open,
         "close_lag_ms": soak_plan.percentiles(lags), "lags_ms": lags, "early": early,
         "early_other_samples": other,
@@ -440,6 +444,7 @@ def soak(opts: Options, ctx: Context) -> dict[str, Any]:
     gateway = ctx.procs.gateway(upstream.url + "/soak/text/32/1/v1", name="gateway-soak", overrides=overrides)
     runs: list[dict[str, Any]] = []
     hwm = 0
+    backlog = procstat.listen_backlog(int(gateway.url.rsplit(":", 1)[1]))
     try:
         _http_get(upstream.url + "/bench/soak/clear")
         for label, tag, seconds in phases:
@@ -451,8 +456,8 @@ def soak(opts: Options, ctx: Context) -> dict[str, Any]:
                         watch={"gateway": gateway.pid, "upstream": upstream.pid},
                         disconnect_probability=opts.soak_disconnects,
                         soak={"seed": opts.seed, "phase": tag, "ramp_s": min(SOAK_RAMP_S, seconds / 2),
-                              "hang_s": SOAK_HANG_S,
-                              "drain_s": drain_s, "disconnect_window_s": SOAK_DISCONNECT_WINDOW_S})
+                              "hang_s": SOAK_HANG_S, "drain_s": drain_s,
+                              "disconnect_window_s": SOAK_DISCONNECT_WINDOW_S})
             result = ctx.loadgen.run(spec)
             time.sleep(SOAK_IDLE_S)  # every stream is over: the gateway idles
             records = orjson.loads(_http_get(upstream.url + "/bench/soak/clear"))
@@ -464,8 +469,8 @@ def soak(opts: Options, ctx: Context) -> dict[str, Any]:
             result["upstream_check"] = _upstream_check(result, records)
             del result["disconnects"], result["hung_ids"]  # long lists, used up
             o = result["outcomes"]
-            ctx.progress(f"soak {label}: {result['streams']:,} streams, {result['req_s']:,.0f}/s, max {result['max_open']} "
-                         f"open; completed {o['completed'] + o['incomplete']:,}, failed cleanly "
+            ctx.progress(f"soak {label}: {result['streams']:,} streams, {result['req_s']:,.0f}/s, max "
+                         f"{result['max_open']} open; completed {o['completed'] + o['incomplete']:,}, failed cleanly "
                          f"{o['failed_stream'] + o['failed_http']:,}, disconnected {o['disconnected']:,}, hung "
                          f"{o['hung']}, broken {o['broken']}; gateway CPU {result['core_pct_gateway']:.0f}% of a "
                          f"core, RSS idle after {idle.rss_kb / 1024:.1f} MB, open streams "
@@ -480,26 +485,26 @@ def soak(opts: Options, ctx: Context) -> dict[str, Any]:
             log = [line for line in gateway.log.read_text(errors="replace").splitlines() if line.strip()]
         except OSError:
             log = []
-    return _soak_summary(opts, runs, answers, alive, hwm, log, overrides)
+    return _soak_summary(opts, runs, answers, alive, hwm, log, overrides, backlog)
 
 
 def _soak_summary(opts: Options, runs: list[dict[str, Any]], answers: tuple[bool, str], alive: bool, hwm: int,
-                  log: list[str], overrides: list[str]) -> dict[str, Any]:
-    measured = runs  # every phase is judged; the warm-up is also where the memory "before" comes from
-    totals = {o: sum(r["outcomes"][o] for r in measured) for o in soak_plan.OUTCOMES}
+                  log: list[str], overrides: list[str], backlog: Optional[int]) -> dict[str, Any]:
+    # Every phase is judged, the warm-up too (it is also where the memory "before" comes from).
+    totals = {o: sum(r["outcomes"][o] for r in runs) for o in soak_plan.OUTCOMES}
     hung_reasons: dict[str, int] = {}
-    for r in measured:
+    for r in runs:
         for reason, n in r["hung_reasons"].items():
             hung_reasons[reason] = hung_reasons.get(reason, 0) + n
-    unexpected = sum(row["unexpected"] for r in measured for row in r["by_kind"].values())
+    unexpected = sum(row["unexpected"] for r in runs for row in r["by_kind"].values())
     by_kind: dict[str, dict[str, int]] = {}
-    for r in measured:
+    for r in runs:
         for kind, row in r["by_kind"].items():
             into = by_kind.setdefault(kind, {k: 0 for k in row})
             for k, v in row.items():
                 into[k] += v
     errors: dict[str, int] = {}
-    for r in measured:
+    for r in runs:
         for code, n in r["stream_errors"].items():
             errors[f"response.failed {code}"] = errors.get(f"response.failed {code}", 0) + n
         for code, n in r["http_errors"].items():
@@ -510,15 +515,16 @@ def _soak_summary(opts: Options, runs: list[dict[str, Any]], answers: tuple[bool
     peak = max([hwm] + [r["peak_rss_kb"] for r in runs])
     upstream: dict[str, Any] = {}
     for key in ("requests", "tries", "left_open", "client_disconnects", "closed_after_client_left",
-                "ended_before_client_left", "never_sent_upstream", "ran_on_after_client_left", "abandoned_still_open"):
-        upstream[key] = sum(r["upstream_check"][key] for r in measured)
-    upstream["early"] = {cause: sum(r["upstream_check"]["early"][cause] for r in measured)
-                         for cause in measured[0]["upstream_check"]["early"]}
+                "sent_after_client_left", "ended_before_client_left", "never_sent_upstream", "ran_on_after_client_left",
+                "abandoned_still_open"):
+        upstream[key] = sum(r["upstream_check"][key] for r in runs)
+    upstream["early"] = {cause: sum(r["upstream_check"]["early"][cause] for r in runs)
+                         for cause in runs[0]["upstream_check"]["early"]}
     upstream["states"] = {}
-    for r in measured:
+    for r in runs:
         for state, n in r["upstream_check"]["states"].items():
             upstream["states"][state] = upstream["states"].get(state, 0) + n
-    upstream["close_lag_ms"] = soak_plan.percentiles([x for r in measured for x in r["upstream_check"]["lags_ms"]])
+    upstream["close_lag_ms"] = soak_plan.percentiles([x for r in runs for x in r["upstream_check"]["lags_ms"]])
     upstream["samples"] = [x for r in runs for key in ("left_open_samples", "ran_on_samples", "early_other_samples")
                            for x in r["upstream_check"][key]][:8]
     for r in runs:
@@ -547,16 +553,17 @@ def _soak_summary(opts: Options, runs: list[dict[str, Any]], answers: tuple[bool
         "second_s": opts.soak_second, "disconnect_probability": opts.soak_disconnects, "seed": opts.seed,
         "gateway_settings": overrides, "hang_s": SOAK_HANG_S, "idle_s": SOAK_IDLE_S,
         "kinds": [{"name": k.name, "weight": k.weight, "expected": k.expected, "what": k.what} for k in soak_plan.KINDS],
-        "totals": totals, "hung_reasons": hung_reasons, "unexpected": unexpected, "by_kind": by_kind, "errors": errors, "samples": samples,
-        "upstream": upstream,
+        "totals": totals, "hung_reasons": hung_reasons, "unexpected": unexpected, "by_kind": by_kind,
+        "errors": errors, "samples": samples, "upstream": upstream,
         "memory": {"before_kb": before, "peak_kb": peak, "after_kb": after, "after_second_kb": second,
                    "growth_kb": after - before, "growth_second_kb": growth_second, "main_trend_kb": trend,
                    "growth_second_bytes_per_request": growth_second * 1024 / runs[2]["streams"]
                    if growth_second is not None and runs[2]["streams"] else None,
                    "growth_limit_kb": SOAK_GROWTH_LIMIT_KB},
         "checks": checks, "ok": ok, "phases": runs,
-        "probe_ms": soak_plan.percentiles([]) if not runs else runs[min(1, len(runs) - 1)]["probe_ms"],
+        "probe_ms": runs[1]["probe_ms"],  # during the main soak
         "listen_overflows": sum(r["listen_overflows"] for r in runs),
+        "accept_queue": {"max_queued": max(r["accept_queue"]["max_queued"] for r in runs), "backlog": backlog},
     }
 
 

@@ -97,7 +97,8 @@ LAST_CHUNK = b"0\r\n\r\n"
 _ERROR_LINE = _chunked(b'data: {"error": {"object": "error", "message": "soak: an error injected mid-stream", '
                        b'"type": "InternalServerError", "param": null, "code": 500}}\n\n')
 _DONE = _chunked(b"data: [DONE]\n\n")
-_BAD_JSON = _chunked(b'data: {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "choices": [{"delta": {"con\n\n')
+_BAD_JSON = _chunked(b'data: {"id": "chatcmpl-soak", "object": "chat.completion.chunk", '
+                     b'"choices": [{"delta": {"con\n\n')
 
 
 def _http(status: str, message: str) -> bytes:
@@ -270,7 +271,8 @@ def _http_outcome(st: _Stream, status: int, raw: bytes) -> None:
     except orjson.JSONDecodeError:
         ok, error = False, None
     if ok:
-        st.outcome, st.detail = "failed_http", f"{status} {error.get('code') or error.get('type')}"  # type: ignore[union-attr]
+        assert isinstance(error, dict)
+        st.outcome, st.detail = "failed_http", f"{status} {error.get('code') or error.get('type')}"
     else:
         st.outcome, st.detail = "broken", f"HTTP {status} without an OpenAI-style error object: {raw[:120]!r}"
 
@@ -408,6 +410,8 @@ async def run(spec: Any, session: Any) -> dict[str, Any]:
     # (seconds since start, open streams, gateway RSS KiB, listen queue overflows so far)
     samples: list[tuple[float, int, int, int]] = []
     draining = False
+    port = int(spec.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+    accept = {"max_queued": 0}  # the gateway's listening socket, as sampled
 
     def cpu() -> dict[str, float]:
         out = {name: procstat.sample(pid).cpu_s for name, pid in spec.watch.items()}
@@ -445,6 +449,7 @@ async def run(spec: Any, session: Any) -> dict[str, Any]:
             now = time.monotonic()
             samples.append((now - t0, len(active), procstat.sample(gateway).rss_kb if gateway else 0,
                             procstat.listen_overflows() - overflows_before))
+            accept["max_queued"] = max(accept["max_queued"], procstat.accept_queue(port))
             for st in list(active):
                 if now - st.last_progress > p["hang_s"] and st.outcome is None and not st.aborting:
                     st.hung = True
@@ -499,6 +504,7 @@ async def run(spec: Any, session: Any) -> dict[str, Any]:
     summary = _summary(spec, finished, samples, window, drain_s, cpu_before, cpu_after, gateway)
     summary["probe_ms"] = percentiles(probes)
     summary["listen_overflows"] = procstat.listen_overflows() - overflows_before
+    summary["accept_queue"] = accept
     return summary
 
 

@@ -378,39 +378,41 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             call.error = exc
             return _upstream_error_response(exc)
 
-        response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
-        if new_cookie:
-            response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
-        await response.prepare(request)
-        await response.write(encode_events(machine.start()))
-        if overflow is not None:
-            await response.write(encode_events(machine.context_overflow(overflow)))
-        else:
-            assert upstream is not None and task is not None
-            streams.add(task)
-            request.app[METRICS_KEY].open_streams.inc()
-            try:
+        try:
+            response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
+            if new_cookie:
+                response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
+            await response.prepare(request)
+            await response.write(encode_events(machine.start()))
+            if overflow is not None:
+                await response.write(encode_events(machine.context_overflow(overflow)))
+            else:
+                assert upstream is not None and task is not None
+                streams.add(task)
+                request.app[METRICS_KEY].open_streams.inc()
                 try:
-                    await _relay(upstream, machine, response, prompt, call)
-                except (asyncio.CancelledError, ConnectionResetError):
-                    raise
-                except Exception:
-                    # The stream has started: a bug must still end it with a terminal event, not
-                    # a second HTTP response written into the body.
-                    log.exception("stream %s failed in the gateway", request[REQUEST_ID])
+                    try:
+                        await _relay(upstream, machine, response, prompt, call)
+                    except (asyncio.CancelledError, ConnectionResetError):
+                        raise
+                    except Exception:
+                        # The stream has started: a bug must still end it with a terminal event, not
+                        # a second HTTP response written into the body.
+                        log.exception("stream %s failed in the gateway", request[REQUEST_ID])
+                        await response.write(encode_events(machine.fail(
+                            "internal_error", "the gateway failed while streaming; the error has been logged")))
+                except asyncio.CancelledError:
+                    if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
+                        raise  # the client left: nothing to tell it
+                    # the shutdown grace period is over: end the stream properly, then let go
+                    task.uncancel()
                     await response.write(encode_events(machine.fail(
-                        "internal_error", "the gateway failed while streaming; the error has been logged")))
-            except ConnectionResetError:
-                raise asyncio.CancelledError from None  # the client left mid-write: as a disconnect
-            except asyncio.CancelledError:
-                if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
-                    raise  # the client left: nothing to tell it
-                # the shutdown grace period is over: end the stream properly, then let go
-                task.uncancel()
-                await response.write(encode_events(machine.fail(
-                    "server_shutting_down", "the gateway is shutting down; the stream was ended")))
-        await response.write_eof()
-        return response
+                        "server_shutting_down", "the gateway is shutting down; the stream was ended")))
+            await response.write_eof()
+            return response
+        except ConnectionResetError:
+            # the client left, noticed at a write (prepare, a delta, the end): a disconnect, not an error
+            raise asyncio.CancelledError from None
     finally:
         call.final = machine.final
         if task is not None and task in streams:

@@ -17,6 +17,7 @@ from ..upstream.client import VLLMClient
 from .app import create_app
 
 log = logging.getLogger("gateway.server")
+LISTEN_BACKLOG = 4096
 
 
 async def start(
@@ -32,8 +33,10 @@ async def start(
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=config.gateway.shutdown_grace_s + 5)
     await runner.setup()
+    # backlog: aiohttp's default of 128 drops connections when hundreds of clients (an evaluation
+    # harness starting its workers) connect at once; the kernel caps it at net.core.somaxconn.
     site = web.TCPSite(runner, config.gateway.host, config.gateway.port if port is None else port,
-                       reuse_port=reuse_port or None)
+                       reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
     await site.start()
     return runner
 

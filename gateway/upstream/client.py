@@ -323,6 +323,9 @@ class VLLMClient:
             backend.in_flight += 1
             try:
                 response = await self._post(backend, payload, header_timeout, headers)
+            except asyncio.CancelledError:
+                backend.in_flight -= 1  # the client left while vLLM had not answered yet
+                raise
             except UpstreamError as exc:
                 backend.in_flight -= 1
                 status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
