@@ -308,22 +308,9 @@ async def run_spec(spec: Spec) -> dict[str, Any]:
 # --- the process ----------------------------------------------------------------------------------
 
 
-def _raise_fd_limit() -> None:
-    """1,000 streams need 1,000 sockets here: the soft limit of open files up to the hard one."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 65536 if hard == resource.RLIM_INFINITY else hard
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
 def _child(conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _raise_fd_limit()
+    procstat.raise_fd_limit()
     while True:
         try:
             spec = conn.recv()

@@ -44,15 +44,7 @@ def _child_setup() -> None:  # runs in the child between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    try:  # 1,000 streams need ~2,000 descriptors in the gateway
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = 65536 if hard == resource.RLIM_INFINITY else hard
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
-        pass
+    procstat.raise_fd_limit()  # 1,000 streams need ~2,000 descriptors in the gateway
 
 
 @dataclass

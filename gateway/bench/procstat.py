@@ -147,3 +147,16 @@ def sample(pid: int) -> TreeSample:
         rss_kb=sum(rss_kb(p) for p in pids),
         hwm_kb=sum(peak_rss_kb(p) for p in pids),
     )
+
+
+def raise_fd_limit() -> None:
+    """The soft limit of open files up to the hard one (1,000 streams need that many sockets)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 65536 if hard == resource.RLIM_INFINITY else hard
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
