@@ -53,7 +53,6 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 _TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
-_input_item_decoder_type = r.InputItem
 
 
 @dataclass(frozen=True)
@@ -398,7 +397,7 @@ def _decode_item(raw: Any, i: int) -> r.InputItem:
             code="unsupported_value",
         )
     try:
-        return msgspec.convert(raw, _input_item_decoder_type)
+        return msgspec.convert(raw, r.InputItem)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc, prefix=where) from None
 
