@@ -54,7 +54,6 @@ _ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 _TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
 
-
 @dataclass(frozen=True)
 class ConversionSettings:
     """What the configuration decides about conversion (built by the server from ``Config``)."""
