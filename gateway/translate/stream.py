@@ -22,7 +22,9 @@ depends only on which output item is open (at most one is, ever):
 
 "switch" closes the open item (its ``*.done`` events, then ``output_item.done``) and opens the new
 one. The last item stays open until ``finish()``, because with token tracking its
-``output_item.done`` carries the generation's token ids (NeMo Gym reads them from the last item). Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
+``output_item.done`` carries the generation's token ids (NeMo Gym reads them from the last item).
+
+Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
 whitespace is held until more text shows it was not trailing, so ``"</think>\\n\\n"`` before a tool
 call does not produce an empty message. A tool call whose name has not arrived yet is held (its
 argument pieces buffered) until the name arrives, because ``output_item.added`` must carry it.
