@@ -23,7 +23,7 @@ by example (hypothesis examples and function-scoped async fixtures do not mix):
 Nothing may log an unhandled error or hang; after each fuzz run the same gateway still serves a
 normal request. ``GATEWAY_FUZZ_SEED=<n>`` replays a run (the seed is printed with any failure);
 ``GATEWAY_FUZZ_SCALE=10`` runs ten times as many examples. The bugs it found have reproducers at
-the end of the file (one still open, a strict xfail).
+the end of the file.
 """
 
 from __future__ import annotations
@@ -260,9 +260,8 @@ def check_stream_body(content_type: str, raw: bytes) -> dict[str, Any]:
 # Kept out of the fuzzed space, each covered by its own test at the end of the file instead (they
 # were bugs the fuzzing found, now fixed): nesting deeper than the gateway's limit inside a
 # pass-through or echoed value (refused with 400), integers outside 64 bits (400), compressed
-# bodies (Content-Encoding is not fuzzed; one known limitation remains, the strict xfail
-# test_bug_unsupported_content_encoding_is_not_an_openai_error), and an input that converts to no
-# message (400).
+# bodies (Content-Encoding is not fuzzed: test_compressed_bodies_are_read and
+# test_corrupt_compressed_body_is_a_400), and an input that converts to no message (400).
 SAFE_DEPTH = 200  # nesting inside a pass-through value
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson can encode
 
@@ -1112,7 +1111,9 @@ WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "ob
 @st.composite
 def refusals(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     """A valid request with exactly one thing wrong, and the ``param`` the 400 must name."""
-    items = draw(good_messages)
+    # a user message first: a request whose items all drop out (an empty assistant turn) is itself
+    # refused ('input' holds no message), which is not the one wrong thing under test
+    items = [{"role": "user", "content": "q"}, *draw(good_messages)]
     body: dict[str, Any] = {"model": MODEL, "input": items, "stream": draw(st.booleans()), "tools": [dict(WEATHER)]}
     kind = draw(st.sampled_from(["role", "role", "role", "missing_role", "item_type", "max_output_tokens",
                                  "temperature", "top_p", "top_logprobs", "tool_parameters", "tool_type", "unknown"]))
@@ -1181,7 +1182,7 @@ def test_fuzz_refusals_name_the_parameter(caplog: pytest.LogCaptureFixture) -> N
 
 
 # --- bugs the fuzzing found: minimal reproducers, now regression tests ----------------------------
-# The one still open is a strict xfail: it will XPASS (and so fail the run) once fixed.
+# Each failed before its fix.
 
 
 async def answer(gateway: Gateway, data: bytes, headers: Optional[dict[str, str]] = None,
@@ -1270,17 +1271,28 @@ async def test_integer_beyond_64_bits_is_refused(gateway: Gateway, caplog: pytes
         assert status == 400 and json.loads(raw)["error"]["param"] == "max_output_tokens"
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 async def test_corrupt_compressed_body_is_a_400(gateway: Gateway, caplog: pytest.LogCaptureFixture, encoding: str) -> None:
-    assert_answered(*await answer(gateway, b"this is not compressed", {"Content-Encoding": encoding}), caplog)
+    """Brotli and zstd are dependencies: without them aiohttp's parser refuses such a body with a
+    plain-text 400 before the gateway sees it, instead of an OpenAI error object."""
+    status, _, raw = await answer(gateway, b"this is not compressed", {"Content-Encoding": encoding})
+    assert_answered(status, _, raw, caplog)
+    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_body"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: 'Content-Encoding: br' (Brotli not installed) is refused by aiohttp's HTTP parser before any "
-    "handler or middleware runs: 400 with a text/plain body, not an OpenAI error object"))
-async def test_bug_unsupported_content_encoding_is_not_an_openai_error(
-        gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
-    assert_answered(*await answer(gateway, b'{"input": "hi"}', {"Content-Encoding": "br"}), caplog)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+async def test_compressed_bodies_are_read(gateway: Gateway, encoding: str) -> None:
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    body = json.dumps({"input": "hi"}).encode()
+    compress = {"gzip": lambda b: zlib.compress(b, wbits=31), "deflate": zlib.compress,
+                "br": brotli.compress, "zstd": zstd.compress}[encoding]
+    status, _, raw = await answer(gateway, compress(body), {"Content-Encoding": encoding})
+    assert status == 200, raw
+    assert gateway.upstream.requests[-1]["body"]["messages"] == [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize("items", [[{"type": "reasoning"}], [{"role": "assistant", "content": ""}],
