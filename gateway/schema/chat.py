@@ -13,12 +13,12 @@ from typing import Any, Optional
 import msgspec
 
 
-class FunctionDelta(msgspec.Struct):
+class FunctionDelta(msgspec.Struct, gc=False):
     name: Optional[str] = None
     arguments: Optional[str] = None
 
 
-class ToolCallDelta(msgspec.Struct):
+class ToolCallDelta(msgspec.Struct, gc=False):
     # vLLM always sends ``index``; some servers omit it for a single call, so 0 is the fallback.
     index: int = 0
     id: Optional[str] = None
@@ -26,7 +26,7 @@ class ToolCallDelta(msgspec.Struct):
     function: Optional[FunctionDelta] = None
 
 
-class Delta(msgspec.Struct):
+class Delta(msgspec.Struct, gc=False):
     role: Optional[str] = None
     content: Optional[str] = None
     # vLLM >= 0.16 names it ``reasoning`` (0.11.1-0.14 send both); older vLLM and llama.cpp use
@@ -36,14 +36,14 @@ class Delta(msgspec.Struct):
     tool_calls: Optional[list[ToolCallDelta]] = None
 
 
-class TopLogprob(msgspec.Struct, kw_only=True):
+class TopLogprob(msgspec.Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     id: Optional[int] = None
     bytes: Optional[list[int]] = None
 
 
-class TokenLogprob(msgspec.Struct, kw_only=True):
+class TokenLogprob(msgspec.Struct, kw_only=True, gc=False):
     token: str
     logprob: float
     # llama.cpp names the token id here; vLLM, asked with return_tokens_as_token_ids, in ``token``.
@@ -52,11 +52,11 @@ class TokenLogprob(msgspec.Struct, kw_only=True):
     top_logprobs: Optional[list[TopLogprob]] = None
 
 
-class ChoiceLogprobs(msgspec.Struct):
+class ChoiceLogprobs(msgspec.Struct, gc=False):
     content: Optional[list[TokenLogprob]] = None
 
 
-class ChunkChoice(msgspec.Struct):
+class ChunkChoice(msgspec.Struct, gc=False):
     index: int = 0
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: Optional[str] = None
@@ -65,15 +65,15 @@ class ChunkChoice(msgspec.Struct):
     token_ids: Optional[list[int]] = None
 
 
-class PromptTokensDetails(msgspec.Struct):
+class PromptTokensDetails(msgspec.Struct, gc=False):
     cached_tokens: Optional[int] = None
 
 
-class CompletionTokensDetails(msgspec.Struct):
+class CompletionTokensDetails(msgspec.Struct, gc=False):
     reasoning_tokens: Optional[int] = None
 
 
-class Usage(msgspec.Struct):
+class Usage(msgspec.Struct, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -81,7 +81,7 @@ class Usage(msgspec.Struct):
     completion_tokens_details: Optional[CompletionTokensDetails] = None
 
 
-class UpstreamErrorBody(msgspec.Struct):
+class UpstreamErrorBody(msgspec.Struct, gc=False):
     """vLLM's error object (``{"error": {...}}`` mid-stream, or the body of a 4xx/5xx)."""
 
     message: str = ""
@@ -90,7 +90,7 @@ class UpstreamErrorBody(msgspec.Struct):
     code: Any = None
 
 
-class ChatChunk(msgspec.Struct):
+class ChatChunk(msgspec.Struct, gc=False):
     """One ``data:`` line of a streamed chat completion, including vLLM's mid-stream error line."""
 
     id: str = ""
@@ -105,18 +105,18 @@ class ChatChunk(msgspec.Struct):
 # --- non-streaming completion -------------------------------------------------------------------
 
 
-class FunctionCall(msgspec.Struct):
+class FunctionCall(msgspec.Struct, gc=False):
     name: Optional[str] = None
     arguments: Optional[str] = None
 
 
-class ToolCall(msgspec.Struct):
+class ToolCall(msgspec.Struct, gc=False):
     id: Optional[str] = None
     type: Optional[str] = None
     function: Optional[FunctionCall] = None
 
 
-class Message(msgspec.Struct):
+class Message(msgspec.Struct, gc=False):
     role: Optional[str] = None
     content: Optional[str] = None
     reasoning: Optional[str] = None
@@ -128,7 +128,7 @@ class Message(msgspec.Struct):
     generation_log_probs: Optional[list[float]] = None
 
 
-class CompletionChoice(msgspec.Struct):
+class CompletionChoice(msgspec.Struct, gc=False):
     index: int = 0
     message: Message = msgspec.field(default_factory=Message)
     finish_reason: Optional[str] = None
@@ -136,7 +136,7 @@ class CompletionChoice(msgspec.Struct):
     token_ids: Optional[list[int]] = None
 
 
-class ChatCompletion(msgspec.Struct):
+class ChatCompletion(msgspec.Struct, gc=False):
     id: str = ""
     model: str = ""
     created: int = 0
@@ -146,7 +146,7 @@ class ChatCompletion(msgspec.Struct):
     error: Optional[UpstreamErrorBody] = None
 
 
-class UpstreamErrorResponse(msgspec.Struct):
+class UpstreamErrorResponse(msgspec.Struct, gc=False):
     """Body of a non-2xx answer; vLLM nests the error, some servers put ``message`` at the top."""
 
     error: Optional[UpstreamErrorBody] = None

@@ -18,18 +18,18 @@ from msgspec import UNSET, UnsetType
 # --- request ------------------------------------------------------------------------------------
 
 
-class ReasoningParam(msgspec.Struct, kw_only=True):
+class ReasoningParam(msgspec.Struct, gc=False, kw_only=True):
     effort: Optional[str] = None
     summary: Optional[str] = None
     generate_summary: Optional[str] = None
 
 
-class TextParam(msgspec.Struct, kw_only=True):
+class TextParam(msgspec.Struct, gc=False, kw_only=True):
     format: Optional[dict[str, Any]] = None
     verbosity: Optional[str] = None
 
 
-class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ResponsesRequest(msgspec.Struct, gc=False, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/responses`` body. Unknown top-level parameters are rejected, as OpenAI does.
 
     ``input`` items stay dicts here; ``translate.request`` validates each against ``InputItem`` so
@@ -82,7 +82,7 @@ class ResponsesRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
 # an unknown item or part *type* is an error.
 
 
-class TokenFields(msgspec.Struct, kw_only=True):
+class TokenFields(msgspec.Struct, gc=False, kw_only=True):
     """NeMo Gym's token information, carried on items it sends back as history."""
 
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
@@ -90,19 +90,19 @@ class TokenFields(msgspec.Struct, kw_only=True):
     generation_log_probs: Union[list[float], UnsetType] = UNSET
 
 
-class InputTextPart(msgspec.Struct, tag="input_text", tag_field="type"):
+class InputTextPart(msgspec.Struct, gc=False, tag="input_text", tag_field="type"):
     text: str
 
 
-class OutputTextPart(msgspec.Struct, tag="output_text", tag_field="type"):
+class OutputTextPart(msgspec.Struct, gc=False, tag="output_text", tag_field="type"):
     text: str
 
 
-class RefusalPart(msgspec.Struct, tag="refusal", tag_field="type"):
+class RefusalPart(msgspec.Struct, gc=False, tag="refusal", tag_field="type"):
     refusal: str
 
 
-class InputImagePart(msgspec.Struct, tag="input_image", tag_field="type", kw_only=True):
+class InputImagePart(msgspec.Struct, gc=False, tag="input_image", tag_field="type", kw_only=True):
     image_url: Optional[str] = None
     file_id: Optional[str] = None
     detail: Optional[str] = None
@@ -122,16 +122,16 @@ class FunctionCallInput(TokenFields, tag="function_call", tag_field="type", kw_o
     arguments: str
 
 
-class FunctionCallOutputItem(msgspec.Struct, tag="function_call_output", tag_field="type", kw_only=True):
+class FunctionCallOutputItem(msgspec.Struct, gc=False, tag="function_call_output", tag_field="type", kw_only=True):
     call_id: str
     output: Union[str, list[ContentPart]]
 
 
-class SummaryTextPart(msgspec.Struct, tag="summary_text", tag_field="type"):
+class SummaryTextPart(msgspec.Struct, gc=False, tag="summary_text", tag_field="type"):
     text: str
 
 
-class ReasoningTextPart(msgspec.Struct, tag="reasoning_text", tag_field="type"):
+class ReasoningTextPart(msgspec.Struct, gc=False, tag="reasoning_text", tag_field="type"):
     text: str
 
 
@@ -147,21 +147,21 @@ InputItem = Union[MessageItem, FunctionCallInput, FunctionCallOutputItem, Reason
 # --- output items -------------------------------------------------------------------------------
 
 
-class OutputText(msgspec.Struct, tag="output_text", tag_field="type", kw_only=True):
+class OutputText(msgspec.Struct, gc=False, tag="output_text", tag_field="type", kw_only=True):
     text: str
     annotations: list[Any] = []
     logprobs: list[Any] = []
 
 
-class ReasoningText(msgspec.Struct, tag="reasoning_text", tag_field="type"):
+class ReasoningText(msgspec.Struct, gc=False, tag="reasoning_text", tag_field="type"):
     text: str
 
 
-class SummaryText(msgspec.Struct, tag="summary_text", tag_field="type"):
+class SummaryText(msgspec.Struct, gc=False, tag="summary_text", tag_field="type"):
     text: str
 
 
-class OutputMessage(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
+class OutputMessage(msgspec.Struct, gc=False, tag="message", tag_field="type", kw_only=True):
     id: str
     status: str
     role: str = "assistant"
@@ -171,7 +171,7 @@ class OutputMessage(msgspec.Struct, tag="message", tag_field="type", kw_only=Tru
     generation_log_probs: Union[list[float], UnsetType] = UNSET
 
 
-class ReasoningItem(msgspec.Struct, tag="reasoning", tag_field="type", kw_only=True):
+class ReasoningItem(msgspec.Struct, gc=False, tag="reasoning", tag_field="type", kw_only=True):
     id: str
     status: str
     summary: list[SummaryText] = []
@@ -183,7 +183,7 @@ class ReasoningItem(msgspec.Struct, tag="reasoning", tag_field="type", kw_only=T
     generation_log_probs: Union[list[float], UnsetType] = UNSET
 
 
-class FunctionCallItem(msgspec.Struct, tag="function_call", tag_field="type", kw_only=True):
+class FunctionCallItem(msgspec.Struct, gc=False, tag="function_call", tag_field="type", kw_only=True):
     id: str
     status: str
     call_id: str
@@ -200,16 +200,16 @@ OutputItem = Union[OutputMessage, ReasoningItem, FunctionCallItem]
 # --- the Response -------------------------------------------------------------------------------
 
 
-class InputTokensDetails(msgspec.Struct, kw_only=True):
+class InputTokensDetails(msgspec.Struct, gc=False, kw_only=True):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
 
 
-class OutputTokensDetails(msgspec.Struct, kw_only=True):
+class OutputTokensDetails(msgspec.Struct, gc=False, kw_only=True):
     reasoning_tokens: int = 0
 
 
-class ResponseUsage(msgspec.Struct, kw_only=True):
+class ResponseUsage(msgspec.Struct, gc=False, kw_only=True):
     input_tokens: int = 0
     input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
     output_tokens: int = 0
@@ -217,18 +217,18 @@ class ResponseUsage(msgspec.Struct, kw_only=True):
     total_tokens: int = 0
 
 
-class ResponseError(msgspec.Struct, kw_only=True):
+class ResponseError(msgspec.Struct, gc=False, kw_only=True):
     code: str
     message: str
 
 
-class IncompleteDetails(msgspec.Struct, kw_only=True):
+class IncompleteDetails(msgspec.Struct, gc=False, kw_only=True):
     reason: str
     # Why, in words, when the reason alone would mislead (e.g. nothing was generated at all).
     message: Union[str, UnsetType] = UNSET
 
 
-class Response(msgspec.Struct, kw_only=True):
+class Response(msgspec.Struct, gc=False, kw_only=True):
     id: str
     object: str = "response"
     created_at: int
@@ -260,7 +260,7 @@ class Response(msgspec.Struct, kw_only=True):
 # which a stream uses them.
 
 
-class _Event(msgspec.Struct, tag_field="type", kw_only=True):
+class _Event(msgspec.Struct, gc=False, tag_field="type", kw_only=True):
     sequence_number: int = 0
 
 
