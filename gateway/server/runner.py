@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import multiprocessing
 import os
@@ -19,7 +18,6 @@ from .app import create_app
 
 log = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 4096
-GC_GEN0_THRESHOLD = 20_000  # CPython's default is 700 (2,000 from 3.13)
 
 
 async def start(
@@ -50,12 +48,6 @@ def bound_url(runner: web.AppRunner) -> str:
 
 async def serve_forever(config: Config, reuse_port: bool = False) -> None:
     runner = await start(config, reuse_port=reuse_port)
-    # Start-up objects live forever: keep them out of every collection. Streaming allocates many
-    # short-lived objects (futures, buffers); a larger young generation collects far less often
-    # (as busy Python servers do), and nothing here builds reference cycles at a high rate.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     log.info(
         "vllm-responses-gateway listening on %s, upstream %s, model %s%s",
         bound_url(runner), ", ".join(config.model_server.base_url), config.model_server.model,
