@@ -295,3 +295,15 @@ def test_usage_maps_detail_objects() -> None:
                               "total_tokens": 14}
 
 
+
+
+def test_input_before_start_still_begins_with_created() -> None:
+    """start() is optional: the first input starts the response, and its events go out with it."""
+    machine = ResponseStateMachine(skeleton(), StreamOptions())
+    events = machine.feed(msgspec.convert({"choices": [{"delta": {"content": "Hi"}, "finish_reason": "stop"}]},
+                                          chat.ChatChunk))
+    events += machine.finish()
+    final = check_stream(parse_sse(encode_events(events)))
+    assert final["status"] == "completed" and events[0].sequence_number == 0
+    failed = ResponseStateMachine(skeleton(), StreamOptions())
+    check_stream(parse_sse(encode_events(failed.fail("upstream_error", "down"))))

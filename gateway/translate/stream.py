@@ -122,8 +122,7 @@ class ResponseStateMachine:
         self._started = False
         # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
         self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
-        self._text_logprobs = text_logprobs is not None  # logprobs on output_text, with this many alternatives
-        self._top_logprobs = text_logprobs or 0
+        self._text_logprobs = text_logprobs  # logprobs on output_text, with this many alternatives; None: off
         self._pending_logprobs: list[Any] = []  # logprobs of message text not yet emitted
         self._chunk_logprobs: list[Any] = []
         self._chunk_message_text = False  # this chunk had answer text (maybe held back)
@@ -146,19 +145,24 @@ class ResponseStateMachine:
 
     def start(self) -> list[r.StreamEvent]:
         """``response.created`` and ``response.in_progress``."""
-        if self._started:
-            return []
-        self._started = True
-        snapshot = msgspec.structs.replace(self._base, status="in_progress", output=[])
-        self._emit(r.ResponseCreated(response=snapshot))
-        self._emit(r.ResponseInProgress(response=snapshot))
+        self._live()
         return self._take()
 
-    def feed(self, chunk: chat.ChatChunk) -> list[r.StreamEvent]:
+    def _live(self) -> bool:
+        """False once the response has ended. Any input before ``start()`` starts it first (its
+        events then go out with that input's)."""
         if self.final is not None:
-            return []
+            return False
         if not self._started:
-            self.start()
+            self._started = True
+            snapshot = msgspec.structs.replace(self._base, status="in_progress", output=[])
+            self._emit(r.ResponseCreated(response=snapshot))
+            self._emit(r.ResponseInProgress(response=snapshot))
+        return True
+
+    def feed(self, chunk: chat.ChatChunk) -> list[r.StreamEvent]:
+        if not self._live():
+            return []
         if chunk.error is not None:
             return self.fail("upstream_error", chunk.error.message or "the upstream reported an error")
         if chunk.usage is not None:
@@ -188,10 +192,8 @@ class ResponseStateMachine:
     def finish(self, prompt_token_ids: Optional[list[int]] = None) -> list[r.StreamEvent]:
         """The upstream stream ended normally (``[DONE]`` or end of body). With token tracking,
         ``prompt_token_ids`` are what ``/tokenize`` returned (unless vLLM sent them inline)."""
-        if self.final is not None:
+        if not self._live():
             return []
-        if not self._started:
-            self.start()
         if self._finish_reason is None:
             return self.fail("upstream_incomplete", "the upstream stream ended without a finish_reason")
         self._flush_splitter()
@@ -215,42 +217,33 @@ class ResponseStateMachine:
     def context_overflow(self, message: str) -> list[r.StreamEvent]:
         """vLLM refused the prompt as longer than the context: an empty ``incomplete`` Response, so
         that a training rollout goes on (NeMo Gym's behaviour), saying why and that no tokens exist."""
-        if self.final is not None:
+        if not self._live():
             return []
-        if not self._started:
-            self.start()
         note = f"Nothing was generated: {message}"
         if self.tokens is not None:
             note += " No token information exists for this response."
         return self._terminal("incomplete", r.IncompleteDetails(reason="max_output_tokens", message=note))
 
     def _terminal(self, status: str, details: Optional[r.IncompleteDetails]) -> list[r.StreamEvent]:
-        self._close_open(status)
-        final = msgspec.structs.replace(
-            self._base, status=status, output=self._output, usage=self._response_usage(), incomplete_details=details
-        )
-        self.final = final
+        final = self._end(status, status, usage=self._response_usage(), incomplete_details=details)
         self._emit(r.ResponseIncomplete(response=final) if details else r.ResponseCompleted(response=final))
         return self._take()
 
     def fail(self, code: str, message: str) -> list[r.StreamEvent]:
         """End the stream as failed: close the open item, then ``error`` and ``response.failed``."""
-        if self.final is not None:
+        if not self._live():
             return []
-        if not self._started:
-            self.start()
-        self._close_open("incomplete")
-        final = msgspec.structs.replace(
-            self._base,
-            status="failed",
-            output=self._output,
-            usage=self._response_usage() if self._usage is not None else None,
-            error=r.ResponseError(code=code, message=message),
-        )
-        self.final = final
+        final = self._end("incomplete", "failed", usage=self._response_usage() if self._usage is not None else None,
+                          error=r.ResponseError(code=code, message=message))
         self._emit(r.ErrorEvent(code=code, message=message))
         self._emit(r.ResponseFailed(response=final))
         return self._take()
+
+    def _end(self, item_status: str, status: str, **fields: Any) -> r.Response:
+        """Close the open item and fix the final Response (what the terminal event carries)."""
+        self._close_open(item_status)
+        self.final = msgspec.structs.replace(self._base, status=status, output=self._output, **fields)
+        return self.final
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -258,8 +251,8 @@ class ResponseStateMachine:
         delta = choice.delta
         if self.tokens is not None:
             self.tokens.add_choice(choice)
-        if self._text_logprobs and choice.logprobs is not None and choice.logprobs.content:
-            self._chunk_logprobs = [_client_logprob(entry, self._top_logprobs) for entry in choice.logprobs.content]
+        if self._text_logprobs is not None and choice.logprobs is not None and choice.logprobs.content:
+            self._chunk_logprobs = [_client_logprob(entry, self._text_logprobs) for entry in choice.logprobs.content]
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
@@ -310,9 +303,10 @@ class ResponseStateMachine:
         if not body:
             open_item.pending_ws += text
             return
+        tail = text[len(body) :]
         if open_item.pending_ws:
             body = open_item.pending_ws + body
-        open_item.pending_ws = text[len(text.rstrip()) :]
+        open_item.pending_ws = tail
         open_item.parts.append(body)
         self._emit_text_delta(open_item, body)
 
@@ -398,7 +392,7 @@ class ResponseStateMachine:
         item_id, index = open_item.item.id, open_item.index
         if open_item.kind is Kind.MESSAGE:
             logprobs: list[Any] = []
-            if self._text_logprobs:
+            if self._text_logprobs is not None:
                 logprobs = self._pending_logprobs + self._chunk_logprobs
                 self._pending_logprobs, self._chunk_logprobs = [], []
                 open_item.logprobs += logprobs
