@@ -280,10 +280,10 @@ class UpstreamCall:
             fields["error_code"] = self.error.code
         transport = self.request.app[TRANSPORT_KEY]
         if transport is not None and self.server is not None:
-            body = b"".join(self.capture or [])
-            status = self.error.upstream_status if isinstance(self.error, UpstreamHTTPError) else 200
             if isinstance(self.error, UpstreamHTTPError):
-                body = self.error.body
+                status, body = self.error.upstream_status, self.error.body
+            else:
+                status, body = 200, b"".join(self.capture or [])
             transport.write(self.request[REQUEST_ID], self.server, self.plan.body, status, body,
                             self.error.message if self.error else None)
 

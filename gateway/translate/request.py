@@ -257,7 +257,9 @@ def _check_values(req: r.ResponsesRequest) -> None:
         if value is not None and not _INT_MIN <= value <= _INT_MAX:
             raise InvalidRequest(f"Invalid '{name}': {value} does not fit in 64 bits.", param=name,
                                  code="integer_above_max_value")
-    _check_json(req.input, "input")
+    # ``input`` is not walked: items are validated field by field, extra keys on them are dropped,
+    # and what is kept is strings and token-id lists (the encoding check in plan_chat_request
+    # catches an oversized id). Walking every node of a long conversation would cost on each request.
     _check_json(req.tools, "tools")
     _check_json(req.tool_choice, "tool_choice")
     _check_json(req.text.format if req.text else None, "text.format")
