@@ -106,11 +106,15 @@ def _p(stats: dict[str, Any], a: str, b: str) -> str:
 # --- sections -------------------------------------------------------------------------------------
 
 
+def _workload(wl: dict[str, Any]) -> str:
+    return (f"mix={wl['mix']}, {wl['tokens']} tokens/response, {wl['tokens_per_chunk']} token(s)/chunk, "
+            f"upstream writes: {wl.get('upstream', 'burst')}")
+
+
 def relay_text(res: dict[str, Any]) -> str:
     wl = res["workload"]
     title = (f"RELAY: the limit (load generator -> fake vLLM) and the gateway (load generator -> gateway -> fake "
-             f"vLLM)\n  mix={wl['mix']}, {wl['tokens']} tokens/response, {wl['tokens_per_chunk']} token(s)/chunk, "
-             f"upstream writes: {wl.get('upstream', 'burst')}, gateway processes: {res['gateway_workers']}; median of "
+             f"vLLM)\n  {_workload(wl)}, gateway processes: {res['gateway_workers']}; median of "
              f"{res['repeats']} repeat(s), ± = half the range of the repeats")
     rows = []
     for c, level in res["levels"].items():
@@ -151,9 +155,7 @@ def workers_text(res: dict[str, Any]) -> str:
         return f"WORKERS: skipped: {res['skipped']}"
     wl = res["workload"]
     title = (f"WORKERS: `serve --workers N` (SO_REUSEPORT), CPU summed over the gateway's processes\n"
-             f"  mix={wl['mix']}, {wl['tokens']} tokens/response, {wl['tokens_per_chunk']} token(s)/chunk, upstream "
-             f"writes: {wl['upstream']}; median "
-             f"of {res['repeats']} repeat(s)")
+             f"  {_workload(wl)}; median of {res['repeats']} repeat(s)")
     rows = []
     for c, level in res["levels"].items():
         for w in res["counts"]:
