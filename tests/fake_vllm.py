@@ -151,7 +151,13 @@ class FakeVLLM:
                 self.closed_early.set()
                 raise
         if not body.get("stream"):
-            await asyncio.sleep(gen.stall_before)
+            try:
+                await asyncio.sleep(gen.stall_before)
+            except asyncio.CancelledError:  # the gateway dropped the request before the answer
+                record["closed_early"] = True
+                self.closed_early.set()
+                raise
+            record["finished"] = True
             return web.json_response(self._completion(gen))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)

@@ -193,9 +193,9 @@ async def test_client_disconnect_during_non_streaming_closes_upstream(gateway: G
     async with aiohttp.ClientSession() as session:
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(session.post(gateway.url + "/v1/responses", json={"input": "q"}), 0.5)
-    await asyncio.sleep(0.3)
     # the non-streaming upstream request was cancelled with the handler: the fake saw it go
-    assert gateway.upstream.requests[-1]["finished"] is False
+    await asyncio.wait_for(gateway.upstream.closed_early.wait(), 2)
+    assert gateway.upstream.requests[-1]["closed_early"] and not gateway.upstream.requests[-1]["finished"]
     await still_serves(gateway)
 
 
