@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
+from ..observe import Outcome, RequestObserver, observe
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
@@ -57,6 +58,8 @@ _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
 LOG_FIELDS = _RequestKey("log_fields", dict) if _RequestKey else "log_fields"
 TRANSPORT_KEY = web.AppKey("transport_log", object)  # a TransportLog, or None
+# Who watches requests (the inspector, traces, the store): see gateway/observe.py. Empty: nobody.
+OBSERVERS_KEY = web.AppKey("observers", list)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -200,16 +203,37 @@ def _cookie_session_id(value: str) -> str:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS_KEY]
     try:
         raw = await request.read()
     except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
         return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
+    observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
+    if observer is None:
+        return await _respond(request, raw, None, None)
+    outcome = Outcome(status=499)  # stays so when the client leaves before the end
+    try:
+        response = await _respond(request, raw, observer, outcome)
+        outcome.status = response.status
+        if response.status >= 400 and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            outcome.error = orjson.loads(response.body).get("error")
+        return response
+    except Exception:
+        outcome.status = 500
+        raise
+    finally:
+        observer.ended(outcome)
+
+
+async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestObserver],
+                   outcome: Optional[Outcome]) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
     try:
         req = decode_request(raw)
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
         return error_response(400, exc.message, param=exc.param, code=exc.code)
+    if observer is not None:
+        observer.planned(req, plan)
     request[LOG_FIELDS].update(model=settings.model, stream=plan.stream)
     key = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
@@ -219,7 +243,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         # As NeMo Gym's server does: a client without a session gets one, here for the server
         # that load balancing picked, so that its next turns land there too (prefix cache).
         new_cookie = key = client.pool.key_for(backend)
-    call = UpstreamCall(request, plan)
+    call = UpstreamCall(request, plan, observer, outcome)
     try:
         if plan.stream:
             response = await _stream(request, client, plan, backend, key, new_cookie, call)
@@ -235,13 +259,17 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 class UpstreamCall:
     """What one request did upstream, for its log line, the metrics and the transport log."""
 
-    def __init__(self, request: web.Request, plan: ChatPlan) -> None:
+    def __init__(self, request: web.Request, plan: ChatPlan, observer: Optional[RequestObserver] = None,
+                 outcome: Optional[Outcome] = None) -> None:
         self.request = request
         self.plan = plan
+        self.observer = observer
+        self.outcome = outcome  # filled in for the observer at the end
         self.started = time.perf_counter()
         self.first_output: Optional[float] = None
         self.server: Optional[str] = None
         self.final: Optional[Response] = None
+        self.finish_reason: Optional[str] = None
         self.error: Optional[UpstreamError] = None
         transport = request.app[TRANSPORT_KEY]
         self.capture: Optional[list[bytes]] = [] if transport is not None else None
@@ -252,6 +280,8 @@ class UpstreamCall:
             self.request.app[METRICS_KEY].ttft.observe(self.first_output - self.started)
 
     def done(self) -> None:
+        if self.outcome is not None:
+            self.outcome.response, self.outcome.finish_reason = self.final, self.finish_reason
         try:
             self._record()
         except Exception:  # bookkeeping must never turn an answered request into an error
@@ -326,18 +356,22 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
     call.server = backend.url
     try:
         try:
-            completion = await client.complete_chat(plan.payload, backend, key, call.request[REQUEST_ID], call.capture)
+            completion = await client.complete_chat(plan.payload, backend, key, call.request[REQUEST_ID], call.capture,
+                                                    call.observer)
         except UpstreamHTTPError as exc:
             call.error = exc
             if not exc.is_context_overflow:
                 return _upstream_error_response(exc)
             machine.context_overflow(exc.upstream_message)
             call.final = machine.final
-            return _json(machine.final)
+            return _json(machine.final, call.observer)
         except UpstreamError as exc:
             call.error = exc
             return _upstream_error_response(exc)
+        if call.observer is not None:
+            call.observer.received([completion])
         machine.feed_completion(completion)
+        call.finish_reason = machine.finish_reason
         if machine.has_output:
             call.output_started()
         if not machine.done:
@@ -350,7 +384,7 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
         if final is not None and final.status == "failed" and final.error is not None:
             # Without a stream there is no response.failed to carry it: an HTTP error says it.
             return error_response(502, final.error.message, type_="upstream_error", code=final.error.code)
-        return _json(final)
+        return _json(final, call.observer)
     finally:
         prompt.cancel()
 
@@ -367,7 +401,8 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
     try:
         # Open the upstream first: a failure before any byte reaches the client is an HTTP error.
         try:
-            upstream = await client.open_chat_stream(plan.payload, backend, key, request[REQUEST_ID], call.capture)
+            upstream = await client.open_chat_stream(plan.payload, backend, key, request[REQUEST_ID], call.capture,
+                                                     call.observer)
             call.server = upstream.backend.url
         except UpstreamHTTPError as exc:
             call.error = exc
@@ -383,9 +418,9 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             if new_cookie:
                 response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
             await response.prepare(request)
-            await response.write(encode_events(machine.start()))
+            await _write(response, encode_events(machine.start()), call.observer)
             if overflow is not None:
-                await response.write(encode_events(machine.context_overflow(overflow)))
+                await _write(response, encode_events(machine.context_overflow(overflow)), call.observer)
             else:
                 assert upstream is not None and task is not None
                 streams.add(task)
@@ -399,22 +434,23 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
                         # The stream has started: a bug must still end it with a terminal event, not
                         # a second HTTP response written into the body.
                         log.exception("stream %s failed in the gateway", request[REQUEST_ID])
-                        await response.write(encode_events(machine.fail(
-                            "internal_error", "the gateway failed while streaming; the error has been logged")))
+                        await _write(response, encode_events(machine.fail(
+                            "internal_error", "the gateway failed while streaming; the error has been logged")),
+                            call.observer)
                 except asyncio.CancelledError:
                     if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
                         raise  # the client left: nothing to tell it
                     # the shutdown grace period is over: end the stream properly, then let go
                     task.uncancel()
-                    await response.write(encode_events(machine.fail(
-                        "server_shutting_down", "the gateway is shutting down; the stream was ended")))
+                    await _write(response, encode_events(machine.fail(
+                        "server_shutting_down", "the gateway is shutting down; the stream was ended")), call.observer)
             await response.write_eof()
             return response
         except ConnectionResetError:
             # the client left, noticed at a write (prepare, a delta, the end): a disconnect, not an error
             raise asyncio.CancelledError from None
     finally:
-        call.final = machine.final
+        call.final, call.finish_reason = machine.final, machine.finish_reason
         if task is not None and task in streams:
             streams.discard(task)
             request.app[METRICS_KEY].open_streams.dec()
@@ -428,14 +464,23 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
 _WRITE_BATCH_BYTES = 16384
 
 
+async def _write(response: web.StreamResponse, data: bytes, observer: Optional[RequestObserver]) -> None:
+    if observer is not None:
+        observer.sent(data)
+    await response.write(data)
+
+
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse,
                  prompt: PromptTokens, call: UpstreamCall) -> None:
     out = bytearray()
+    observer = call.observer  # None unless someone watches: then one check per read, nothing per token
     try:
         async for batch in upstream:
             if batch is KEEPALIVE:
                 await response.write(KEEPALIVE_FRAME)
                 continue
+            if observer is not None:
+                observer.received(batch)  # type: ignore[arg-type]
             finished = False
             for chunk in batch:  # type: ignore[union-attr]
                 if chunk is None:  # [DONE]
@@ -445,19 +490,24 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                 if not events:
                     continue
                 encode_events_into(events, out)
-                if call.first_output is None and machine.has_output:
-                    call.output_started()
-                    await response.write(bytes(out))
+                first_output = call.first_output is None and machine.has_output
+                if first_output or len(out) >= _WRITE_BATCH_BYTES:
+                    if first_output:
+                        call.output_started()
+                    data = bytes(out)
                     out.clear()
-                elif len(out) >= _WRITE_BATCH_BYTES:
-                    await response.write(bytes(out))
-                    out.clear()
+                    if observer is not None:
+                        observer.sent(data)
+                    await response.write(data)
                 if machine.done:
                     finished = True
                     break
             if out:
-                await response.write(bytes(out))
+                data = bytes(out)
                 out.clear()
+                if observer is not None:
+                    observer.sent(data)
+                await response.write(data)
             if finished:
                 break
         if machine.done:
@@ -471,12 +521,15 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
         events = machine.fail(exc.code, exc.message)
     encode_events_into(events, out)
     if out:
-        await response.write(bytes(out))
+        await _write(response, bytes(out), observer)
 
 
-def _json(response: Optional[Response]) -> web.Response:
+def _json(response: Optional[Response], observer: Optional[RequestObserver] = None) -> web.Response:
     assert response is not None
-    return web.Response(body=_response_encoder.encode(response), content_type="application/json")
+    body = _response_encoder.encode(response)
+    if observer is not None:
+        observer.sent(body)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -553,6 +606,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
     app[METRICS_KEY] = Metrics()
+    app[OBSERVERS_KEY] = []
     transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
     app[TRANSPORT_KEY] = TransportLog(transport_path) if transport_path else None
     model = config.model_server

@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 import orjson
 
+from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
 from .sse import DONE, SSEDecoder
@@ -283,15 +284,17 @@ class VLLMClient:
 
     async def open_chat_stream(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
                                session_key: Optional[str] = None, request_id: Optional[str] = None,
-                               capture: Optional[list[bytes]] = None) -> ChatStream:
+                               capture: Optional[list[bytes]] = None,
+                               observer: Optional[RequestObserver] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
-        backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id)
+        backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id, observer)
         return ChatStream(response, backend, self, started, capture)
 
     async def complete_chat(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
                             session_key: Optional[str] = None, request_id: Optional[str] = None,
-                            capture: Optional[list[bytes]] = None) -> chat.ChatCompletion:
-        backend, response = await self._send(body, first, session_key, None, request_id)
+                            capture: Optional[list[bytes]] = None,
+                            observer: Optional[RequestObserver] = None) -> chat.ChatCompletion:
+        backend, response = await self._send(body, first, session_key, None, request_id, observer)
         try:
             raw = await response.read()
             if capture is not None:
@@ -311,9 +314,11 @@ class VLLMClient:
             raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
 
     async def _send(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend], session_key: Optional[str],
-                    header_timeout: Optional[float], request_id: Optional[str]) -> tuple[Backend, aiohttp.ClientResponse]:
+                    header_timeout: Optional[float], request_id: Optional[str],
+                    observer: Optional[RequestObserver] = None) -> tuple[Backend, aiohttp.ClientResponse]:
         """POST to a server; on a failure before it answered, retry (bounded, with backoff) on
-        another server when there is one. Nothing is retried once vLLM answered 200."""
+        another server when there is one. Nothing is retried once vLLM answered 200. The observer
+        (when one watches) sees each try start and end."""
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
         headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
         backend = first or self.choose(session_key)
@@ -321,6 +326,8 @@ class VLLMClient:
         attempt = 0
         while True:
             backend.in_flight += 1
+            if observer is not None:
+                observer.attempt_started(backend.url)
             try:
                 response = await self._post(backend, payload, header_timeout, headers)
             except asyncio.CancelledError:
@@ -328,6 +335,8 @@ class VLLMClient:
                 raise
             except UpstreamError as exc:
                 backend.in_flight -= 1
+                if observer is not None:
+                    observer.attempt_ended(backend.url, exc)
                 status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
                 if isinstance(exc, (UpstreamUnreachable, UpstreamTimeout)) or (status or 0) >= 500:
                     self.failed(backend, exc)
@@ -346,6 +355,8 @@ class VLLMClient:
                 backend = self.pool.choose(session_key, exclude=frozenset(tried)) or self.choose(session_key)
                 continue
             self.pool.success(backend)
+            if observer is not None:
+                observer.attempt_ended(backend.url, None)
             return backend, response
 
     async def _post(self, backend: Backend, payload: bytes, header_timeout: Optional[float],

@@ -1,0 +1,116 @@
+"""The observation hook: what passes through the gateway, for whoever wants to see it.
+
+Capabilities that watch requests (the inspector, OpenTelemetry traces, the response store) plug
+in here instead of adding branches to the server. An application holds a list of *observers*
+(``OBSERVERS_KEY`` in ``gateway.server.app``): callables that are given each request as it
+arrives and return a ``RequestObserver`` for it, or None to let it pass unseen. When no observer
+takes a request the server does no extra work for it at all: one ``is None`` check per upstream
+read.
+
+For one request the server calls, in this order (each call is optional but the last):
+
+- ``planned(request, plan)``: the decoded Responses request and the Chat Completions body made of it
+  (``plan.body``, sent as ``plan.payload``). Not called for a request the gateway refused (400);
+- ``attempt_started(server)`` / ``attempt_ended(server, error)``: each try at a vLLM server (the
+  client retries on another one when a server fails before answering); ``error`` None: it answered;
+- ``received(chunks)``: each upstream read, as the list of ``ChatChunk`` it carried (``None`` in it
+  is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
+- ``sent(data)``: each write to the client, as the bytes written (SSE frames; without streaming,
+  the JSON body). The frames written after a ``received`` are the events made of its chunks;
+- ``ended(outcome)``: always, last, even when the client left or the gateway failed.
+
+Observers must be quick and must not raise or block: they run inside the stream's own task. They
+get references, not copies: they must not mutate what they are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .schema.responses import Response, ResponsesRequest
+    from .translate.request import ChatPlan
+    from .upstream.client import UpstreamError
+
+
+@dataclass
+class Outcome:
+    """How a request ended."""
+
+    status: int  # the HTTP status the client got; 499: the client left before the end
+    response: Optional["Response"] = None  # the final Response (streamed or not), when there is one
+    # The OpenAI-style error object the client got as an HTTP error (``{"message", "type", "param",
+    # "code"}``); a streamed failure is in ``response.error`` instead.
+    error: Optional[dict[str, Any]] = None
+    finish_reason: Optional[str] = None  # vLLM's, when it sent one
+
+
+class RequestObserver:
+    """Watches one request. Every method does nothing here: subclasses take what they need."""
+
+    def planned(self, request: "ResponsesRequest", plan: "ChatPlan") -> None:
+        pass
+
+    def attempt_started(self, server: str) -> None:
+        pass
+
+    def attempt_ended(self, server: str, error: Optional["UpstreamError"]) -> None:
+        pass
+
+    def received(self, chunks: Sequence[Any]) -> None:
+        pass
+
+    def sent(self, data: bytes) -> None:
+        pass
+
+    def ended(self, outcome: Outcome) -> None:
+        pass
+
+
+# Called for each request with its id, the aiohttp request (headers, cookies, remote address) and
+# the raw body as received; returns the request's observer, or None.
+Observer = Callable[[str, "web.Request", bytes], Optional[RequestObserver]]
+
+
+class _Fanout(RequestObserver):
+    """Several observers of one request, called in order."""
+
+    def __init__(self, observers: list[RequestObserver]) -> None:
+        self._observers = observers
+
+    def planned(self, request: "ResponsesRequest", plan: "ChatPlan") -> None:
+        for o in self._observers:
+            o.planned(request, plan)
+
+    def attempt_started(self, server: str) -> None:
+        for o in self._observers:
+            o.attempt_started(server)
+
+    def attempt_ended(self, server: str, error: Optional["UpstreamError"]) -> None:
+        for o in self._observers:
+            o.attempt_ended(server, error)
+
+    def received(self, chunks: Sequence[Any]) -> None:
+        for o in self._observers:
+            o.received(chunks)
+
+    def sent(self, data: bytes) -> None:
+        for o in self._observers:
+            o.sent(data)
+
+    def ended(self, outcome: Outcome) -> None:
+        for o in self._observers:
+            o.ended(outcome)
+
+
+def observe(observers: list[Observer], request_id: str, request: "web.Request", raw: bytes) -> Optional[RequestObserver]:
+    """The observer of one request: None when nobody takes it (the usual case: no cost at all)."""
+    if not observers:
+        return None
+    taken = [o for o in (observer(request_id, request, raw) for observer in observers) if o is not None]
+    if not taken:
+        return None
+    return taken[0] if len(taken) == 1 else _Fanout(taken)
