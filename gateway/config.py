@@ -280,7 +280,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cors_allow_origins: list[str] = []
     # SIGTERM: streams get this long to finish before they end with response.failed.
     shutdown_grace_s: float = 30.0
+    # Request bodies: at most this many bytes once decoded (and as sent, when not compressed) ...
     max_request_bytes: int = 16 * 1024 * 1024
+    # ... and at most this many on the wire when compressed (Content-Encoding gzip, deflate, br, zstd).
+    max_compressed_request_bytes: int = 4 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # One line per request (request id, model, status, timings, tokens) as text or JSON.
     log_format: Literal["text", "json"] = "text"
@@ -309,9 +312,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise _field_error(field, f"must be an integer from {low} to {high}, got {value!r}")
-        size = self.max_request_bytes
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise _field_error("max_request_bytes", f"must be > 0, got {self.max_request_bytes!r}")
+        for field in ("max_request_bytes", "max_compressed_request_bytes"):
+            size = getattr(self, field)
+            if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+                raise _field_error(field, f"must be > 0, got {size!r}")
 
 
 class Config(msgspec.Struct, kw_only=True):

@@ -39,6 +39,7 @@ from ..upstream.client import (
     VLLMClient,
 )
 from ..upstream.pool import Backend
+from .body import BodyError, read_body
 from .observability import Metrics, TransportLog, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
 from .sse import encode_events, encode_events_into
@@ -134,7 +135,8 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     keys: list[bytes] = request.app[KEYS_KEY]
     if keys and request.path.startswith("/v1/") and request.method != "OPTIONS":
         header = request.headers.get("Authorization", "")
-        given = header[7:].strip().encode() if header[:7].lower() == "bearer " else b""
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: any byte comes back as it was
+        given = header[7:].strip().encode("utf-8", "surrogateescape") if header[:7].lower() == "bearer " else b""
         # compare with every key, whatever matches first: the time taken tells nothing
         matched = False
         for key in keys:
@@ -194,7 +196,7 @@ def _cookie_session_id(value: str) -> str:
         data = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
         if isinstance(data, dict) and isinstance(data.get("session_id"), str):
             return data["session_id"]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # not ours, or absurd (JSON nested 10,000 deep)
         pass
     return value
 
@@ -203,9 +205,13 @@ def _cookie_session_id(value: str) -> str:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
+    gw = request.app[CONFIG_KEY].gateway
     try:
-        raw = await request.read()
-    except RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a body that is not
+        raw = await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
+                              max_bytes=gw.max_request_bytes, max_compressed_bytes=gw.max_compressed_request_bytes)
+    except BodyError as exc:
+        return error_response(exc.status, exc.message, code=exc.code)
+    except RequestPayloadError as exc:  # e.g. broken chunked framing from the client
         return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
     observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
     if observer is None:
@@ -643,9 +649,20 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app.on_startup.append(start_client)
     app.on_shutdown.append(drain_streams)
     app.on_cleanup.append(close_client)
-    app.router.add_post("/v1/responses", create_response)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/health", health)
+    app.router.add_post("/v1/responses", create_response, expect_handler=expect_continue)
+    app.router.add_get("/v1/models", list_models, expect_handler=expect_continue)
+    app.router.add_get("/health", health, expect_handler=expect_continue)
     if config.gateway.metrics:
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
     return app
+
+
+async def expect_continue(request: web.Request) -> Optional[web.StreamResponse]:
+    """``Expect: 100-continue`` as aiohttp answers it; any other expectation is a 417 error object
+    (aiohttp's own answer is text/plain, from before the middlewares)."""
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(417, "Only the expectation 100-continue is understood.", code="expectation_failed")
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer itself has not started
+    return None

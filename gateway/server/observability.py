@@ -96,16 +96,30 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# Control characters (CR, LF, ESC ..., C1, the Unicode line separators) in a logged value, say a
+# path sent as /x%0a2099-01-01 INFO ..., would start a forged line: they are written escaped.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}",
+                        text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record, whatever the values in it (a traceback, when there is one, follows)."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.converter = time.gmtime
 
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = escape_controls(super().formatMessage(record))
         fields = getattr(record, "fields", None)
         if fields:
-            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            text += " " + " ".join(escape_controls(f"{k}={v}") for k, v in fields.items() if v is not None)
         return text
 
 

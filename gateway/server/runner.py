@@ -10,14 +10,59 @@ import signal
 import sys
 from typing import Optional
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol, web_server
 
 from ..config import Config
 from ..upstream.client import VLLMClient
-from .app import create_app
+from .app import create_app, error_response
 
 log = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 4096
+
+# What the client got wrong, by the exception aiohttp's parser raised; never the request's own bytes.
+_PARSE_ERRORS = (
+    (http_exceptions.LineTooLong, "a request line or header is too long"),
+    (http_exceptions.BadHttpMethod, "the method is not a valid HTTP method"),
+    (http_exceptions.InvalidHeader, "a header is invalid"),
+    (http_exceptions.BadStatusLine, "the request line is not valid HTTP"),
+    (http_exceptions.TransferEncodingError, "the chunked body framing is invalid"),
+    (http_exceptions.ContentLengthError, "the body is shorter than its Content-Length"),
+)
+
+
+class _JsonErrorHandler(web_protocol.RequestHandler):
+    """aiohttp answers what its parser refuses (headers over 8,190 bytes, too many headers, a bad
+    method ...) before any middleware runs, as text/plain that may echo the request, and logs a
+    traceback. Here: the OpenAI error object, and one log line, since the fault is the client's."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: Optional[BaseException] = None,
+                     message: Optional[str] = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: an answer has started, the connection is broken
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        if status >= 500:
+            self.log_exception("Error handling request", exc_info=exc)
+            response = error_response(500, "The gateway failed unexpectedly; the error has been logged.",
+                                      type_="server_error", code="internal_error")
+        else:
+            why = next((text for cls, text in _PARSE_ERRORS if isinstance(exc, cls)), "it is not valid HTTP")
+            log.info("refused a request that could not be parsed (%s): %s", type(exc).__name__, why)
+            response = error_response(status, f"The request could not be parsed: {why}.", code="invalid_http_request")
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """aiohttp's AppRunner, whose connections answer parse errors with JSON (``_JsonErrorHandler``)."""
+
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer  # the same object, only how it makes connection handlers differs
+        return server
 
 
 async def start(
@@ -30,7 +75,8 @@ async def start(
     # next write).
     # shutdown_timeout: aiohttp's own wait for handlers, kept longer than our grace period so that
     # streams are ended by us (with response.failed), not cut by aiohttp.
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+    # auto_decompress=False: request bodies are decoded by the handler, within limits (server/body.py).
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, auto_decompress=False,
                            shutdown_timeout=config.gateway.shutdown_grace_s + 5)
     await runner.setup()
     # backlog: aiohttp's default of 128 drops connections when hundreds of clients (an evaluation

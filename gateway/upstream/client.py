@@ -8,9 +8,12 @@ a message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Optional, Union
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -20,6 +23,8 @@ from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
 from .sse import DONE, SSEDecoder
+
+log = logging.getLogger("gateway.upstream")
 
 
 class UpstreamError(Exception):
@@ -56,6 +61,8 @@ class UpstreamHTTPError(UpstreamError):
             self.status, self.code = 429, "rate_limit_exceeded"
         elif upstream_status in (401, 403):
             self.status, self.code = 502, "upstream_auth_failed"
+        elif 300 <= upstream_status < 400:
+            self.status, self.code = 502, "upstream_redirect"
 
     @property
     def is_context_overflow(self) -> bool:
@@ -230,12 +237,24 @@ class VLLMClient:
         metrics: Optional[Any] = None,
     ) -> None:
         self.metrics = metrics  # has upstream_error(server, code) and upstream_retry(server)
-        self.pool = BackendPool([url.rstrip("/") for url in base_urls], eject_after=settings.eject_after,
+        # Credentials in a base URL (http://user:pw@host/v1) leave the URL here and become that
+        # server's Authorization header, so the URL (in messages, /health, metrics labels) holds none.
+        servers = [split_credentials(url.rstrip("/")) for url in base_urls]
+        self.pool = BackendPool([url for url, _ in servers], eject_after=settings.eject_after,
                                 eject_s=settings.eject_s)
         self.base_urls = [b.url for b in self.pool.backends]
         self._headers = {"Content-Type": "application/json", **(default_headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
+        has_authorization = any(name.lower() == "authorization" for name in self._headers)
+        self._server_headers: dict[str, dict[str, str]] = {}
+        for url, basic in servers:
+            if basic is None:
+                continue
+            if has_authorization:  # one Authorization header only: api_key (or default_headers) wins
+                log.warning("%s: the credentials in base_url are not sent, api_key is sent instead", url)
+            else:
+                self._server_headers[url] = {**self._headers, "Authorization": basic}
         self.settings = settings
         self.flavour = flavour
         self.retries = 0  # tries repeated after a failure, since start
@@ -264,6 +283,10 @@ class VLLMClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def headers_for(self, base: str) -> dict[str, str]:
+        """The headers every request to this server carries (its own credentials, if any)."""
+        return self._server_headers.get(base, self._headers)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -320,21 +343,22 @@ class VLLMClient:
         another server when there is one. Nothing is retried once vLLM answered 200. The observer
         (when one watches) sees each try start and end."""
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
-        headers = {**self._headers, "X-Request-Id": request_id} if request_id else self._headers
         backend = first or self.choose(session_key)
         tried: set[str] = set()
         attempt = 0
         while True:
+            headers = self.headers_for(backend.url)
+            if request_id:
+                headers = {**headers, "X-Request-Id": request_id}
             backend.in_flight += 1
             if observer is not None:
                 observer.attempt_started(backend.url)
             try:
                 response = await self._post(backend, payload, header_timeout, headers)
-            except asyncio.CancelledError:
-                backend.in_flight -= 1  # the client left while vLLM had not answered yet
-                raise
-            except UpstreamError as exc:
-                backend.in_flight -= 1
+            except BaseException as exc:
+                backend.in_flight -= 1  # whatever happened (the client left, a failure), it is not in flight
+                if not isinstance(exc, UpstreamError):
+                    raise
                 if observer is not None:
                     observer.attempt_ended(backend.url, exc)
                 status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
@@ -364,15 +388,16 @@ class VLLMClient:
         base = backend.url
         try:
             async with asyncio.timeout(header_timeout):
-                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=headers)
+                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=headers,
+                                                   allow_redirects=False)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"Could not connect to the vLLM server at {base}: {_describe(exc)}") from None
         except asyncio.TimeoutError:
             limit = header_timeout if header_timeout is not None else self.settings.total
             raise UpstreamTimeout(f"the vLLM server at {base} did not answer within {limit:g} s") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp refused to build the request
             raise UpstreamUnreachable(f"The request to the vLLM server at {base} failed: {_describe(exc)}") from None
-        if response.status >= 400:
+        if response.status >= 300:  # redirects are not followed (allow_redirects=False): an answer, not a hop
             try:
                 raw = await response.read()
             except aiohttp.ClientError:
@@ -385,9 +410,9 @@ class VLLMClient:
     async def get_json(self, base: str, path: str) -> Any:
         url = f"{base}{path}"
         try:
-            async with self.session.get(url, headers=self._headers) as response:
+            async with self.session.get(url, headers=self.headers_for(base), allow_redirects=False) as response:
                 raw = await response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     raise _http_error(base, response.status, raw)
                 return orjson.loads(raw)
         except aiohttp.ClientConnectorError as exc:
@@ -401,24 +426,27 @@ class VLLMClient:
         """The prompt's token ids. vLLM: ``/tokenize`` with the chat fields; llama.cpp: render the
         prompt with ``/apply-template``, then ``/tokenize`` it. Both live at the server root."""
         root = _root(base)
+        headers = self.headers_for(base)
         if self.flavour == "llama.cpp":
-            rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"})
+            rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"},
+                                             headers)
             prompt = rendered.get("prompt")
             if not isinstance(prompt, str):
                 raise UpstreamError(f"{root}/apply-template did not answer with {{prompt}}")
             body = {"content": prompt, "add_special": False, "parse_special": True}
-        answer = await self._post_json(root, "/tokenize", body)
+        answer = await self._post_json(root, "/tokenize", body, headers)
         tokens = answer.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise UpstreamError(f"{root}/tokenize did not answer with a list of integer 'tokens'")
         return tokens
 
-    async def _post_json(self, root: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_json(self, root: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         url = f"{root}{path}"
         try:
-            async with self.session.post(url, data=orjson.dumps(body), headers=self._headers) as response:
+            async with self.session.post(url, data=orjson.dumps(body), headers=headers,
+                                         allow_redirects=False) as response:
                 raw = await response.read()
-                if response.status >= 400:
+                if response.status >= 300:
                     raise UpstreamError(f"{path} failed: {_http_error(root, response.status, raw).message}")
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"Could not connect to the server at {root} for {path}: {_describe(exc)}") from None
@@ -449,7 +477,8 @@ class VLLMClient:
             root = _root(backend.url)
             try:
                 async with asyncio.timeout(timeout):
-                    async with self.session.get(f"{root}/health", headers=self._headers) as response:
+                    async with self.session.get(f"{root}/health", headers=self.headers_for(backend.url),
+                                                allow_redirects=False) as response:
                         await response.read()
                         ok = response.status == 200
                         self.pool.health(backend, ok, None if ok else f"/health answered {response.status}")
@@ -474,7 +503,21 @@ def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         upstream_message = raw[:500].decode("utf-8", "replace").strip()
     text = upstream_message or f"HTTP {status}"
+    if 300 <= status < 400:  # where it points is not shown: the gateway goes only where it is configured to
+        text = f"a redirect, which the gateway does not follow; set base_url to the server itself ({text})"
     return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw)
+
+
+def split_credentials(url: str) -> tuple[str, Optional[str]]:
+    """``http://user:pw@host/v1`` -> (``http://host/v1``, ``Basic <base64 user:pw>``); a URL without
+    credentials -> (the URL, None)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return urlunsplit(parts._replace(netloc=host)), basic
 
 
 def _describe(exc: BaseException) -> str:

@@ -58,7 +58,7 @@ class BackendPool:
         if len(candidates) == 1:
             return candidates[0]
         if session_key:
-            key = session_key.encode()
+            key = session_key.encode("utf-8", "surrogatepass")  # header and cookie bytes may be anything
             return max(candidates, key=lambda b: hashlib.blake2b(b._key + b"\0" + key, digest_size=8).digest())
         # fewest in flight; ties rotate so idle servers share the load
         self._turn += 1

@@ -1,0 +1,258 @@
+"""Issue 12: hostile input, hostile upstreams, slow clients. One test (or a few) per numbered item,
+each over real sockets, each failing before its fix. Timing is never the assertion: where an
+item is about time (a stall, a timeout), the test asserts what was sent, or CPU time relative to a
+reference measured in the same test."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import resource
+import time
+from typing import Any, Optional
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.server.observability import TextFormatter
+from tests.conftest import MODEL, Gateway, GatewayFactory
+from tests.contract import check_stream, parse_sse
+from tests.fake_vllm import FakeVLLM, Generation, content
+
+ERROR_KEYS = {"message", "type", "param", "code"}
+
+
+def error_of(status: int, ctype: str, raw: bytes) -> dict[str, Any]:
+    """The OpenAI error object, exactly; anything else (text/plain, a traceback) fails."""
+    assert ctype.startswith("application/json"), (status, ctype, raw[:300])
+    body = json.loads(raw)
+    assert set(body) == {"error"} and set(body["error"]) == ERROR_KEYS, body
+    return body["error"]
+
+
+async def raw_http(gateway: Gateway, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes exactly as given (what no HTTP client library would send) and read the answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            if "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body = await reader.read()
+        return status, headers, body
+    finally:
+        writer.close()
+
+
+def post_bytes(path: str, body: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{h}\r\n" for h in headers)
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}Connection: close\r\n\r\n").encode() + body
+
+
+async def metrics_text(gateway: Gateway) -> str:
+    async with gateway.session.get(gateway.url + "/metrics") as response:
+        return await response.text()
+
+
+# --- 1. compressed bodies: limits before any decompression work ----------------------------------
+
+
+def brotli_bomb(size: int) -> bytes:
+    import brotli
+
+    compressor = brotli.Compressor(quality=1)
+    zeros = bytes(1 << 20)
+    out = [compressor.process(zeros) for _ in range(size >> 20)]
+    out.append(compressor.finish())
+    return b"".join(out)
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return brotli_bomb(1 << 30)  # 1 GB of zeros in about 100 KB
+
+
+async def test_1_br_bomb_before_auth_costs_no_decompression(make_gateway: GatewayFactory, bomb: bytes) -> None:
+    """A 1 GB brotli bomb sent without a key: 401, and the gateway spends on four of them less CPU
+    than one decompression of it costs (before: aiohttp decompressed each whole, in the event loop,
+    before and after the 401, and every other client waited)."""
+    import brotli
+
+    gateway = await make_gateway("gateway.api_keys=[sk-client]")
+    reference = time.process_time()
+    decompressor = brotli.Decompressor()
+    decompressor.process(bomb, output_buffer_limit=1 << 24)
+    while not decompressor.is_finished():
+        decompressor.process(b"", output_buffer_limit=1 << 24)
+    one_decompression = time.process_time() - reference
+    started = time.process_time()
+    for _ in range(4):
+        status, _, raw = await raw_http(gateway, post_bytes("/v1/responses", bomb, "Content-Encoding: br"))
+        assert status == 401, raw[:300]
+    async with gateway.session.get(gateway.url + "/health") as response:  # answered after the four
+        assert response.status == 200
+    assert time.process_time() - started < one_decompression, (time.process_time() - started, one_decompression)
+
+
+@pytest.mark.parametrize("encoding", ["br", "gzip", "deflate", "zstd"])
+async def test_1_decompressed_size_is_bounded(make_gateway: GatewayFactory, encoding: str) -> None:
+    """With a valid key: a body that decompresses past max_request_bytes is a 413 naming the key."""
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    gateway = await make_gateway("gateway.api_keys=[sk-client]", "gateway.max_request_bytes=100000")
+    body = b'{"input": "' + b" " * 1_000_000 + b'"}'
+    compress = {"gzip": lambda b: zlib.compress(b, wbits=31), "deflate": zlib.compress,
+                "br": brotli.compress, "zstd": zstd.compress}[encoding]
+    status, headers, raw = await raw_http(gateway, post_bytes("/v1/responses", compress(body),
+                                                              f"Content-Encoding: {encoding}",
+                                                              "Authorization: Bearer sk-client"))
+    error = error_of(status, headers.get("content-type", ""), raw)
+    assert status == 413 and error["code"] == "request_too_large", error
+    assert "max_request_bytes" in error["message"]
+
+
+async def test_1_compressed_wire_size_is_bounded(make_gateway: GatewayFactory) -> None:
+    import zlib
+
+    gateway = await make_gateway("gateway.max_compressed_request_bytes=1000")
+    import random
+
+    rng = random.Random(1)
+    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(5000))
+    body = zlib.compress(json.dumps({"input": "hi", "metadata": {"k": noise}}).encode(), wbits=31)
+    assert len(body) > 1000
+    status, headers, raw = await raw_http(gateway, post_bytes("/v1/responses", body, "Content-Encoding: gzip"))
+    error = error_of(status, headers.get("content-type", ""), raw)
+    assert status == 413 and "max_compressed_request_bytes" in error["message"]
+    status, headers, raw = await raw_http(gateway, post_bytes("/v1/responses", b"{}", "Content-Encoding: compress"))
+    assert status == 415 and error_of(status, headers["content-type"], raw)["code"] == "unsupported_content_encoding"
+
+
+# --- 6. no request, header or cookie produces a 500 ----------------------------------------------
+
+
+async def test_6_non_ascii_byte_in_authorization(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.api_keys=[sk-client]")
+    body = json.dumps({"input": "hi"}).encode()
+    for header in (b"Authorization: Bearer sk-\xff\xfe", b"Authorization: Bearer \xc3\xa9t\xc3\xa9"):
+        request = post_bytes("/v1/responses", body).replace(b"Connection: close\r\n", b"Connection: close\r\n"
+                                                            + header + b"\r\n")
+        status, headers, raw = await raw_http(gateway, request)
+        assert status == 401 and error_of(status, headers["content-type"], raw)["code"] == "invalid_api_key"
+
+
+def nested_cookie(depth: int) -> str:
+    payload = "[" * depth + "]" * depth
+    return base64.b64encode(payload.encode()).decode() + ".1700000000.sig"
+
+
+async def test_6_deeply_nested_json_session_cookie(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                   upstream2: FakeVLLM) -> None:
+    gateway = await make_gateway(base_url=[upstream.url, upstream2.url])
+    for stream in (False, True):
+        status, headers, raw = await raw_http(gateway, post_bytes(
+            "/v1/responses", json.dumps({"input": "hi", "stream": stream}).encode(),
+            f"Cookie: VLLMModel___policy_model={nested_cookie(3000)}"))
+        assert status == 200, raw[:500]
+
+
+@pytest.mark.parametrize("where", ["header", "cookie"])
+async def test_6_non_ascii_session_key_with_several_servers(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                            upstream2: FakeVLLM, where: str) -> None:
+    gateway = await make_gateway(base_url=[upstream.url, upstream2.url])
+    line = b"X-Session-Id: s\xff\xe9-1" if where == "header" else b"Cookie: VLLMModel___policy_model=\xff\xfe\xc3\xa9"
+    for stream in (False, True):
+        request = post_bytes("/v1/responses", json.dumps({"input": "hi", "stream": stream}).encode())
+        request = request.replace(b"Connection: close\r\n", b"Connection: close\r\n" + line + b"\r\n")
+        status, _, raw = await raw_http(gateway, request)
+        assert status == 200, raw[:500]
+
+
+async def test_6_base_url_credentials_with_api_key(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    """Credentials in base_url plus api_key: answered (api_key is sent), and the in-flight gauge
+    comes back to 0 (before: aiohttp's ValueError made a 500 and the gauge grew for good)."""
+    with_credentials = upstream.url.replace("http://", "http://user:pw-in-url@")  # type: ignore[attr-defined]
+    gateway = await make_gateway("policy_api_key=sk-upstream-key", base_url=with_credentials)
+    for stream in (False, True, False):
+        response = await gateway.post({"input": "hi", "stream": stream})
+        assert response.status == 200, await response.text()
+        await response.read()
+    assert upstream.requests[-1]["headers"]["Authorization"] == "Bearer sk-upstream-key"
+    text = await metrics_text(gateway)
+    assert f'gateway_upstream_in_flight{{server="{upstream.url}"}} 0.0' in text  # type: ignore[attr-defined]
+
+
+async def test_6_base_url_credentials_are_sent_as_basic_auth(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    with_credentials = upstream.url.replace("http://", "http://user:p%40ss@")  # type: ignore[attr-defined]
+    gateway = await make_gateway(base_url=with_credentials)
+    assert (await gateway.post({"input": "hi"})).status == 200
+    sent = upstream.requests[-1]["headers"]["Authorization"]
+    assert sent == "Basic " + base64.b64encode(b"user:p@ss").decode()
+
+
+# --- 10. log forging ------------------------------------------------------------------------------
+
+
+async def test_10_control_characters_in_a_path_cannot_forge_a_log_line(gateway: Gateway) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("gateway.access")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for path in ("/x%0a2099-01-01%2000:00:00,000%20INFO%20gateway.access:%20FORGED",
+                     "/x%0d%0a2099-01-01%20FORGED", "/x%e2%80%a82099-01-01%20FORGED", "/x%1b[2K%0dFORGED"):
+            async with gateway.session.get(gateway.url + path) as response:
+                assert response.status == 404
+                error_of(response.status, response.headers["Content-Type"], await response.read())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert not any(line.startswith(("2099", "FORGED")) or "\u2028" in line or "\x1b" in line for line in lines), lines
+
+
+# --- 12. aiohttp's own errors, unknown paths and methods: the error object -----------------------
+
+
+@pytest.mark.parametrize("case", ["long_header", "many_headers", "bad_method", "bad_request_line", "expect_bogus",
+                                  "bad_chunked", "unknown_path", "unknown_method", "response_by_id"])
+async def test_12_aiohttp_errors_are_openai_error_objects(gateway: Gateway, case: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    body = json.dumps({"input": "hi"}).encode()
+    request = {
+        "long_header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+        "many_headers": b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(200))
+                        + b"\r\n",
+        "bad_method": b"G<T /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        "bad_request_line": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n",
+        "expect_bogus": post_bytes("/v1/responses", body, "Expect: bogus"),
+        "bad_chunked": b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+        "unknown_path": b"GET /v2/nothing-here HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "unknown_method": b"DELETE /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "response_by_id": b"GET /v1/responses/resp_123 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    }[case]
+    status, headers, raw = await raw_http(gateway, request)
+    assert 400 <= status < 500, (status, raw[:300])
+    error = error_of(status, headers.get("content-type", ""), raw)
+    assert b"aaaa" not in raw and b"garbage" not in raw  # the request is not echoed
+    assert error["message"]
+    assert not [r for r in caplog.records if r.exc_info], "a client's fault logs no traceback"
