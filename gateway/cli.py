@@ -147,10 +147,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import tempfile
 
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="vllm-gateway-metrics-")
+    from .redact import secrets_of
     from .server.observability import configure_logging
     from .server.runner import serve
 
-    configure_logging(config.gateway.log_level, config.gateway.log_format)
+    configure_logging(config.gateway.log_level, config.gateway.log_format, secrets_of(config))
     try:
         return serve(config, args.workers)
     except OSError as exc:  # e.g. the port is taken

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import yaml
 
+from .redact import Secrets
+
 __all__ = [
     "NEMO_GYM_IGNORED_KEYS",
     "Config",
@@ -1072,7 +1074,7 @@ def load_config(
     except ConfigError as e:
         # Safety net: however a secret found its way into a message (say, an
         # API key put in base_url by mistake), it does not leave this function.
-        message = _scrub(str(e), secrets)
+        message = Secrets(secrets).scrub(str(e))
         if message != str(e):
             raise ConfigError(message, key=e.key) from None
         raise

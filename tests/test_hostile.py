@@ -256,3 +256,121 @@ async def test_12_aiohttp_errors_are_openai_error_objects(gateway: Gateway, case
     assert b"aaaa" not in raw and b"garbage" not in raw  # the request is not echoed
     assert error["message"]
     assert not [r for r in caplog.records if r.exc_info], "a client's fault logs no traceback"
+
+
+# --- 2 and 3. configured secrets never leave the process -----------------------------------------
+
+UPSTREAM_KEY = "sk-upstream-secret-0123"
+ECHO = f"invalid request; headers were {{'Authorization': 'Bearer {UPSTREAM_KEY}'}}"
+
+
+def assert_clean(text: str | bytes, *secrets: str) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    for secret in secrets:
+        assert secret.encode() not in data, data[:2000]
+
+
+@pytest.mark.parametrize("fault, stream", [("http_400", False), ("http_400", True), ("http_500", False),
+                                           ("http_500", True), ("mid_stream_error", True)])
+async def test_2_upstream_echo_of_the_api_key_is_scrubbed(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                          tmp_path: Any, fault: str, stream: bool,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """vLLM (or a proxy) echoing the Authorization header in its error: not in the 400/502 body, the
+    error event, response.failed, the transport log, or the logs."""
+    caplog.set_level(logging.DEBUG)
+    transport = tmp_path / "transport.jsonl"
+    gateway = await make_gateway(f"policy_api_key={UPSTREAM_KEY}", f"gateway.transport_log={transport}",
+                                 "gateway.max_retries=0")
+    generation = {"http_400": Generation(status=400, error_message=ECHO),
+                  "http_500": Generation(status=500, error_message=ECHO),
+                  "mid_stream_error": Generation(deltas=content("partial answer"), stream_error_after=2,
+                                                 error_message=ECHO)}[fault]
+    upstream.queue(generation)
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
+        raw = await r.read()
+        status = r.status
+    assert upstream.requests[-1]["headers"]["Authorization"] == f"Bearer {UPSTREAM_KEY}"  # it was sent
+    assert_clean(raw, UPSTREAM_KEY)
+    assert b"***" in raw, raw[:1000]  # the message is there, masked
+    if stream and status == 200:
+        final = check_stream(parse_sse(raw))
+        assert final["status"] == "failed"
+    assert_clean(transport.read_bytes(), UPSTREAM_KEY)
+    formatted = "\n".join(TextFormatter(_secrets(gateway)).format(r) for r in caplog.records)
+    assert_clean(formatted, UPSTREAM_KEY)
+
+
+def _secrets(gateway: Gateway) -> Any:
+    from gateway.server.app import SECRETS_KEY
+
+    return gateway.runner.app[SECRETS_KEY]
+
+
+async def test_2_health_does_not_show_an_echoed_key(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                    upstream2: FakeVLLM) -> None:
+    gateway = await make_gateway(f"policy_api_key={UPSTREAM_KEY}", "gateway.max_retries=0",
+                                 "gateway.health_check_interval_s=0", base_url=[upstream.url, upstream2.url])
+    for fake in (upstream, upstream2):
+        fake.queue(Generation(status=503, error_message=ECHO))
+    for _ in range(2):
+        await (await gateway.post({"input": "hi"})).read()
+    async with gateway.session.get(gateway.url + "/health") as response:  # unauthenticated: shows last errors
+        body = await response.read()
+    assert b"answered 503" in body, body
+    assert_clean(body, UPSTREAM_KEY)
+
+
+PASSWORD = "pw-in-the-url-42"
+
+
+async def test_3_base_url_password_never_shown(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    """A password in base_url: not in 502 messages, /health, /metrics labels."""
+    from tests.conftest import free_port
+
+    dead = f"http://user:{PASSWORD}@127.0.0.1:{free_port()}/v1"
+    live = upstream.url.replace("http://", f"http://user:{PASSWORD}@")  # type: ignore[attr-defined]
+    gateway = await make_gateway("gateway.max_retries=0", "gateway.health_check_interval_s=0", base_url=[dead, live])
+    for _ in range(4):
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi"}) as response:
+            assert_clean(await response.read(), PASSWORD)
+    for path in ("/health", "/metrics"):
+        async with gateway.session.get(gateway.url + path) as response:
+            body = await response.read()
+            assert b"127.0.0.1" in body
+            assert_clean(body, PASSWORD)
+
+
+def test_3_base_url_password_not_in_config_errors() -> None:
+    from gateway.config import ConfigError
+    from tests.conftest import gateway_config
+
+    for url in (f"http://user:{PASSWORD}@a:8000/v1,http://user:{PASSWORD}@b:8000/v1",
+                f"[http://user:{PASSWORD}@a:8000/v1, 'ftp://user:{PASSWORD}@b/v1']",
+                f"[http://user:{PASSWORD}@a:notaport/v1]"):
+        with pytest.raises(ConfigError) as error:
+            gateway_config("http://placeholder:1/v1", f"policy_base_url={url}")
+        assert_clean(str(error.value), PASSWORD)
+
+
+def test_3_base_url_password_not_in_the_start_up_log() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--base-url",
+                                f"http://user:{PASSWORD}@127.0.0.1:9/v1", "--model", "m", "--port", str(port)],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        seen = []
+        for line in process.stderr:  # blocks until the line comes: no timing involved
+            seen.append(line)
+            if "listening on" in line:
+                break
+        assert any("127.0.0.1:9/v1" in line for line in seen), seen
+        assert_clean("".join(seen), PASSWORD)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

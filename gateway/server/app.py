@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
+from ..redact import Secrets, secrets_of
 from ..observe import Outcome, RequestObserver, observe
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
@@ -54,6 +55,7 @@ STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (gr
 SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
 KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
 METRICS_KEY = web.AppKey("metrics", Metrics)
+SECRETS_KEY = web.AppKey("secrets", Secrets)  # every configured secret: what must not leave the process
 # Per-request storage: typed keys where aiohttp has them (3.13+), plain strings before.
 _RequestKey = getattr(web, "RequestKey", None)
 REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
@@ -100,7 +102,7 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         status = response.status
         if not response.prepared:
             response.headers["X-Request-Id"] = rid
-        return response
+        return _scrubbed(request, response)
     except web.HTTPRequestEntityTooLarge as exc:
         status = 413
         return error_response(413, f"The request body is too large: {exc.text}", code="request_too_large")
@@ -109,8 +111,8 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         if exc.status < 400:
             raise
         reason = exc.reason or "error"
-        return error_response(exc.status, f"{reason}: {request.method} {request.path}",
-                              code=reason.lower().replace(" ", "_"))
+        return _scrubbed(request, error_response(exc.status, f"{reason}: {request.method} {request.path}",
+                                                 code=reason.lower().replace(" ", "_")))
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499  # the client went away (noticed at once, or at the next write)
         raise
@@ -127,6 +129,17 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         access_log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
                         extra={"fields": {"request_id": rid, "method": request.method, "path": request.path,
                                           "status": status, "duration_ms": round(elapsed * 1000, 1), **fields}})
+
+
+def _scrubbed(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Every answer not streamed leaves through here: configured secrets are taken out of it
+    (an upstream's error text may echo its Authorization header). Streams: ``_write_end``."""
+    secrets: Secrets = request.app[SECRETS_KEY]
+    if secrets and isinstance(response, web.Response) and isinstance(response.body, bytes):
+        body = secrets.scrub_bytes(response.body)
+        if body is not response.body:
+            response.body = body
+    return response
 
 
 @web.middleware
@@ -426,7 +439,7 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             await response.prepare(request)
             await _write(response, encode_events(machine.start()), call.observer)
             if overflow is not None:
-                await _write(response, encode_events(machine.context_overflow(overflow)), call.observer)
+                await _write_end(response, encode_events(machine.context_overflow(overflow)), call)
             else:
                 assert upstream is not None and task is not None
                 streams.add(task)
@@ -440,16 +453,15 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
                         # The stream has started: a bug must still end it with a terminal event, not
                         # a second HTTP response written into the body.
                         log.exception("stream %s failed in the gateway", request[REQUEST_ID])
-                        await _write(response, encode_events(machine.fail(
-                            "internal_error", "the gateway failed while streaming; the error has been logged")),
-                            call.observer)
+                        await _write_end(response, encode_events(machine.fail(
+                            "internal_error", "the gateway failed while streaming; the error has been logged")), call)
                 except asyncio.CancelledError:
                     if not request.app[SHUTDOWN_KEY].is_set() or request.transport is None:
                         raise  # the client left: nothing to tell it
                     # the shutdown grace period is over: end the stream properly, then let go
                     task.uncancel()
-                    await _write(response, encode_events(machine.fail(
-                        "server_shutting_down", "the gateway is shutting down; the stream was ended")), call.observer)
+                    await _write_end(response, encode_events(machine.fail(
+                        "server_shutting_down", "the gateway is shutting down; the stream was ended")), call)
             await response.write_eof()
             return response
         except ConnectionResetError:
@@ -476,6 +488,12 @@ async def _write(response: web.StreamResponse, data: bytes, observer: Optional[R
     await response.write(data)
 
 
+async def _write_end(response: web.StreamResponse, data: bytes, call: "UpstreamCall") -> None:
+    """The write that carries a stream's terminal events: where upstream text (an error message, a
+    context-length refusal) reaches the client, so configured secrets are taken out here."""
+    await _write(response, call.request.app[SECRETS_KEY].scrub_bytes(data), call.observer)
+
+
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse,
                  prompt: PromptTokens, call: UpstreamCall) -> None:
     out = bytearray()
@@ -496,6 +514,9 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                 if not events:
                     continue
                 encode_events_into(events, out)
+                if machine.done:  # the terminal events: written below, by _write_end
+                    finished = True
+                    break
                 first_output = call.first_output is None and machine.has_output
                 if first_output or len(out) >= _WRITE_BATCH_BYTES:
                     if first_output:
@@ -505,15 +526,17 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                     if observer is not None:
                         observer.sent(data)
                     await response.write(data)
-                if machine.done:
-                    finished = True
-                    break
             if out:
+                if call.first_output is None and machine.has_output:
+                    call.output_started()
                 data = bytes(out)
                 out.clear()
-                if observer is not None:
-                    observer.sent(data)
-                await response.write(data)
+                if machine.done:
+                    await _write_end(response, data, call)
+                else:
+                    if observer is not None:
+                        observer.sent(data)
+                    await response.write(data)
             if finished:
                 break
         if machine.done:
@@ -527,7 +550,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
         events = machine.fail(exc.code, exc.message)
     encode_events_into(events, out)
     if out:
-        await _write(response, bytes(out), observer)
+        await _write_end(response, bytes(out), call)
 
 
 def _json(response: Optional[Response], observer: Optional[RequestObserver] = None) -> web.Response:
@@ -611,10 +634,11 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app[STREAMS_KEY] = set()
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
+    app[SECRETS_KEY] = secrets_of(config, [key.decode() for key in app[KEYS_KEY]])
     app[METRICS_KEY] = Metrics()
     app[OBSERVERS_KEY] = []
     transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
-    app[TRANSPORT_KEY] = TransportLog(transport_path) if transport_path else None
+    app[TRANSPORT_KEY] = TransportLog(transport_path, app[SECRETS_KEY]) if transport_path else None
     model = config.model_server
     app[CLIENT_KEY] = client or VLLMClient(
         model.base_url,

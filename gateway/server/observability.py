@@ -18,6 +18,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from ..redact import Secrets
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -81,7 +83,14 @@ def request_id(header: Optional[str]) -> str:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the request fields if any."""
 
+    def __init__(self, secrets: Secrets = Secrets()) -> None:
+        super().__init__()
+        self.secrets = secrets
+
     def format(self, record: logging.LogRecord) -> str:
+        return self.secrets.scrub(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -111,9 +120,13 @@ def escape_controls(text: str) -> str:
 class TextFormatter(logging.Formatter):
     """One line per record, whatever the values in it (a traceback, when there is one, follows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, secrets: Secrets = Secrets()) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.converter = time.gmtime
+        self.secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.secrets.scrub(super().format(record))  # the traceback too
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = escape_controls(super().formatMessage(record))
@@ -123,9 +136,9 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str, fmt: str, secrets: Secrets = Secrets()) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -140,8 +153,9 @@ class TransportLog:
     really produced (NeMo Gym's NEMO_GYM_VLLM_TRANSPORT_LOG). It holds prompts and outputs: keep
     it off in production. Authorization is never written."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, secrets: Secrets = Secrets()) -> None:
         self.path = path
+        self.secrets = secrets
         parent = os.path.dirname(path)
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -157,5 +171,6 @@ class TransportLog:
         }
         if error:
             entry["error"] = error
+        line = self.secrets.scrub_bytes(orjson.dumps(entry))  # an upstream may echo the Authorization header
         with open(self.path, "ab") as f:
-            f.write(orjson.dumps(entry) + b"\n")
+            f.write(line + b"\n")

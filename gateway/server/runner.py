@@ -14,7 +14,7 @@ from aiohttp import http_exceptions, web, web_protocol, web_server
 
 from ..config import Config
 from ..upstream.client import VLLMClient
-from .app import create_app, error_response
+from .app import CLIENT_KEY, create_app, error_response
 
 log = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 4096
@@ -96,7 +96,7 @@ async def serve_forever(config: Config, reuse_port: bool = False) -> None:
     runner = await start(config, reuse_port=reuse_port)
     log.info(
         "vllm-responses-gateway listening on %s, upstream %s, model %s%s",
-        bound_url(runner), ", ".join(config.model_server.base_url), config.model_server.model,
+        bound_url(runner), ", ".join(runner.app[CLIENT_KEY].base_urls), config.model_server.model,
         f" (worker {os.getpid()})" if reuse_port else "",
     )
     stop = asyncio.Event()
