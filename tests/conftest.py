@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.config import Config, load_config, shortcut_overrides
 from gateway.server.runner import bound_url, start
-from tests.contract import check_stream, parse_sse
+from tests.contract import check_response, check_stream, parse_sse
 from tests.fake_vllm import FakeVLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,9 @@ class Gateway:
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(self.url + "/v1/responses", json={**body, "stream": False}) as response:
             assert response.status == 200, await response.text()
-            return await response.json()
+            data = await response.json()
+        check_response(data)
+        return data
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

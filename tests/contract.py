@@ -50,10 +50,12 @@ class StreamChecker:
         check(response.get("status") in ("in_progress", "queued"), "created response must be in progress", event)
         check(response.get("output") == [], "created response has no output yet", event)
         check(isinstance(response.get("id"), str) and response["id"], "response id missing", event)
+        check_response(response)
         self.response_id = response["id"]
 
     def _on_response_in_progress(self, event: dict) -> None:
         check(event["response"]["id"] == self.response_id, "response id changed", event)
+        check_response(event["response"])
 
     def _terminal(self, event: dict) -> None:
         response = event["response"]
@@ -61,6 +63,7 @@ class StreamChecker:
         check(self.open is None, f"item {self.open and self.open['item']['id']} still open at the end", event)
         check(response["id"] == self.response_id, "response id changed", event)
         check(response["status"] == status, f"terminal status should be {status}", event)
+        check_response(response)
         output = response["output"]
         check(len(output) == len(self.done_items), "final output differs in length from the streamed items", event)
         for final_item, streamed in zip(output, self.done_items):
@@ -96,6 +99,7 @@ class StreamChecker:
         check(item["id"] not in self.added_ids, "item id reused", event)
         self.added_ids.add(item["id"])
         check(item.get("status") == "in_progress", "added item must be in_progress", event)
+        check_item(item, "output_item.added item")
         prefix = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}.get(item["type"])
         check(prefix is not None, f"unexpected item type {item['type']}", event)
         check(item["id"].startswith(prefix), f"{item['type']} id should start with {prefix}", event)
@@ -200,6 +204,7 @@ class StreamChecker:
         check(event["output_index"] == open_["index"], "output_item.done index differs", event)
         check(item["id"] == open_["item"]["id"] and item["type"] == open_["item"]["type"], "item identity changed")
         check(item["status"] in ("completed", "incomplete"), "done item status", event)
+        check_item(item, "output_item.done item")
         check("done_text" in open_, f"{item['type']} closed without its text/arguments done event", event)
         if item["type"] == "message":
             check(open_["part_done"], "message closed without content_part.done", event)
@@ -213,6 +218,102 @@ class StreamChecker:
             check(texts == [open_["done_text"]], "reasoning item text differs from its deltas", event)
         self.done_items.append(item)
         self.open = None
+
+
+# --- the Response object, as the Open Responses schema requires it (ResponseResource) ---------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _or_null(predicate: Any) -> Any:
+    return lambda value: value is None or predicate(value)
+
+
+# Every key the schema requires, with what its value must be. Extra keys (NeMo Gym's token ids,
+# ``user``) are allowed, as the schema allows them.
+RESPONSE_KEYS: dict[str, Any] = {
+    "id": _is_str,
+    "object": lambda v: v == "response",
+    "created_at": _is_int,
+    "completed_at": _or_null(_is_int),
+    "status": lambda v: v in ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled"),
+    "incomplete_details": _or_null(lambda v: isinstance(v, dict) and _is_str(v.get("reason"))),
+    "model": _is_str,
+    "previous_response_id": _or_null(_is_str),
+    "instructions": _or_null(_is_str),
+    "output": lambda v: isinstance(v, list),
+    "error": _or_null(lambda v: isinstance(v, dict) and _is_str(v.get("code")) and _is_str(v.get("message"))),
+    "tools": lambda v: isinstance(v, list),
+    "tool_choice": lambda v: v in ("none", "auto", "required") or isinstance(v, dict),
+    "truncation": lambda v: v in ("auto", "disabled"),
+    "parallel_tool_calls": lambda v: isinstance(v, bool),
+    "text": lambda v: isinstance(v, dict) and isinstance(v.get("format"), dict),
+    "top_p": _is_number,
+    "presence_penalty": _is_number,
+    "frequency_penalty": _is_number,
+    "top_logprobs": _is_int,
+    "temperature": _is_number,
+    "reasoning": _or_null(lambda v: isinstance(v, dict) and "effort" in v and "summary" in v),
+    "usage": _or_null(lambda v: isinstance(v, dict)),
+    "max_output_tokens": _or_null(_is_int),
+    "max_tool_calls": _or_null(_is_int),
+    "store": lambda v: isinstance(v, bool),
+    "background": lambda v: isinstance(v, bool),
+    "service_tier": _is_str,
+    "metadata": lambda v: isinstance(v, dict),
+    "safety_identifier": _or_null(_is_str),
+    "prompt_cache_key": _or_null(_is_str),
+}
+
+
+def check_response(response: dict[str, Any]) -> None:
+    """A Response (created, in progress, final, or non-streamed) against the Open Responses schema."""
+    for key, valid in RESPONSE_KEYS.items():
+        check(key in response, f"Response lacks {key!r}")
+        check(valid(response[key]), f"Response {key!r} is invalid: {response[key]!r}")
+    check((response["completed_at"] is not None) == (response["status"] == "completed"),
+          "completed_at is set exactly when the status is completed")
+    for i, tool in enumerate(response["tools"]):
+        if tool.get("type") == "function":
+            check(_is_str(tool.get("name")), f"tools[{i}].name missing")
+            for key in ("description", "parameters", "strict"):
+                check(key in tool, f"tools[{i}] lacks {key!r} (null when not given)")
+    for i, item in enumerate(response["output"]):
+        check_item(item, f"output[{i}]")
+    if response["usage"] is not None:
+        usage = response["usage"]
+        for key in ("input_tokens", "output_tokens", "total_tokens"):
+            check(_is_int(usage.get(key)), f"usage.{key} missing")
+        check(_is_int((usage.get("input_tokens_details") or {}).get("cached_tokens")), "cached_tokens missing")
+        check(_is_int((usage.get("output_tokens_details") or {}).get("reasoning_tokens")), "reasoning_tokens missing")
+
+
+def check_item(item: dict[str, Any], where: str) -> None:
+    check(_is_str(item.get("id")) and item.get("status") in ("in_progress", "completed", "incomplete"),
+          f"{where} needs an id and a status", item)
+    if item["type"] == "reasoning":
+        check(isinstance(item.get("summary"), list), f"{where}.summary must be a list", item)
+        # a string or no key at all: null fails the schema
+        check("encrypted_content" not in item or _is_str(item["encrypted_content"]),
+              f"{where}.encrypted_content must be a string when present", item)
+    elif item["type"] == "message":
+        check(item.get("role") == "assistant" and isinstance(item.get("content"), list), f"{where} content", item)
+        for part in item["content"]:
+            check(part.get("type") == "output_text" and _is_str(part.get("text"))
+                  and isinstance(part.get("annotations"), list), f"{where} has an invalid content part", item)
+    elif item["type"] == "function_call":
+        for key in ("call_id", "name", "arguments"):
+            check(_is_str(item.get(key)), f"{where}.{key} must be a string", item)
 
 
 def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:

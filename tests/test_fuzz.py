@@ -275,6 +275,8 @@ REQUEST_FIELDS = {
     "service_tier", "prompt_cache_key", "prompt_cache_retention", "safety_identifier", "stream_options",
     "previous_response_id", "conversation", "background", "prompt", "max_tool_calls", "top_k", "min_p", "min_tokens",
     "seed", "stop", "presence_penalty", "frequency_penalty", "repetition_penalty", "chat_template_kwargs",
+    "prompt_cache_options", "context_management", "image", "access_programs", "background_options",
+    "client_metadata", "moderation",
 }
 
 texts_ = st.one_of(

@@ -25,7 +25,7 @@ SHORT = {"model": MODEL_ALIAS, "temperature": 0, "seed": 7}
 
 def strip_ids(response: dict) -> dict:
     response = json.loads(json.dumps(response))
-    for key in ("id", "created_at"):
+    for key in ("id", "created_at", "completed_at"):
         response.pop(key)
     response["usage"]["input_tokens_details"].pop("cached_tokens")  # the second run hits the prefix cache
     for item in response["output"]:

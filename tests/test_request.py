@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from gateway.translate.errors import InvalidRequest
-from gateway.translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
+from gateway.translate.request import SAMPLING_DEFAULTS, ChatPlan, ConversionSettings, decode_request, plan_chat_request
 from gateway.translate.stream import StreamOptions
 
 MODEL = "Qwen/Qwen3-8B"
@@ -587,7 +587,8 @@ def test_parallel_tool_calls_absent_is_not_sent() -> None:
 
 
 def test_minimal_body() -> None:
-    assert chat({"input": "hi"}) == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    assert chat({"input": "hi"}) == {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False,
+                                     **SAMPLING_DEFAULTS}
 
 
 def test_sampling_fields_map_onto_chat() -> None:
@@ -728,7 +729,7 @@ def test_include_logprobs_asks_vllm_for_them(top_logprobs: Any, expected: int) -
     assert result.text_logprobs == expected  # alternatives per token the client gets
     assert (result.body["logprobs"], result.body["top_logprobs"]) == (True, expected)
     assert "return_tokens_as_token_ids" not in result.body
-    assert result.response.top_logprobs == top_logprobs
+    assert result.response.top_logprobs == (top_logprobs or 0)
 
 
 def test_top_logprobs_without_include_asks_for_nothing() -> None:
@@ -1015,7 +1016,9 @@ ERROR_CASES = [
     pytest.param({"input": "hi", "background": True}, "background", "unsupported_parameter", id="background"),
     pytest.param({"input": "hi", "conversation": "conv_1"}, "conversation", "unsupported_parameter", id="conversation"),
     pytest.param({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt", "unsupported_parameter", id="prompt"),
-    pytest.param({"input": "hi", "max_tool_calls": 3}, "max_tool_calls", "unsupported_parameter", id="max_tool_calls"),
+    pytest.param({"input": "hi", "max_tool_calls": -1}, "max_tool_calls", "integer_below_min_value", id="max_tool_calls_negative"),
+    pytest.param({"input": "hi", "moderation": {"model": "omni-moderation-latest"}}, "moderation", "unsupported_parameter", id="moderation"),
+    pytest.param({"input": "hi", "prompt_cache_options": {"prewarm": True}}, "prompt_cache_options.prewarm", "unsupported_parameter", id="prewarm"),
     pytest.param({"input": "hi", "top_logprobs": 21}, "top_logprobs", "invalid_value", id="top_logprobs_above_20"),
     pytest.param({"input": "hi", "top_logprobs": -1}, "top_logprobs", "invalid_value", id="top_logprobs_negative"),
     pytest.param({"input": "hi", "temperature": 2.5}, "temperature", "invalid_value", id="temperature_above_2"),
@@ -1100,7 +1103,15 @@ def test_response_skeleton_defaults() -> None:
     assert response.text == {"format": {"type": "text"}}
     assert response.reasoning == {"effort": None, "summary": None}
     assert response.metadata == {}
-    assert (response.temperature, response.top_p, response.max_output_tokens, response.user) == (None, None, None, None)
+    # The sampling values sent to vLLM, OpenAI's defaults made explicit (the Open Responses schema
+    # wants numbers, and the echo must be what was used).
+    assert (response.temperature, response.top_p, response.presence_penalty, response.frequency_penalty) == (
+        1.0, 1.0, 0.0, 0.0)
+    assert (response.top_logprobs, response.max_output_tokens, response.max_tool_calls, response.user) == (
+        0, None, None, None)
+    assert (response.store, response.background, response.service_tier, response.truncation) == (
+        False, False, "default", "disabled")
+    assert (response.safety_identifier, response.prompt_cache_key, response.completed_at) == (None, None, None)
 
 
 def test_response_skeleton_echoes_the_request() -> None:

@@ -196,7 +196,7 @@ async def test_non_streaming_equals_streamed_final(gateway: Gateway) -> None:
 
     def without_ids(response: dict) -> dict:
         response = json.loads(json.dumps(response))
-        response.pop("id"), response.pop("created_at")
+        response.pop("id"), response.pop("created_at"), response.pop("completed_at")
         for item in response["output"]:
             item.pop("id")
         return response

@@ -111,7 +111,8 @@ def skeleton() -> r.Response:
 
 def run(chunks: list[chat.ChatChunk], options: StreamOptions) -> tuple[list[dict], dict]:
     counter = itertools.count()
-    machine = ResponseStateMachine(skeleton(), options, new_id=lambda prefix: f"{prefix}_{next(counter)}")
+    machine = ResponseStateMachine(skeleton(), options, new_id=lambda prefix: f"{prefix}_{next(counter)}",
+                                   clock=lambda: 1)
     events = machine.start()
     for chunk in chunks:
         events += machine.feed(chunk)

@@ -52,20 +52,29 @@ class ResponsesRequest(msgspec.Struct, gc=False, kw_only=True, forbid_unknown_fi
     user: Optional[str] = None
     metadata: Optional[dict[str, Any]] = None  # values must be strings: checked where the key can be named
     include: Optional[list[str]] = None
-    # Accepted; the gateway keeps no state and has one service tier, so these have no effect.
+    max_tool_calls: Optional[int] = None  # limits built-in (hosted) tool calls; none run here
+    # Echoed on the Response, changing nothing here: the gateway keeps no state, has one service
+    # tier, and vLLM caches prefixes by itself (prompt_cache_key also picks the server, for affinity).
     store: Optional[bool] = None
     truncation: Optional[str] = None
     service_tier: Optional[str] = None
     prompt_cache_key: Optional[str] = None
-    prompt_cache_retention: Optional[str] = None
     safety_identifier: Optional[str] = None
+    # Accepted without effect and not echoed (see README, "What the gateway does with a request").
+    prompt_cache_retention: Optional[str] = None
+    prompt_cache_options: Optional[dict[str, Any]] = None  # prewarm: true is refused
     stream_options: Optional[dict[str, Any]] = None
-    # Rejected when set: they need server-side state or features a Chat Completions server lacks.
+    context_management: Optional[list[Any]] = None
+    image: Optional[dict[str, Any]] = None
+    access_programs: Optional[dict[str, Any]] = None
+    background_options: Optional[dict[str, Any]] = None
+    client_metadata: Optional[dict[str, Any]] = None  # Codex sends it on every request
+    # Refused when set: they need server-side state or services a Chat Completions server lacks.
     previous_response_id: Optional[str] = None
     conversation: Any = None
     background: Optional[bool] = None
     prompt: Any = None
-    max_tool_calls: Optional[int] = None
+    moderation: Optional[dict[str, Any]] = None
     # vLLM sampling extensions, as the openai SDK's ``extra_body`` puts them at the top level.
     top_k: Optional[int] = None
     min_p: Optional[float] = None
@@ -177,7 +186,9 @@ class ReasoningItem(msgspec.Struct, gc=False, tag="reasoning", tag_field="type",
     summary: list[SummaryText] = []
     # Present (possibly empty) only in the raw presentation.
     content: Union[list[ReasoningText], UnsetType] = UNSET
-    encrypted_content: None = None
+    # Left out: the Open Responses schema allows a string or no key (not null), and the gateway
+    # has nothing encrypted to give (the reasoning is in the clear, in summary or content).
+    encrypted_content: Union[str, UnsetType] = UNSET
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
@@ -229,30 +240,42 @@ class IncompleteDetails(msgspec.Struct, gc=False, kw_only=True):
 
 
 class Response(msgspec.Struct, gc=False, kw_only=True):
+    """Every key the Open Responses schema requires is always present. The sampling values are
+    the ones sent to vLLM (``translate.request`` makes the defaults explicit), so the echo is
+    what was used."""
+
     id: str
     object: str = "response"
     created_at: int
+    completed_at: Optional[int] = None  # set when the status becomes completed
     status: str
     error: Optional[ResponseError] = None
     incomplete_details: Optional[IncompleteDetails] = None
     instructions: Optional[str] = None
     max_output_tokens: Optional[int] = None
+    max_tool_calls: Optional[int] = None
     model: str
     output: list[OutputItem] = []
     parallel_tool_calls: bool = True
     previous_response_id: None = None
-    reasoning: dict[str, Any] = {}
+    reasoning: dict[str, Any] = msgspec.field(default_factory=lambda: {"effort": None, "summary": None})
     store: bool = False
-    temperature: Optional[float] = None
-    text: dict[str, Any] = {}
+    background: bool = False
+    service_tier: str = "default"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    top_logprobs: int = 0
+    text: dict[str, Any] = msgspec.field(default_factory=lambda: {"format": {"type": "text"}})
     tool_choice: Any = "auto"
     tools: list[Any] = []
-    top_logprobs: Optional[int] = None
-    top_p: Optional[float] = None
     truncation: str = "disabled"
     usage: Optional[ResponseUsage] = None
     user: Optional[str] = None
     metadata: dict[str, str] = {}
+    safety_identifier: Optional[str] = None
+    prompt_cache_key: Optional[str] = None
 
 
 # --- stream events ------------------------------------------------------------------------------

@@ -24,18 +24,31 @@ from .stream import StreamOptions
 from .tokens import tokenize_body
 
 # Parameters a client may send that the gateway accepts but which change nothing here: it stores no
-# responses, has one service tier, and vLLM caches prefixes by itself.
+# responses, has one service tier, runs no hosted tools and never compacts, and vLLM caches
+# prefixes by itself. Each is in the README's request table, with what it does here.
 ACCEPTED_WITHOUT_EFFECT = (
     "store",
     "truncation",
     "service_tier",
     "prompt_cache_key",
     "prompt_cache_retention",
+    "prompt_cache_options",
     "safety_identifier",
+    "max_tool_calls",
     "stream_options",
+    "context_management",
+    "image",
+    "access_programs",
+    "background_options",
+    "client_metadata",
     "text.verbosity",
     "reasoning.summary",
 )
+
+# OpenAI's documented defaults, sent to vLLM explicitly when nothing else sets them, so that the
+# Response echoes what was used (vLLM would otherwise apply the model's generation_config).
+# Lowest precedence: the configured extra_body, metadata.extra_body and the request override them.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
 
 # Passed to vLLM unchanged (the openai SDK's ``extra_body`` puts them at the top level).
 _VLLM_SAMPLING_EXTENSIONS = (
@@ -135,7 +148,7 @@ def plan_chat_request(
         body["chat_template_kwargs"] = template_kwargs
     # NeMo Gym's precedence: config extra_body < metadata extra_body < request < sampling_overrides.
     extra = {**copy.deepcopy(settings.extra_body or {}), **_json_object_from_metadata(metadata, "extra_body")}
-    body = {**extra, **body}
+    body = {**SAMPLING_DEFAULTS, **extra, **body}
     if settings.sampling_overrides:
         body.update(copy.deepcopy(settings.sampling_overrides))
     text_logprobs = (req.top_logprobs or 0) if req.include and LOGPROBS_INCLUDE in req.include else None
@@ -164,26 +177,32 @@ def plan_chat_request(
     except (TypeError, orjson.JSONEncodeError) as exc:  # the checks above should leave nothing for here
         raise InvalidRequest(f"The request cannot be passed on to vLLM: {exc}.", param=None) from None
 
+    max_tokens = body.get("max_tokens")
     response = r.Response(
         id=response_id,
         created_at=created_at,
         status="in_progress",
         model=settings.model,
         instructions=req.instructions,
-        max_output_tokens=req.max_output_tokens,
+        max_output_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
+        max_tool_calls=req.max_tool_calls,
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         reasoning={
             "effort": req.reasoning.effort if req.reasoning else None,
             "summary": req.reasoning.summary if req.reasoning else None,
         },
-        temperature=req.temperature,
+        temperature=_sent_number(body, "temperature"),
+        top_p=_sent_number(body, "top_p"),
+        presence_penalty=_sent_number(body, "presence_penalty"),
+        frequency_penalty=_sent_number(body, "frequency_penalty"),
+        top_logprobs=req.top_logprobs or 0,
         text={"format": (req.text.format if req.text and req.text.format else {"type": "text"})},
         tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
-        tools=list(req.tools or []),
-        top_logprobs=req.top_logprobs,
-        top_p=req.top_p,
+        tools=[_echoed_tool(tool) for tool in req.tools or []],
         user=req.user,
         metadata=dict(metadata),
+        safety_identifier=req.safety_identifier,
+        prompt_cache_key=req.prompt_cache_key,
     )
     return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options,
                     track_tokens=settings.return_token_id_information, text_logprobs=text_logprobs,
@@ -205,11 +224,24 @@ def _reject_unsupported(req: r.ResponsesRequest) -> None:
             param="previous_response_id",
             code="unsupported_parameter",
         )
-    for name in ("conversation", "prompt", "max_tool_calls"):
-        if getattr(req, name) is not None:
-            raise InvalidRequest(
-                f"'{name}' is not supported by this gateway.", param=name, code="unsupported_parameter"
-            )
+    if req.conversation is not None:
+        raise InvalidRequest("'conversation' is not supported by this gateway: it stores no conversations. "
+                             "Send the conversation's items in 'input' instead.",
+                             param="conversation", code="unsupported_parameter")
+    if req.prompt is not None:
+        raise InvalidRequest("'prompt' is not supported by this gateway: prompt templates are stored on OpenAI's "
+                             "servers, which the gateway cannot read. Send the prompt's text in 'instructions' "
+                             "and 'input' instead.", param="prompt", code="unsupported_parameter")
+    if req.moderation is not None:
+        raise InvalidRequest("'moderation' is not supported by this gateway: it has no moderation model to score "
+                             "or block input and output with.", param="moderation", code="unsupported_parameter")
+    if (req.prompt_cache_options or {}).get("prewarm"):
+        raise InvalidRequest("'prompt_cache_options.prewarm' is not supported by this gateway: vLLM fills its "
+                             "prefix cache only by generating.", param="prompt_cache_options.prewarm",
+                             code="unsupported_parameter")
+    if req.max_tool_calls is not None and req.max_tool_calls < 0:
+        raise InvalidRequest(f"Invalid 'max_tool_calls': expected a value >= 0, got {req.max_tool_calls}.",
+                             param="max_tool_calls", code="integer_below_min_value")
     if req.background:
         raise InvalidRequest(
             "background responses are not supported: the gateway stores no responses.",
@@ -252,7 +284,7 @@ _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 def _check_values(req: r.ResponsesRequest) -> None:
-    for name in ("max_output_tokens", "seed", "top_k", "min_tokens", "top_logprobs"):
+    for name in ("max_output_tokens", "max_tool_calls", "seed", "top_k", "min_tokens", "top_logprobs"):
         value = getattr(req, name)
         if value is not None and not _INT_MIN <= value <= _INT_MAX:
             raise InvalidRequest(f"Invalid '{name}': {value} does not fit in 64 bits.", param=name,
@@ -510,6 +542,14 @@ def _tools(tools: Optional[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return converted
 
 
+def _echoed_tool(tool: Any) -> Any:
+    """A function tool as the Response lists it: ``description``, ``parameters`` and ``strict`` are
+    always there (null when not given), as the Open Responses schema requires. Other kinds as sent."""
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        return tool
+    return {"description": None, "parameters": None, "strict": None, **tool}
+
+
 def _tool_choice(choice: Any, tool_names: list[str]) -> Any:
     has_tools = bool(tool_names)
     if choice is None:
@@ -556,6 +596,15 @@ def _sampling(req: r.ResponsesRequest, body: dict[str, Any]) -> None:
         value = getattr(req, name)
         if value is not None:
             body[name] = value
+
+
+def _sent_number(body: dict[str, Any], key: str) -> float:
+    """A sampling value as sent to vLLM, for the Response's echo (the schema wants a number)."""
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"Invalid '{key}': expected a number, got {value!r} (from extra_body or "
+                             "sampling_overrides).", param=key, code="invalid_type")
+    return float(value)
 
 
 def _response_format(text: Optional[r.TextParam]) -> Optional[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The Responses event state machine: the one place that decides which event comes next.
 
 Fed vLLM ``chat.completion.chunk``s, it returns Responses stream events; it never touches a socket
-or a clock (after h11: the IO shells in ``server/`` and ``upstream/`` only feed it and write what it
+or reads a clock itself (after h11: the IO shells in ``server/`` and ``upstream/`` only feed it and write what it
 returns). A non-streaming request runs the same machine on the whole completion as one chunk
 (``chunk_from_completion``), so both modes give the same Response by construction.
 
@@ -33,6 +33,7 @@ argument pieces buffered) until the name arrives, because ``output_item.added`` 
 from __future__ import annotations
 
 import enum
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -47,6 +48,11 @@ from .tokens import GenerationTokens, TokenInfoError, bundle_from_message
 
 def random_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def wall_clock() -> int:
+    """Unix seconds, for ``completed_at``; injected like ``new_id`` so tests can fix it."""
+    return int(time.time())
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,7 @@ class ResponseStateMachine:
         options: StreamOptions = StreamOptions(),
         new_id: Callable[[str], str] = random_id,
         *,
+        clock: Callable[[], int] = wall_clock,
         track_tokens: bool = False,
         text_logprobs: Optional[int] = None,
     ) -> None:
@@ -109,6 +116,7 @@ class ResponseStateMachine:
         self._base = response
         self._options = options
         self._new_id = new_id
+        self._clock = clock
         self._splitter = ThinkSplitter(options.reasoning_starts_open) if options.parse_think_tags else None
         self._seq = 0
         self._events: list[r.StreamEvent] = []
@@ -225,7 +233,8 @@ class ResponseStateMachine:
         return self._terminal("incomplete", r.IncompleteDetails(reason="max_output_tokens", message=note))
 
     def _terminal(self, status: str, details: Optional[r.IncompleteDetails]) -> list[r.StreamEvent]:
-        final = self._end(status, status, usage=self._response_usage(), incomplete_details=details)
+        final = self._end(status, status, usage=self._response_usage(), incomplete_details=details,
+                          completed_at=self._clock() if status == "completed" else None)
         self._emit(r.ResponseIncomplete(response=final) if details else r.ResponseCompleted(response=final))
         return self._take()
 
