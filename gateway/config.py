@@ -43,6 +43,7 @@ __all__ = [
     "GatewaySettings",
     "ModelServerConfig",
     "load_config",
+    "config_secrets",
     "redacted",
     "shortcut_overrides",
 ]
@@ -297,6 +298,16 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # What speaks Chat Completions behind the gateway. "llama.cpp" (llama-server) differs from vLLM
     # in how token ids come back and in its /tokenize; see README, "Upstream flavours".
     upstream_flavour: Literal["vllm", "llama.cpp"] = "vllm"
+    # --- the inspector (GET /inspect: every request live, for debugging agents; see README) ---
+    # Off by default. It shows prompts and outputs: give it an admin key of its own (not one of the
+    # clients' api_keys), or leave the key unset and it answers loopback clients only.
+    inspect: bool = False
+    inspect_admin_key: Optional[str] = None
+    # Requests kept in memory (the most recent ones; live ones are kept until they end).
+    inspect_buffer: int = 200
+    # OpenTelemetry traces (span per request, child per upstream attempt), exported over OTLP as the
+    # standard OTEL_EXPORTER_OTLP_* variables say. Needs `pip install 'vllm-responses-gateway[otel]'`.
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
@@ -318,6 +329,15 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             size = getattr(self, field)
             if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
                 raise _field_error(field, f"must be > 0, got {size!r}")
+        buffer = self.inspect_buffer
+        if not isinstance(buffer, int) or isinstance(buffer, bool) or not 1 <= buffer <= 100_000:
+            raise _field_error("inspect_buffer", f"must be an integer from 1 to 100000, got {buffer!r}")
+        if self.inspect_admin_key is not None:
+            if not isinstance(self.inspect_admin_key, str) or len(self.inspect_admin_key) < 8:
+                raise _field_error("inspect_admin_key", "must be a string of at least 8 characters")
+            if self.inspect_admin_key in self.api_keys:
+                # a client's key must not open the inspector: it shows every client's traffic
+                raise _field_error("inspect_admin_key", "must differ from every key in api_keys")
 
 
 class Config(msgspec.Struct, kw_only=True):
@@ -1010,9 +1030,25 @@ def redacted(config: Config) -> dict[str, Any]:
     }
     server["base_url"] = [_display_url(url) for url in server["base_url"]]
     data["gateway"]["api_keys"] = [_REDACTED for _ in data["gateway"]["api_keys"]]
+    if data["gateway"].get("inspect_admin_key"):
+        data["gateway"]["inspect_admin_key"] = _REDACTED
     # The key could also have been pasted into some other value (an ignored
     # NeMo Gym key, extra_body...): mask it wherever it occurs.
-    return _scrub_tree(data, {config.model_server.api_key, *config.gateway.api_keys} - {""})
+    return _scrub_tree(data, set(config_secrets(config)))
+
+
+def config_secrets(config: Config) -> list[str]:
+    """Every secret value the config holds (keys, secret headers, URL passwords): what must be masked
+    wherever the gateway shows what passed through it."""
+    server = config.model_server
+    values = [server.api_key, *config.gateway.api_keys, config.gateway.inspect_admin_key or ""]
+    values += [value for name, value in server.default_headers.items() if _is_secret_header(name)]
+    for url in server.base_url:
+        try:
+            values.append(urlsplit(url).password or "")
+        except ValueError:
+            pass
+    return [value for value in values if value]
 
 
 def _scrub_tree(node: Any, secrets: set[str]) -> Any:

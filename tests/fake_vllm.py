@@ -34,6 +34,9 @@ class Generation:
     stall_headers: float = 0.0  # seconds before even the response headers
     delay: float = 0.0  # seconds between chunks
     pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
+    # before delta gate_before, wait until the test sets ``gate`` (no timing assumptions)
+    gate_before: Optional[int] = None
+    gate: Optional[asyncio.Event] = None
     send_done: bool = True
     # token tracking: a delta may carry "_tokens": [(id, logprob), ...], the tokens it decodes from;
     # finish_tokens are the tokens of the finish chunk (the end-of-turn token, text "").
@@ -180,6 +183,8 @@ class FakeVLLM:
                     return response
                 if gen.delay or i in gen.pauses:
                     await asyncio.sleep(gen.delay + gen.pauses.get(i, 0.0))
+                if gen.gate is not None and gen.gate_before == i:
+                    await gen.gate.wait()
                 await self._send(response, self._chunk(chunk_id, delta))
                 record["sent"] = i + 1
             record["last_chunk_at"] = time.monotonic()

@@ -678,6 +678,10 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app.router.add_get("/health", health, expect_handler=expect_continue)
     if config.gateway.metrics:
         app.router.add_get("/metrics", metrics, expect_handler=expect_continue)
+    if config.gateway.inspect or config.gateway.tracing:
+        from ..inspect import install  # only then: nothing of it is imported, let alone run
+
+        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY])
     return app
 
 

@@ -1,0 +1,51 @@
+"""The inspector: every request live at ``GET /inspect`` (see README, "Inspector"), and
+OpenTelemetry traces of the same requests. Both watch requests through ``gateway.observe`` and are
+installed by ``install`` when the config turns them on; otherwise nothing of this package runs.
+
+- ``buffer``: the records (a bounded ring buffer) and the viewers watching them;
+- ``routes``: the page, its feed (SSE), the JSON API and replay, behind the inspector's own guard;
+- ``otel``: spans per request and per upstream attempt (the optional ``otel`` extra);
+- ``static/``: the page itself, plain HTML, CSS and JavaScript (nothing to build, nothing fetched).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Config, _display_url, config_secrets
+from .buffer import Inspector, Masker, nemo_cookie_session
+from .routes import INSPECTOR_KEY, install_routes
+
+TRACING_KEY = web.AppKey("tracing", object)
+
+
+def install(app: web.Application, config: Config, observers: list[Any], client_keys: list[bytes]) -> None:
+    """Adds the inspector and/or tracing to ``app``, as ``config.gateway`` says; ``observers`` is
+    the app's observer list, ``client_keys`` the clients' API keys (masked like every secret)."""
+    gw = config.gateway
+    from ..server.app import session_cookie_name
+
+    secrets = [*config_secrets(config), *(key.decode() for key in client_keys)]
+    if gw.inspect:
+        if gw.inspect_admin_key and gw.inspect_admin_key.encode() in client_keys:
+            raise ValueError("gateway.inspect_admin_key must differ from every client API key")
+        inspector = Inspector(gw.inspect_buffer, gw.session_header, Masker(secrets),
+                              nemo_cookie_session(session_cookie_name(config)))
+        observers.append(inspector.observe)
+        install_routes(app, inspector, gw.inspect_admin_key)
+    if gw.tracing:
+        from .otel import Tracing, default_tracer_provider
+
+        tracing = Tracing(default_tracer_provider(), gw.session_header, _display_url)
+        observers.append(tracing)
+        app[TRACING_KEY] = tracing
+
+        async def flush(app: web.Application) -> None:
+            tracing.shutdown()
+
+        app.on_cleanup.append(flush)
+
+
+__all__ = ["INSPECTOR_KEY", "TRACING_KEY", "Inspector", "install"]

@@ -1,0 +1,408 @@
+"""What the inspector keeps: one ``Record`` per request in a bounded ring buffer, and the viewers
+that watch them live.
+
+Recording is cheap on purpose, because it runs inside each stream: per upstream read and per client
+write one tuple is appended (a reference to what the server already made: the decoded chunks, the
+bytes written), and viewers are told only when there are any. Turning that into JSON happens when
+someone looks (``encode_*``), in the viewer's own task, never in the stream's.
+
+A record's entries are ``(t, kind, payload)``, ``t`` in seconds since the request arrived:
+
+======== ===========================================================================================
+kind     payload
+======== ===========================================================================================
+plan     ``ChatPlan``: the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes)
+attempt  ``(server, error)``: a try at a vLLM server started (error ``...``) or ended (None: answered)
+chunks   the list of chunks one upstream read carried (None = ``[DONE]``), or ``[ChatCompletion]``
+sent     the bytes written to the client: SSE frames, or the JSON body without streaming
+end      ``Outcome``
+======== ===========================================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict, deque
+from typing import Any, Iterable, Optional
+
+import msgspec
+import orjson
+
+from ..observe import Outcome, RequestObserver
+
+# One request's entries are bounded too: a runaway generation keeps its first reads and its end.
+MAX_ENTRIES_PER_REQUEST = 20_000
+# Messages queued for one viewer; a viewer that falls this far behind is dropped (it reconnects and
+# starts again from a snapshot), so a slow browser never costs the gateway unbounded memory.
+VIEWER_QUEUE_LIMIT = 2_000
+ATTEMPT_STARTED = ...  # the ``error`` of an attempt entry while the try is under way
+
+_encoder = msgspec.json.Encoder()
+_SECRET_HEADER_WORDS = ("auth", "api-key", "apikey", "token", "secret", "password", "cookie", "session")
+MASK = "***"
+
+
+def mask_headers(headers: Iterable[tuple[str, str]], session_header: str) -> dict[str, str]:
+    """Request headers fit to show: credentials and cookies masked (the session header is not a
+    credential: it is what groups a session's requests)."""
+    shown: dict[str, str] = {}
+    for name, value in headers:
+        lowered = name.lower()
+        secret = lowered != session_header and any(word in lowered for word in _SECRET_HEADER_WORDS)
+        shown[str(name)] = MASK if secret else str(value)
+    return shown
+
+
+class Masker:
+    """Replaces every configured secret (client keys, vLLM's key, the admin key, ...) in the JSON the
+    inspector sends, whatever field it hides in."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # longest first, so a secret containing another is masked whole
+        self._secrets = sorted({s.encode() for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def __call__(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            if secret in data:
+                data = data.replace(secret, MASK.encode())
+        return data
+
+
+class Record(RequestObserver):
+    """One request as the inspector saw it; also its observer."""
+
+    def __init__(self, inspector: "Inspector", request_id: str, raw: bytes, headers: dict[str, str],
+                 remote: Optional[str], session: Optional[tuple[str, str]], replay_of: Optional[str]) -> None:
+        self.inspector = inspector
+        self.id = request_id
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        self.raw = raw
+        self.headers = headers
+        self.remote = remote
+        self.replay_of = replay_of
+        self.session, self.session_source = session if session else (None, None)
+        self.model: Optional[str] = None
+        self.stream: Optional[bool] = None
+        self.response_id: Optional[str] = None
+        self.entries: list[tuple[float, str, Any]] = []
+        self.dropped = 0  # entries past MAX_ENTRIES_PER_REQUEST
+        self.outcome: Optional[Outcome] = None
+        self.duration: Optional[float] = None
+        self.first_output: Optional[float] = None  # t of the first write carrying an output delta
+        self.viewers: list[Viewer] = []  # viewers watching this record's entries
+
+    # --- the observer -----------------------------------------------------------------------------
+
+    def _add(self, kind: str, payload: Any) -> None:
+        if len(self.entries) >= MAX_ENTRIES_PER_REQUEST and kind != "end":
+            self.dropped += 1
+            return
+        entry = (time.perf_counter() - self._t0, kind, payload)
+        self.entries.append(entry)
+        if self.viewers:
+            for viewer in self.viewers:
+                viewer.push(("entry", self, entry))
+
+    def planned(self, request: Any, plan: Any) -> None:
+        self.model = plan.body.get("model")
+        self.stream = plan.stream
+        self.response_id = plan.response.id
+        session = self.inspector.session_of(self, request)
+        if session is not None:
+            self.session, self.session_source = session
+        self._add("plan", plan)
+        self.inspector.changed(self)
+
+    def attempt_started(self, server: str) -> None:
+        self._add("attempt", (server, ATTEMPT_STARTED))
+
+    def attempt_ended(self, server: str, error: Any) -> None:
+        self._add("attempt", (server, error))
+
+    def received(self, chunks: Any) -> None:
+        self._add("chunks", chunks)
+
+    def sent(self, data: bytes) -> None:
+        if self.first_output is None and (b"_text.delta" in data or b"arguments.delta" in data):
+            self.first_output = time.perf_counter() - self._t0
+        self._add("sent", data)
+
+    def ended(self, outcome: Outcome) -> None:
+        self.duration = time.perf_counter() - self._t0
+        self.outcome = outcome
+        if self.first_output is None and not self.stream:
+            self.first_output = self.duration  # without streaming, all output comes at the end
+        self._add("end", outcome)
+        self.inspector.ended(self)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """live, completed, incomplete, failed (a streamed failure), error (an HTTP error) or
+        cancelled (the client left)."""
+        outcome = self.outcome
+        if outcome is None:
+            return "live"
+        if outcome.status == 499:
+            return "cancelled"
+        if outcome.status >= 400:
+            return "error"
+        return outcome.response.status if outcome.response is not None else "completed"
+
+    def summary(self) -> dict[str, Any]:
+        outcome = self.outcome
+        response = outcome.response if outcome is not None else None
+        error_code = None
+        if outcome is not None and outcome.error is not None:
+            error_code = outcome.error.get("code") or outcome.error.get("type")
+        elif response is not None and response.error is not None:
+            error_code = response.error.code
+        usage = response.usage if response is not None else None
+        return {
+            "id": self.id,
+            "response_id": self.response_id,
+            "started_at": self.started_at,
+            "model": self.model,
+            "stream": self.stream,
+            "session": self.session,
+            "session_source": self.session_source,
+            "replay_of": self.replay_of,
+            "status": self.status,
+            "http_status": outcome.status if outcome is not None else None,
+            "error": error_code,
+            "finish_reason": outcome.finish_reason if outcome is not None else None,
+            "ttft_ms": round(self.first_output * 1000, 1) if self.first_output is not None else None,
+            "duration_ms": round(self.duration * 1000, 1) if self.duration is not None else None,
+            "input_tokens": usage.input_tokens if usage is not None else None,
+            "output_tokens": usage.output_tokens if usage is not None else None,
+            "dropped_entries": self.dropped,
+        }
+
+
+def encode_entry(entry: tuple[float, str, Any], stream: Optional[bool]) -> bytes:
+    """One entry as the JSON array ``[t_ms, kind, payload]`` the page reads."""
+    t, kind, payload = entry
+    if kind == "chunks":
+        body = _encoder.encode(payload)
+    elif kind == "sent":
+        body = _sse_events_json(payload) if stream else b"[" + payload + b"]"
+    elif kind == "plan":
+        body = payload.payload or orjson.dumps(payload.body)
+    elif kind == "attempt":
+        server, error = payload
+        state = "started" if error is ATTEMPT_STARTED else "answered" if error is None else "failed"
+        body = orjson.dumps({"server": server, "state": state,
+                             "error": None if state != "failed" else {"code": error.code, "message": error.message}})
+    else:  # end
+        body = orjson.dumps({"status": payload.status, "error": payload.error, "finish_reason": payload.finish_reason,
+                             "response": orjson.Fragment(_encoder.encode(payload.response))})
+    return b'[%.3f,"%s",%s]' % (t * 1000, kind.encode(), body)
+
+
+def _sse_events_json(data: bytes) -> bytes:
+    """SSE frames as written (``event: x\\ndata: {...}\\n\\n``...) -> a JSON list of the events,
+    without decoding them: each ``data:`` line already is one JSON object."""
+    events = []
+    for frame in data.split(b"\n\n"):
+        at = frame.find(b"data: ")
+        if at >= 0:
+            events.append(frame[at + 6:])
+    return b"[" + b",".join(events) + b"]"
+
+
+def _request_json(raw: bytes) -> bytes:
+    """The client's request body as JSON: itself when it parses, else a string saying what came."""
+    try:
+        orjson.loads(raw)
+        return raw
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        return orjson.dumps({"unparsed_body": raw[:65536].decode("utf-8", "replace")})
+
+
+def encode_record(record: Record, upto: Optional[int] = None) -> bytes:
+    """The whole record (the export format, and what a viewer opening it first gets)."""
+    entries = record.entries if upto is None else record.entries[:upto]
+    head = orjson.dumps({"summary": record.summary(), "headers": record.headers, "remote": record.remote})
+    return (head[:-1] + b',"request":' + _request_json(record.raw) + b',"entries":['
+            + b",".join(encode_entry(e, record.stream) for e in entries) + b"]}")
+
+
+class Viewer:
+    """One open feed (one browser tab): what it still has to be sent, bounded."""
+
+    def __init__(self, limit: int = VIEWER_QUEUE_LIMIT) -> None:
+        self.queue: deque[tuple[str, Record, Any]] = deque()
+        self.limit = limit
+        self.overflowed = False
+        self.closed = False  # the gateway is shutting down
+        self.watching: Optional[Record] = None
+        self._wakeup = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+    def push(self, message: tuple[str, Record, Any]) -> None:
+        if self.overflowed:
+            return
+        if len(self.queue) >= self.limit:
+            self.overflowed = True  # dropped: the feed ends and the page starts again from a snapshot
+            self.queue.clear()
+        else:
+            self.queue.append(message)
+        self._wakeup.set()
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+        except TimeoutError:
+            pass
+        self._wakeup.clear()
+
+    def take(self) -> list[tuple[str, Record, Any]]:
+        messages = list(self.queue)
+        self.queue.clear()
+        return messages
+
+
+class Inspector:
+    """The ring buffer of records and the viewers. One per application."""
+
+    def __init__(self, size: int, session_header: str, masker: Masker,
+                 cookie_session: Any = None, viewer_limit: int = VIEWER_QUEUE_LIMIT) -> None:
+        self.size = size
+        self.session_header = session_header.lower()
+        self.mask = masker
+        self._cookie_session = cookie_session  # (aiohttp request) -> NeMo Gym's session id, or None
+        self.records: OrderedDict[str, Record] = OrderedDict()
+        self.by_response: dict[str, Record] = {}  # response id -> record: previous_response_id chains
+        self.live: dict[str, Record] = {}  # still running: never evicted before they end
+        self.viewers: set[Viewer] = set()
+        self.viewer_limit = viewer_limit
+
+    # --- recording ------------------------------------------------------------------------------
+
+    def observe(self, request_id: str, request: Any, raw: bytes) -> Record:
+        """The ``Observer`` registered on the app: every request to /v1/responses gets a record."""
+        headers = mask_headers(request.headers.items(), self.session_header)
+        session = None
+        header = request.headers.get(self.session_header)
+        if header:
+            session = (header, "header")
+        elif self._cookie_session is not None:
+            cookie = self._cookie_session(request)
+            if cookie:
+                session = (cookie, "cookie")
+        replay_of = request.headers.get("X-Inspector-Replay-Of")
+        original = self.get(replay_of) if replay_of else None
+        if session is None and original is not None and original.session:
+            session = (original.session, original.session_source or "replay")  # a replay stays in its session
+        record = Record(self, request_id, raw, headers, request.remote, session, replay_of)
+        self.records[request_id] = record
+        self.records.move_to_end(request_id)
+        self.live[request_id] = record
+        while len(self.records) > self.size:
+            _, old = self.records.popitem(last=False)
+            if old.response_id:
+                self.by_response.pop(old.response_id, None)
+        self.changed(record)
+        return record
+
+    def session_of(self, record: Record, request: Any) -> Optional[tuple[str, str]]:
+        """The session a request belongs to, once its body is decoded: the session header wins, then
+        the prompt_cache_key, then a conversation, then the session of the response it continues,
+        then NeMo Gym's cookie (as the gateway routes)."""
+        if record.session_source == "header" or record.replay_of:
+            return None
+        if request.prompt_cache_key:
+            return request.prompt_cache_key, "prompt_cache_key"
+        conversation = request.conversation
+        if isinstance(conversation, dict):
+            conversation = conversation.get("id")
+        if isinstance(conversation, str) and conversation:
+            return conversation, "conversation"
+        previous = self.by_response.get(request.previous_response_id or "")
+        if previous is not None and previous.session:
+            return previous.session, previous.session_source or "previous_response_id"
+        if request.previous_response_id:
+            return request.previous_response_id, "previous_response_id"
+        return None
+
+    def changed(self, record: Record) -> None:
+        if record.response_id:
+            self.by_response[record.response_id] = record
+        for viewer in self.viewers:
+            viewer.push(("summary", record, None))
+
+    def ended(self, record: Record) -> None:
+        self.live.pop(record.id, None)
+        self.changed(record)
+
+    def get(self, request_id: str) -> Optional[Record]:
+        return self.records.get(request_id) or self.live.get(request_id)
+
+    # --- viewers --------------------------------------------------------------------------------
+
+    def connect(self, watch: Optional[str]) -> Viewer:
+        """A new viewer: a snapshot of the list first, and of the watched record so far, then live
+        changes. Taken in one go, on the event loop: nothing can slip in between."""
+        viewer = Viewer(self.viewer_limit)
+        viewer.push(("list", None, [*self.records.values()]))  # type: ignore[arg-type]
+        record = self.get(watch) if watch else None
+        if record is not None:
+            viewer.watching = record
+            viewer.push(("detail", record, len(record.entries)))
+            record.viewers.append(viewer)
+        self.viewers.add(viewer)
+        return viewer
+
+    def disconnect(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        if viewer.watching is not None and viewer in viewer.watching.viewers:
+            viewer.watching.viewers.remove(viewer)
+
+    def close_viewers(self) -> None:
+        for viewer in [*self.viewers]:
+            viewer.close()
+
+    def encode(self, messages: list[tuple[str, Any, Any]]) -> bytes:
+        """A viewer's pending messages as SSE frames, secrets masked. Consecutive entries of the
+        watched record go out as one ``entries`` event."""
+        out = bytearray()
+        pending: list[bytes] = []
+
+        def flush_entries() -> None:
+            if pending:
+                out.extend(b"event: entries\ndata: [" + b",".join(pending) + b"]\n\n")
+                pending.clear()
+
+        for kind, record, value in messages:
+            if kind == "entry":
+                pending.append(self.mask(encode_entry(value, record.stream)))
+                continue
+            flush_entries()
+            if kind == "summary":
+                out += b"event: summary\ndata: " + self.mask(orjson.dumps(record.summary())) + b"\n\n"
+            elif kind == "list":
+                out += b"event: list\ndata: " + self.mask(orjson.dumps([r.summary() for r in value])) + b"\n\n"
+            elif kind == "detail":
+                out += b"event: detail\ndata: " + self.mask(encode_record(record, value)) + b"\n\n"
+        flush_entries()
+        return bytes(out)
+
+
+def nemo_cookie_session(cookie_name: str) -> Any:
+    """NeMo Gym's session cookie -> its session id (as the gateway routes by it)."""
+    from ..server.app import _cookie_session_id
+
+    def read(request: Any) -> Optional[str]:
+        value = request.cookies.get(cookie_name)
+        return _cookie_session_id(value) if value else None
+
+    return read
+
+
