@@ -141,6 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.workers < 1:
         print("vllm-gateway: --workers must be at least 1", file=sys.stderr)
         return 2
+    if args.workers > 1 and config.gateway.inspect:
+        # its ring buffer and viewers live in one process: a page would see one worker's requests only
+        print("vllm-gateway: gateway.inspect needs --workers 1 (the inspector keeps its requests in one process)",
+              file=sys.stderr)
+        return 2
     if args.workers > 1 and config.gateway.metrics and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Before prometheus_client is imported: every worker writes its metrics there and
         # /metrics (served by any worker) adds them up.
