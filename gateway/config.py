@@ -43,7 +43,6 @@ __all__ = [
     "GatewaySettings",
     "ModelServerConfig",
     "load_config",
-    "config_secrets",
     "redacted",
     "shortcut_overrides",
 ]
@@ -1034,21 +1033,8 @@ def redacted(config: Config) -> dict[str, Any]:
         data["gateway"]["inspect_admin_key"] = _REDACTED
     # The key could also have been pasted into some other value (an ignored
     # NeMo Gym key, extra_body...): mask it wherever it occurs.
-    return _scrub_tree(data, set(config_secrets(config)))
-
-
-def config_secrets(config: Config) -> list[str]:
-    """Every secret value the config holds (keys, secret headers, URL passwords): what must be masked
-    wherever the gateway shows what passed through it."""
-    server = config.model_server
-    values = [server.api_key, *config.gateway.api_keys, config.gateway.inspect_admin_key or ""]
-    values += [value for name, value in server.default_headers.items() if _is_secret_header(name)]
-    for url in server.base_url:
-        try:
-            values.append(urlsplit(url).password or "")
-        except ValueError:
-            pass
-    return [value for value in values if value]
+    secrets = {config.model_server.api_key, *config.gateway.api_keys, config.gateway.inspect_admin_key or ""}
+    return _scrub_tree(data, secrets - {""})
 
 
 def _scrub_tree(node: Any, secrets: set[str]) -> Any:

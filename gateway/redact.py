@@ -87,7 +87,7 @@ def is_secret_header(name: str) -> bool:
 def secrets_of(config: Any, client_keys: Iterable[str] = ()) -> Secrets:
     """Every secret of a loaded ``Config`` (plus the client keys read from ``api_keys_file``)."""
     model, gateway = config.model_server, config.gateway
-    values = [model.api_key, *gateway.api_keys, *client_keys]
+    values = [model.api_key, *gateway.api_keys, *client_keys, getattr(gateway, "inspect_admin_key", None) or ""]
     for name, value in model.default_headers.items():
         if is_secret_header(name):
             values.append(value)

@@ -150,3 +150,17 @@ def test_check_reports_an_unreachable_server() -> None:
     result = run("check", "--base-url", dead, "--model", "m", "--api-key", "sk-do-not-print")
     assert result.returncode == 1
     assert f"Connection refused to {dead}" in result.stdout and "sk-do-not-print" not in result.stdout
+
+
+def test_the_inspector_refuses_several_workers() -> None:
+    # its buffer lives in one process: a page would see one worker's requests only
+    result = run("serve", "--base-url", "http://localhost:8000/v1", "--model", "m", "--workers", "2",
+                 "--port", str(free_port()), "gateway.inspect=true")
+    assert result.returncode == 2 and "--workers 1" in result.stderr
+
+
+def test_print_config_masks_the_inspector_admin_key() -> None:
+    result = run("print-config", "--base-url", "http://localhost:8000/v1", "--model", "m",
+                 "gateway.inspect=true", "gateway.inspect_admin_key=admin-secret-xyz")
+    assert result.returncode == 0 and "admin-secret-xyz" not in result.stdout
+    assert json.loads(result.stdout)["gateway"]["inspect_admin_key"] == "***"

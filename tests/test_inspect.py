@@ -15,7 +15,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import ConfigError
-from gateway.inspect.buffer import Inspector, Masker, Viewer
+from gateway.inspect.buffer import Inspector, Viewer
+from gateway.redact import Secrets
 from gateway.inspect.routes import INSPECTOR_KEY, Guard
 from gateway.server.app import OBSERVERS_KEY
 from tests.conftest import Gateway, GatewayFactory, gateway_config
@@ -230,7 +231,7 @@ async def test_the_ring_buffer_is_bounded(make_gateway: GatewayFactory) -> None:
 
 
 def test_a_viewer_that_falls_behind_is_dropped_not_buffered() -> None:
-    inspector = Inspector(10, "x-session-id", Masker([]), viewer_limit=5)
+    inspector = Inspector(10, "x-session-id", Secrets(), viewer_limit=5)
 
     async def run() -> None:
         request = make_mocked_request("POST", "/v1/responses")

@@ -14,24 +14,25 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import Config, _display_url, config_secrets
-from .buffer import Inspector, Masker, nemo_cookie_session
+from ..config import Config, _display_url
+from ..redact import Secrets
+from .buffer import Inspector, nemo_cookie_session
 from .routes import INSPECTOR_KEY, install_routes
 
 TRACING_KEY = web.AppKey("tracing", object)
 
 
-def install(app: web.Application, config: Config, observers: list[Any], client_keys: list[bytes]) -> None:
+def install(app: web.Application, config: Config, observers: list[Any], client_keys: list[bytes],
+            secrets: Secrets) -> None:
     """Adds the inspector and/or tracing to ``app``, as ``config.gateway`` says; ``observers`` is
-    the app's observer list, ``client_keys`` the clients' API keys (masked like every secret)."""
+    the app's observer list, ``client_keys`` the clients' API keys, ``secrets`` what to mask."""
     gw = config.gateway
     from ..server.app import session_cookie_name
 
-    secrets = [*config_secrets(config), *(key.decode() for key in client_keys)]
     if gw.inspect:
         if gw.inspect_admin_key and gw.inspect_admin_key.encode() in client_keys:
             raise ValueError("gateway.inspect_admin_key must differ from every client API key")
-        inspector = Inspector(gw.inspect_buffer, gw.session_header, Masker(secrets),
+        inspector = Inspector(gw.inspect_buffer, gw.session_header, secrets,
                               nemo_cookie_session(session_cookie_name(config)))
         observers.append(inspector.observe)
         install_routes(app, inspector, gw.inspect_admin_key)

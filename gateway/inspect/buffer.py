@@ -30,6 +30,7 @@ import msgspec
 import orjson
 
 from ..observe import Outcome, RequestObserver
+from ..redact import MASK, Secrets, is_secret_header
 
 # One request's entries are bounded too: a runaway generation keeps its first reads and its end.
 MAX_ENTRIES_PER_REQUEST = 20_000
@@ -39,34 +40,13 @@ VIEWER_QUEUE_LIMIT = 2_000
 ATTEMPT_STARTED = ...  # the ``error`` of an attempt entry while the try is under way
 
 _encoder = msgspec.json.Encoder()
-_SECRET_HEADER_WORDS = ("auth", "api-key", "apikey", "token", "secret", "password", "cookie", "session")
-MASK = "***"
 
 
 def mask_headers(headers: Iterable[tuple[str, str]], session_header: str) -> dict[str, str]:
     """Request headers fit to show: credentials and cookies masked (the session header is not a
     credential: it is what groups a session's requests)."""
-    shown: dict[str, str] = {}
-    for name, value in headers:
-        lowered = name.lower()
-        secret = lowered != session_header and any(word in lowered for word in _SECRET_HEADER_WORDS)
-        shown[str(name)] = MASK if secret else str(value)
-    return shown
-
-
-class Masker:
-    """Replaces every configured secret (client keys, vLLM's key, the admin key, ...) in the JSON the
-    inspector sends, whatever field it hides in."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # longest first, so a secret containing another is masked whole
-        self._secrets = sorted({s.encode() for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-    def __call__(self, data: bytes) -> bytes:
-        for secret in self._secrets:
-            if secret in data:
-                data = data.replace(secret, MASK.encode())
-        return data
+    return {str(name): MASK if name.lower() != session_header and is_secret_header(name) else str(value)
+            for name, value in headers}
 
 
 class Record(RequestObserver):
@@ -272,11 +252,11 @@ class Viewer:
 class Inspector:
     """The ring buffer of records and the viewers. One per application."""
 
-    def __init__(self, size: int, session_header: str, masker: Masker,
+    def __init__(self, size: int, session_header: str, secrets: Secrets,
                  cookie_session: Any = None, viewer_limit: int = VIEWER_QUEUE_LIMIT) -> None:
         self.size = size
         self.session_header = session_header.lower()
-        self.mask = masker
+        self.mask = secrets.scrub_bytes  # every configured secret, out of all the inspector sends
         self._cookie_session = cookie_session  # (aiohttp request) -> NeMo Gym's session id, or None
         self.records: OrderedDict[str, Record] = OrderedDict()
         self.by_response: dict[str, Record] = {}  # response id -> record: previous_response_id chains

@@ -681,7 +681,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     if config.gateway.inspect or config.gateway.tracing:
         from ..inspect import install  # only then: nothing of it is imported, let alone run
 
-        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY])
+        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY], app[SECRETS_KEY])
     return app
 
 
