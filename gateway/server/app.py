@@ -86,7 +86,8 @@ def error_response(
 
 def _upstream_error_response(exc: UpstreamError) -> web.Response:
     type_ = "invalid_request_error" if 400 <= exc.status < 500 and exc.status != 429 else "upstream_error"
-    return error_response(exc.status, exc.message, type_=type_, code=exc.code)
+    param = exc.param if isinstance(exc, UpstreamHTTPError) and 400 <= exc.status < 500 else None
+    return error_response(exc.status, exc.message, type_=type_, param=param, code=exc.code)
 
 
 @web.middleware

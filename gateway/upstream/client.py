@@ -50,11 +50,13 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamHTTPError(UpstreamError):
     """A non-2xx answer, with vLLM's own message."""
 
-    def __init__(self, message: str, upstream_status: int, upstream_message: str, body: bytes) -> None:
+    def __init__(self, message: str, upstream_status: int, upstream_message: str, body: bytes,
+                 param: Optional[str] = None) -> None:
         super().__init__(message)
         self.upstream_status = upstream_status
         self.upstream_message = upstream_message
         self.body = body
+        self.param = param  # the request field vLLM named, passed on to the client
         if upstream_status in (400, 404, 413, 422):
             self.status, self.code = (400 if upstream_status == 422 else upstream_status), "invalid_request_error"
         elif upstream_status == 429:
@@ -492,10 +494,12 @@ class VLLMClient:
 
 def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
     upstream_message = ""
+    param = None
     try:
         parsed = chat.error_decoder.decode(raw)
         if parsed.error is not None and parsed.error.message:
             upstream_message = parsed.error.message
+            param = parsed.error.param if isinstance(parsed.error.param, str) else None
         elif parsed.message:
             upstream_message = parsed.message
         elif parsed.detail is not None:
@@ -505,7 +509,7 @@ def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
     text = upstream_message or f"HTTP {status}"
     if 300 <= status < 400:  # where it points is not shown: the gateway goes only where it is configured to
         text = f"a redirect, which the gateway does not follow; set base_url to the server itself ({text})"
-    return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw)
+    return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw, param)
 
 
 def split_credentials(url: str) -> tuple[str, Optional[str]]:
