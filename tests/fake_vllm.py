@@ -38,8 +38,9 @@ class Generation:
     gate_before: Optional[int] = None
     gate: Optional[asyncio.Event] = None
     send_done: bool = True
-    # token tracking: a delta may carry "_tokens": [(id, logprob), ...], the tokens it decodes from;
-    # finish_tokens are the tokens of the finish chunk (the end-of-turn token, text "").
+    # token tracking: a delta may carry "_tokens": [(id, logprob), ...], the tokens it decodes from
+    # (or (id, logprob, text); a delta's only token has the delta's text); finish_tokens are the
+    # tokens of the finish chunk (the end-of-turn token, text "").
     finish_tokens: list[tuple[int, float]] = field(default_factory=list)
     prompt_token_ids: list[int] = field(default_factory=lambda: [151644, 872, 198, 6023, 151645])
     inline_token_ids: bool = True  # honour return_token_ids (older vLLM ignores it)
@@ -211,15 +212,17 @@ class FakeVLLM:
         await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
         await asyncio.sleep(0)  # let the socket flush, as one chunk per engine step does
 
-    def _logprobs(self, tokens: list[tuple[int, float]]) -> Optional[dict[str, Any]]:
-        """vLLM's choice.logprobs; with return_tokens_as_token_ids each token is "token_id:<id>"."""
+    def _logprobs(self, tokens: list[tuple], text: Optional[str] = None) -> Optional[dict[str, Any]]:
+        """vLLM's choice.logprobs; with return_tokens_as_token_ids each token is "token_id:<id>",
+        its ``bytes`` still those of its text (the top alternatives' those of "token_id:<id>")."""
         if not self._body.get("logprobs"):
             return None
         as_ids = self._body.get("return_tokens_as_token_ids")
         entries = []
-        for token_id, logprob in tokens:
-            token = f"token_id:{token_id}" if as_ids else f"<{token_id}>"
-            entries.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
+        for token_id, logprob, *named in tokens:
+            decoded = named[0] if named else text if text is not None and len(tokens) == 1 else f"<{token_id}>"
+            token = f"token_id:{token_id}" if as_ids else decoded
+            entries.append({"token": token, "logprob": logprob, "bytes": list(decoded.encode()),
                             "top_logprobs": [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
                             [: self._body.get("top_logprobs") or 0]})
         return {"content": entries}
@@ -227,10 +230,12 @@ class FakeVLLM:
     def _chunk(self, chunk_id: str, delta: dict[str, Any], finish_reason: Optional[str] = None) -> dict[str, Any]:
         tokens = delta.get("_tokens", [])
         delta = {k: v for k, v in delta.items() if not k.startswith("_")}
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": self._logprobs(tokens) if tokens else None,
+        text = delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content")
+        choice: dict[str, Any] = {"index": 0, "delta": delta,
+                                  "logprobs": self._logprobs(tokens, text) if tokens else None,
                                   "finish_reason": finish_reason}
         if self._body.get("return_token_ids") and self._gen.inline_token_ids and "role" not in delta:
-            choice["token_ids"] = [t for t, _ in tokens]
+            choice["token_ids"] = [t[0] for t in tokens]
         if finish_reason is not None:
             choice["stop_reason"] = None
         return {"id": chunk_id, "object": "chat.completion.chunk", "created": int(time.time()),
@@ -258,6 +263,6 @@ class FakeVLLM:
                       "created": int(time.time()), "model": self.model, "choices": [choice],
                       "usage": gen.usage(), "prompt_logprobs": None, "kv_transfer_params": None}
         if self._body.get("return_token_ids") and gen.inline_token_ids:
-            choice["token_ids"] = [t for t, _ in tokens]
+            choice["token_ids"] = [t[0] for t in tokens]
             completion["prompt_token_ids"] = gen.prompt_token_ids
         return completion

@@ -36,10 +36,10 @@ def tokenized(groups: list[int]) -> Generation:
         chunk = list(range(i, min(i + size, len(PIECES))))
         if not chunk:
             break
-        deltas.append({"content": "".join(PIECES[j] for j in chunk), "_tokens": [TOKENS[j] for j in chunk]})
+        deltas.append({"content": "".join(PIECES[j] for j in chunk), "_tokens": [(*TOKENS[j], PIECES[j]) for j in chunk]})
         i += size
     if i < len(PIECES):
-        deltas.append({"content": "".join(PIECES[i:]), "_tokens": TOKENS[i:]})
+        deltas.append({"content": "".join(PIECES[i:]), "_tokens": [(*TOKENS[j], PIECES[j]) for j in range(i, len(PIECES))]})
     return Generation(deltas=deltas, finish_tokens=END)
 
 
@@ -179,8 +179,8 @@ async def test_client_logprobs_on_text_deltas(make_gateway: GatewayFactory) -> N
     streamed = [lp for d in deltas for lp in d["logprobs"]]
     part = final["output"][-1]["content"][0]
     assert part["logprobs"] == streamed
-    # the answer's tokens only ("\n\n" after </think> included with the text that follows it)
-    assert [lp["token"] for lp in streamed] == [f"<{TOKENS[i][0]}>" for i in range(6, 12)]
+    # the answer's tokens only: not the "\n\n" after </think>, which the gateway trims from the answer
+    assert [lp["token"] for lp in streamed] == PIECES[7:]
     assert all(lp["bytes"] == list(lp["token"].encode()) and len(lp["top_logprobs"]) == 1 for lp in streamed)
 
 
@@ -245,8 +245,9 @@ def test_logprob_tokens_that_are_not_ids_fail() -> None:
     machine = ResponseStateMachine(r.Response(id="resp_x", created_at=0, status="in_progress", model="m"),
                                    track_tokens=True)
     machine.start()
-    events = machine.feed(msgspec.convert({"choices": [{"delta": {"content": "a"}, "logprobs": {
-        "content": [{"token": "a", "logprob": -1}]}}]}, chat.ChatChunk))
+    machine.feed(msgspec.convert({"choices": [{"delta": {"content": "a"}, "logprobs": {
+        "content": [{"token": "a", "logprob": -1}]}, "finish_reason": "stop"}]}, chat.ChatChunk))
+    events = machine.finish([0])  # readable tokens and no inline ids: nothing says which tokens they were
     assert machine.final is not None and machine.final.status == "failed"
     assert "return_tokens_as_token_ids" in machine.final.error.message
     assert isinstance(events[-1], r.ResponseFailed)

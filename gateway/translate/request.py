@@ -163,9 +163,11 @@ def plan_chat_request(
             raise InvalidRequest("token tracking needs one choice per request: n must be 1.", param="n")
         body["logprobs"] = True
         body.setdefault("top_logprobs", min_top)
-        if settings.upstream_flavour == "vllm":
+        # The client reading the logprobs too wants readable tokens: then the ids come inline.
+        inline_ids = settings.request_prompt_and_generation_token_ids or text_logprobs is not None
+        if settings.upstream_flavour == "vllm" and text_logprobs is None:
             body["return_tokens_as_token_ids"] = True  # each logprob's token is "token_id:<int>"
-        if settings.request_prompt_and_generation_token_ids and settings.upstream_flavour == "vllm":
+        if inline_ids and settings.upstream_flavour == "vllm":
             body["return_token_ids"] = True
         else:
             tokenize = tokenize_body(body)

@@ -28,6 +28,11 @@ Whitespace never opens an item: the leading whitespace of a block is dropped and
 whitespace is held until more text shows it was not trailing, so ``"</think>\\n\\n"`` before a tool
 call does not produce an empty message. A tool call whose name has not arrived yet is held (its
 argument pieces buffered) until the name arrives, because ``output_item.added`` must carry it.
+
+Client logprobs (``include: ["message.output_text.logprobs"]``) are not an input of the table:
+every chunk's tokens go to a ``LogprobAligner``, and each message delta takes the tokens that wrote
+its text (``translate.logprobs``), so reasoning, tags and tool markup never get any, however vLLM
+chunked them, and a completion fed whole gets the same list as its stream.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import msgspec
 
 from ..schema import chat
 from ..schema import responses as r
+from .logprobs import LogprobAligner
 from .think import ThinkSplitter
 from .tokens import GenerationTokens, TokenInfoError, bundle_from_message
 
@@ -130,10 +136,9 @@ class ResponseStateMachine:
         self._started = False
         # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
         self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
-        self._text_logprobs = text_logprobs  # logprobs on output_text, with this many alternatives; None: off
-        self._pending_logprobs: list[Any] = []  # logprobs of message text not yet emitted
-        self._chunk_logprobs: list[Any] = []
-        self._chunk_message_text = False  # this chunk had answer text (maybe held back)
+        # Logprobs on output_text (with ``text_logprobs`` alternatives per token), or None: off.
+        # Tokens are matched to the text they wrote, whatever the chunking (see translate.logprobs).
+        self._aligner = LogprobAligner(text_logprobs) if text_logprobs is not None else None
         self.final: Optional[r.Response] = None  # set once a terminal event was produced
 
     # --- public API ----------------------------------------------------------------------------
@@ -260,8 +265,8 @@ class ResponseStateMachine:
         delta = choice.delta
         if self.tokens is not None:
             self.tokens.add_choice(choice)
-        if self._text_logprobs is not None and choice.logprobs is not None and choice.logprobs.content:
-            self._chunk_logprobs = [_client_logprob(entry, self._text_logprobs) for entry in choice.logprobs.content]
+        if self._aligner is not None and choice.logprobs is not None and choice.logprobs.content:
+            self._aligner.add(choice.logprobs.content)
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
@@ -279,13 +284,6 @@ class ResponseStateMachine:
                         self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
                     elif self._open is not None and self._open.kind is Kind.REASONING:
                         self._open.ended = True  # end of a <think> block; closed when output moves on
-        if self._chunk_logprobs:
-            # Not consumed by a message delta: the tokens were reasoning or a tag (dropped), or
-            # message text still held back (kept for the delta that will carry it).
-            if self._chunk_message_text or (self._splitter is not None and self._splitter.holds_text):
-                self._pending_logprobs += self._chunk_logprobs
-            self._chunk_logprobs = []
-        self._chunk_message_text = False
         if delta.tool_calls:
             self._flush_splitter()
             for fragment in delta.tool_calls:
@@ -299,8 +297,6 @@ class ResponseStateMachine:
                 self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
 
     def _text(self, kind: Kind, text: str) -> None:
-        if kind is Kind.MESSAGE:
-            self._chunk_message_text = True
         open_item = self._open
         if open_item is None or open_item.kind is not kind or open_item.ended:
             text = text.lstrip()
@@ -328,6 +324,7 @@ class ResponseStateMachine:
         if open_item is not None and open_item.kind is Kind.CALL and open_item.call_index == index:
             if args:
                 open_item.parts.append(args)
+                self._skip_tokens(args)
                 self._emit(
                     r.FunctionCallArgumentsDelta(item_id=open_item.item.id, output_index=open_item.index, delta=args)
                 )
@@ -360,6 +357,7 @@ class ResponseStateMachine:
         if call.parts:
             buffered = "".join(call.parts)
             open_item.parts.append(buffered)
+            self._skip_tokens(buffered)
             self._emit(r.FunctionCallArgumentsDelta(item_id=item.id, output_index=open_item.index, delta=buffered))
 
     # --- opening and closing items -------------------------------------------------------------
@@ -401,17 +399,23 @@ class ResponseStateMachine:
         item_id, index = open_item.item.id, open_item.index
         if open_item.kind is Kind.MESSAGE:
             logprobs: list[Any] = []
-            if self._text_logprobs is not None:
-                logprobs = self._pending_logprobs + self._chunk_logprobs
-                self._pending_logprobs, self._chunk_logprobs = [], []
+            if self._aligner is not None:
+                logprobs = self._aligner.take(text)
                 open_item.logprobs += logprobs
             self._emit(
                 r.OutputTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text, logprobs=logprobs)
             )
-        elif self._options.reasoning_presentation == "raw":
+            return
+        self._skip_tokens(text)
+        if self._options.reasoning_presentation == "raw":
             self._emit(r.ReasoningTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
         else:
             self._emit(r.ReasoningSummaryTextDelta(item_id=item_id, output_index=index, summary_index=0, delta=text))
+
+    def _skip_tokens(self, text: str) -> None:
+        """Text that is not message text: the tokens that wrote it get no client logprobs."""
+        if self._aligner is not None:
+            self._aligner.skip(text)
 
     def _close_open(self, status: str) -> None:
         open_item = self._open
@@ -472,20 +476,6 @@ class ResponseStateMachine:
 
 class _UpstreamProtocolError(Exception):
     pass
-
-
-def _client_logprob(entry: chat.TokenLogprob, top: int) -> dict[str, Any]:
-    """vLLM's logprob entry in the Responses shape (``bytes`` always present)."""
-    return {
-        "token": entry.token,
-        "logprob": entry.logprob,
-        "bytes": entry.bytes if entry.bytes is not None else list(entry.token.encode("utf-8")),
-        "top_logprobs": [
-            {"token": alt.token, "logprob": alt.logprob,
-             "bytes": alt.bytes if alt.bytes is not None else list(alt.token.encode("utf-8"))}
-            for alt in (entry.top_logprobs or [])[:top]
-        ],
-    }
 
 
 def _added_snapshot(item: r.OutputItem) -> r.OutputItem:

@@ -2,7 +2,9 @@
 
 Generated ids come from vLLM's logprobs (asked for with ``return_tokens_as_token_ids``, so each
 ``logprobs.content[j].token`` is ``"token_id:<int>"``), optionally cross-checked against the
-choice's inline ``token_ids``. Prompt ids come, in NeMo Gym's order, from a complete bundle on
+choice's inline ``token_ids``. When the client also wants readable logprobs (``include``), vLLM is
+asked for readable tokens and the ids inline (``return_token_ids``) instead, and the ids come
+from there, one per logprob. Prompt ids come, in NeMo Gym's order, from a complete bundle on
 the message, from vLLM's inline ``prompt_token_ids``, or from ``/tokenize``. Anything partial or
 disagreeing is an error: a silently wrong training sample is worse than a failed one.
 """
@@ -35,7 +37,7 @@ class TokenInfo:
 class GenerationTokens:
     """Accumulates what the chunks of one generation say about its tokens."""
 
-    logprob_ids: list[int] = field(default_factory=list)
+    logprob_ids: list[Optional[int]] = field(default_factory=list)  # None: a readable token, id inline
     logprobs: list[float] = field(default_factory=list)
     inline_ids: Optional[list[int]] = None  # choice.token_ids, when vLLM sent them
     inline_prompt_ids: Optional[list[int]] = None
@@ -57,15 +59,24 @@ class GenerationTokens:
         if self.bundle is not None:
             return self.bundle
         ids = self.logprob_ids
-        if self.inline_ids is not None and self.inline_ids != ids:
+        if any(i is None for i in ids):  # readable logprobs: the ids are the inline ones
+            if self.inline_ids is None:
+                raise TokenInfoError(
+                    "a logprobs token is text, not 'token_id:<int>', and no inline token_ids came: the upstream "
+                    "ignored return_tokens_as_token_ids and return_token_ids (is it vLLM?)")
+            if len(self.inline_ids) != len(ids):
+                raise TokenInfoError(
+                    f"vLLM sent {len(self.inline_ids)} token_ids but log-probabilities for {len(ids)} tokens")
+            ids = self.inline_ids
+        elif self.inline_ids is not None and self.inline_ids != ids:
             raise TokenInfoError(
                 f"vLLM's token_ids ({len(self.inline_ids)} ids) disagree with the ids in its logprobs ({len(ids)} ids)"
             )
         if completion_tokens is not None and completion_tokens != len(ids):
             raise TokenInfoError(
                 f"the upstream reported {completion_tokens} generated tokens but sent log-probabilities for "
-                f"{len(ids)}: when streaming, vLLM leaves out the tokens its tool or reasoning parser swallows "
-                "(and llama.cpp those it holds at the end); use stream: false, or on vLLM "
+                f"{len(ids)}: when streaming, vLLM 0.19 leaves out the tokens its tool or reasoning parser swallows "
+                "(0.32 does not), and llama.cpp those it holds at the end; use stream: false, or on vLLM "
                 "request_prompt_and_generation_token_ids: true, for exact token tracking there"
             )
         prompt = self.inline_prompt_ids if self.inline_prompt_ids is not None else tokenized_prompt
@@ -74,11 +85,12 @@ class GenerationTokens:
         return TokenInfo(list(prompt), list(ids), list(self.logprobs))
 
 
-def token_id(entry: chat.TokenLogprob) -> int:
-    """vLLM: ``"token_id:<int>"`` in ``token`` (return_tokens_as_token_ids); llama.cpp: ``id``."""
-    if entry.id is not None and not entry.token.startswith(TOKEN_ID_PREFIX):
-        return entry.id
-    return parse_token_id(entry.token)
+def token_id(entry: chat.TokenLogprob) -> Optional[int]:
+    """vLLM: ``"token_id:<int>"`` in ``token`` (return_tokens_as_token_ids); llama.cpp: ``id``;
+    None for vLLM's readable tokens (the ids then come inline)."""
+    if entry.token.startswith(TOKEN_ID_PREFIX):
+        return parse_token_id(entry.token)
+    return entry.id
 
 
 def parse_token_id(token: str) -> int:
