@@ -257,6 +257,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     idle_timeout_s: float = 300.0
     # Total time allowed for one upstream request, streaming included.
     request_timeout_s: float = 3600.0
+    # While a stream (or a non-streaming answer) is silent this long, vLLM's /health is asked, then
+    # as often again; when it fails the answer ends at once (upstream_dead), not after idle_timeout_s:
+    # a dead engine can leave a stream open and silent. 0: never.
+    dead_upstream_probe_s: float = 10.0
     # During upstream silences, an SSE comment this often keeps clients with idle timeouts
     # (Codex, OpenClaw: 120 s) from aborting.
     keepalive_interval_s: float = 15.0
@@ -316,7 +320,7 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise _field_error(field, f"must be a finite number of seconds > 0, got {value!r}")
-        for field in ("health_check_interval_s", "shutdown_grace_s"):
+        for field in ("health_check_interval_s", "shutdown_grace_s", "dead_upstream_probe_s"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise _field_error(field, f"must be a finite number of seconds >= 0, got {value!r}")

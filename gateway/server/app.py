@@ -613,7 +613,7 @@ def client_settings(config: Config) -> ClientSettings:
         connect=gw.connect_timeout_s, first_byte=gw.first_byte_timeout_s, idle=gw.idle_timeout_s,
         total=gw.request_timeout_s, keepalive=gw.keepalive_interval_s, max_retries=gw.max_retries,
         backoff=gw.retry_backoff_s, backoff_max=gw.retry_backoff_max_s, health_interval=gw.health_check_interval_s,
-        eject_after=gw.eject_after_failures, eject_s=gw.eject_s,
+        eject_after=gw.eject_after_failures, eject_s=gw.eject_s, dead_probe=gw.dead_upstream_probe_s,
     )
 
 

@@ -98,6 +98,13 @@ class UpstreamStalled(UpstreamError):
     code = "upstream_stalled"
 
 
+class UpstreamDead(UpstreamError):
+    """vLLM stopped sending and its /health fails: its engine died. (A dead engine can leave the
+    stream open and silent; this ends it long before idle_timeout_s.)"""
+
+    code = "upstream_dead"
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     connect: float = 10.0
@@ -111,6 +118,7 @@ class ClientSettings:
     health_interval: float = 10.0
     eject_after: int = 3
     eject_s: float = 10.0
+    dead_probe: float = 10.0  # silence after which /health is asked (then as often); 0: never
 
 
 KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write an SSE comment
@@ -133,6 +141,7 @@ class ChatStream:
         self._closed = False
         self.capture = capture  # raw bytes as received, for the transport log
         self.done_seen = False  # [DONE] arrived: the connection may go back to the pool
+        self.watch = HealthWatch(client, backend, response)
 
     async def __aiter__(self) -> AsyncIterator[Union[list[Streamed], object]]:
         decoder = SSEDecoder()
@@ -200,6 +209,7 @@ class ChatStream:
         if self._closed:
             return
         self._closed = True
+        self.watch.stop()
         self.backend.in_flight -= 1
         if self._response.closed:
             return
@@ -219,6 +229,37 @@ class ChatStream:
             self._response.release()
         except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
             self._response.close()
+
+
+class HealthWatch:
+    """While an answer is silent, asks the server's ``/health`` every ``dead_probe`` seconds; when
+    that fails (an error status, a refused connection, no answer), the read waiting on the answer
+    fails at once with ``UpstreamDead``, instead of after idle_timeout_s or request_timeout_s. Runs
+    beside the reader, so it changes none of the reader's timers."""
+
+    def __init__(self, client: "VLLMClient", backend: Backend, response: aiohttp.ClientResponse) -> None:
+        self._client, self._backend, self._response = client, backend, response
+        interval = client.settings.dead_probe
+        self._task = asyncio.ensure_future(self._watch(interval)) if interval > 0 else None
+
+    async def _watch(self, interval: float) -> None:
+        content = self._response.content
+        seen = content.total_bytes
+        while not content.is_eof() and content.exception() is None:
+            await asyncio.sleep(interval)
+            if content.total_bytes != seen:  # bytes came since the last look: not silent
+                seen = content.total_bytes
+                continue
+            reason = await self._client.probe_health(self._backend)
+            if reason is not None and content.total_bytes == seen and not content.is_eof():
+                content.set_exception(UpstreamDead(
+                    f"the vLLM server at {self._backend.url} sent nothing for {interval:g} s and its {reason}: "
+                    "its engine has most likely died"))
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 # A failure before vLLM answered that another try (on another server) may not have.
@@ -262,6 +303,7 @@ class VLLMClient:
         self.retries = 0  # tries repeated after a failure, since start
         self._session: Optional[aiohttp.ClientSession] = None
         self._health_task: Optional[asyncio.Task[None]] = None
+        self._probes: dict[str, asyncio.Task[Optional[str]]] = {}  # one /health probe per server at a time
 
     async def start(self) -> None:
         if self._session is None:
@@ -321,7 +363,7 @@ class VLLMClient:
                             observer: Optional[RequestObserver] = None) -> chat.ChatCompletion:
         backend, response = await self._send(body, first, session_key, None, request_id, observer)
         try:
-            raw = await response.read()
+            raw = await self._until_dead(backend, response.read())
             if capture is not None:
                 capture.append(raw)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
@@ -330,6 +372,9 @@ class VLLMClient:
             raise error from None
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"{backend.url} did not answer within {self.settings.total:g} s") from None
+        except UpstreamDead as exc:
+            self.failed(backend, exc)
+            raise
         finally:
             response.release()
             backend.in_flight -= 1
@@ -364,11 +409,11 @@ class VLLMClient:
                 if observer is not None:
                     observer.attempt_ended(backend.url, exc)
                 status = exc.upstream_status if isinstance(exc, UpstreamHTTPError) else None
-                if isinstance(exc, (UpstreamUnreachable, UpstreamTimeout)) or (status or 0) >= 500:
+                if isinstance(exc, (UpstreamUnreachable, UpstreamTimeout, UpstreamDead)) or (status or 0) >= 500:
                     self.failed(backend, exc)
                 elif self.metrics is not None:
                     self.metrics.upstream_error(backend.url, exc.code)
-                retriable = isinstance(exc, UpstreamUnreachable) or status in _RETRY_STATUSES
+                retriable = isinstance(exc, (UpstreamUnreachable, UpstreamDead)) or status in _RETRY_STATUSES
                 if not retriable or attempt >= self.settings.max_retries:
                     raise
                 attempt += 1
@@ -390,8 +435,8 @@ class VLLMClient:
         base = backend.url
         try:
             async with asyncio.timeout(header_timeout):
-                response = await self.session.post(f"{base}/chat/completions", data=payload, headers=headers,
-                                                   allow_redirects=False)
+                response = await self._until_dead(backend, self.session.post(
+                    f"{base}/chat/completions", data=payload, headers=headers, allow_redirects=False))
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"Could not connect to the vLLM server at {base}: {_describe(exc)}") from None
         except asyncio.TimeoutError:
@@ -476,20 +521,54 @@ class VLLMClient:
         """Ask every server's ``/health`` (vLLM and llama.cpp have it at the root) and record it."""
 
         async def probe(backend: Backend) -> None:
-            root = _root(backend.url)
-            try:
-                async with asyncio.timeout(timeout):
-                    async with self.session.get(f"{root}/health", headers=self.headers_for(backend.url),
-                                                allow_redirects=False) as response:
-                        await response.read()
-                        ok = response.status == 200
-                        self.pool.health(backend, ok, None if ok else f"/health answered {response.status}")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                reason = _describe(exc) if not isinstance(exc, asyncio.TimeoutError) else f"no answer in {timeout:g} s"
-                self.pool.health(backend, False, f"/health: {reason}")
+            reason = await self._ask_health(backend, timeout)
+            self.pool.health(backend, reason is None, reason)
 
         await asyncio.gather(*(probe(b) for b in self.pool.backends))
         return self.pool.status()
+
+    async def _until_dead(self, backend: Backend, awaitable: Any) -> Any:
+        """Awaits what arrives only once vLLM is done with it (the response headers, a whole
+        non-streaming body), asking the server's /health every ``dead_probe`` seconds meanwhile: a
+        failing /health ends the wait with ``UpstreamDead``."""
+        interval = self.settings.dead_probe
+        if interval <= 0:
+            return await awaitable
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=interval)
+                if done:
+                    return task.result()
+                reason = await self.probe_health(backend)
+                if reason is not None and not task.done():
+                    raise UpstreamDead(f"the vLLM server at {backend.url} has not answered for {interval:g} s and its "
+                                       f"{reason}: its engine has most likely died")
+        finally:
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
+
+    async def probe_health(self, backend: Backend) -> Optional[str]:
+        """``/health`` for a silent stream: None when it answers 200, else why not. Streams that
+        are silent together share one probe per server."""
+        task = self._probes.get(backend.url)
+        if task is None or task.done():
+            task = self._probes[backend.url] = asyncio.ensure_future(
+                self._ask_health(backend, max(5.0, self.settings.dead_probe)))
+        return await asyncio.shield(task)  # a stream that goes away does not cancel the others' probe
+
+    async def _ask_health(self, backend: Backend, timeout: float) -> Optional[str]:
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(f"{_root(backend.url)}/health", headers=self.headers_for(backend.url),
+                                            allow_redirects=False) as response:
+                    await response.read()
+                    return None if response.status == 200 else f"/health answered {response.status}"
+        except asyncio.TimeoutError:
+            return f"/health: no answer in {timeout:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"/health: {_describe(exc)}"
 
 
 def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
@@ -522,6 +601,12 @@ def split_credentials(url: str) -> tuple[str, Optional[str]]:
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return urlunsplit(parts._replace(netloc=host)), basic
+
+
+def _retrieve(task: "asyncio.Task[Any]") -> None:
+    """Marks a cancelled helper task's outcome as seen (asyncio logs unretrieved exceptions)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _describe(exc: BaseException) -> str:
