@@ -525,7 +525,8 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
     try:
         async for batch in upstream:
             if batch is KEEPALIVE:
-                await response.write(encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME)
+                await _write(response, encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME,
+                             observer)
                 continue
             if observer is not None:
                 observer.received(batch)  # type: ignore[arg-type]
