@@ -264,18 +264,6 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # During upstream silences, an SSE comment this often keeps clients with idle timeouts
     # (Codex, OpenClaw: 120 s) from aborting.
     keepalive_interval_s: float = 15.0
-    # What a keepalive is: a data-bearing {"type": "keepalive", "sequence_number": n} event (what
-    # OpenAI's servers send; Codex's stream_idle_timeout_ms counts only events) or a ": keepalive"
-    # SSE comment (proxies only).
-    keepalive_format: Literal["event", "comment"] = "event"
-    # --- what requests may hold ---
-    # Tools that only OpenAI's servers run (web_search, file_search, code_interpreter,
-    # image_generation, remote mcp, computer use, ...): left out of the model's request (logged),
-    # or refused with a 400.
-    hosted_tools: Literal["drop", "reject"] = "drop"
-    # Developer messages: "auto" asks each server whether its chat template renders them and folds
-    # them into the system message where one does not (Qwen2.5, Qwen3); "fold" always; "keep" never.
-    developer_messages: Literal["auto", "fold", "keep"] = "auto"
     # --- several vLLM servers ---
     # Retries of a request that failed before vLLM answered (refused, 429, 502/503/504), each on
     # another server when there is one, with exponential backoff from retry_backoff_s.
@@ -323,12 +311,27 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # OpenTelemetry traces (span per request, child per upstream attempt), exported over OTLP as the
     # standard OTEL_EXPORTER_OTLP_* variables say. Needs `pip install 'vllm-responses-gateway[otel]'`.
     tracing: bool = False
+    # --- stored responses (README, "Stored responses") ---
+    # false: nothing is stored, and previous_response_id, background and conversation are refused.
+    store: bool = True
+    store_backend: Literal["sqlite", "redis"] = "sqlite"
+    # The SQLite file lives here (created if missing).
+    data_dir: str = "~/.local/share/vllm-gateway"
+    redis_url: Optional[str] = None  # redis://host:port/db, for store_backend: redis
+    # Seconds a stored response is kept (OpenAI keeps them 30 days).
+    store_ttl: float = 30 * 24 * 3600.0
+    # Bound on everything stored (responses, their input and events): the oldest go first.
+    store_max_bytes: int = 1024**3
+    # A running response's process renews its lease this often (÷3); a response whose lease ran
+    # out (its gateway process died) is ended as failed.
+    store_lease_s: float = 30.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 1 <= self.port <= 65535:
             raise _field_error("port", f"must be between 1 and 65535, got {self.port!r}")
         for field in ("connect_timeout_s", "request_timeout_s", "first_byte_timeout_s", "idle_timeout_s",
-                      "keepalive_interval_s", "eject_s", "retry_backoff_s", "retry_backoff_max_s"):
+                      "keepalive_interval_s", "eject_s", "retry_backoff_s", "retry_backoff_max_s",
+                      "store_ttl", "store_lease_s"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise _field_error(field, f"must be a finite number of seconds > 0, got {value!r}")
@@ -340,6 +343,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise _field_error(field, f"must be an integer from {low} to {high}, got {value!r}")
+        if self.store and self.store_backend == "redis" and not self.redis_url:
+            raise _field_error("redis_url", "must name the Redis server (redis://host:port/0) with store_backend: redis")
+        if not isinstance(self.store_max_bytes, int) or isinstance(self.store_max_bytes, bool) or self.store_max_bytes <= 0:
+            raise _field_error("store_max_bytes", f"must be > 0, got {self.store_max_bytes!r}")
         for field in ("max_request_bytes", "max_compressed_request_bytes"):
             size = getattr(self, field)
             if not isinstance(size, int) or isinstance(size, bool) or size <= 0:

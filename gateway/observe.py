@@ -17,10 +17,19 @@ For one request the server calls, in this order (each call is optional but the l
   is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
 - ``sent(data)``: each write to the client, as the bytes written (SSE frames; without streaming,
   the JSON body). The frames written after a ``received`` are the events made of its chunks;
+- ``await ending()``: right after the ``sent`` of the write that ends the response (its terminal
+  event; without streaming, the JSON body), before the client gets it: the one awaited call, so
+  that what the client is told has ended has also been stored as ended (the response store). It
+  must bound its own wait;
 - ``ended(outcome)``: always, last, even when the client left or the gateway failed.
 
 Observers must be quick and must not raise or block: they run inside the stream's own task. They
 get references, not copies: they must not mutate what they are given.
+
+The response store joins its recorder to a request's observer (``join``) once the request is
+converted and ``store`` is on, so a request that is not stored costs nothing either. A background
+run (``background: true``), which outlives its POST, is seen by the POST's observers until the
+queued Response is answered; its generation is recorded by the store.
 """
 
 from __future__ import annotations
@@ -66,6 +75,9 @@ class RequestObserver:
     def sent(self, data: bytes) -> None:
         pass
 
+    async def ending(self) -> None:
+        pass
+
     def ended(self, outcome: Outcome) -> None:
         pass
 
@@ -101,6 +113,10 @@ class _Fanout(RequestObserver):
         for o in self._observers:
             o.sent(data)
 
+    async def ending(self) -> None:
+        for o in self._observers:
+            await o.ending()
+
     def ended(self, outcome: Outcome) -> None:
         for o in self._observers:
             o.ended(outcome)
@@ -114,3 +130,10 @@ def observe(observers: list[Observer], request_id: str, request: "web.Request", 
     if not taken:
         return None
     return taken[0] if len(taken) == 1 else _Fanout(taken)
+
+
+def join(first: Optional[RequestObserver], second: Optional[RequestObserver]) -> Optional[RequestObserver]:
+    """Both observers (``second`` called after ``first``), either, or None."""
+    if first is None or second is None:
+        return first or second
+    return _Fanout([first, second])

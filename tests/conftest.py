@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
@@ -46,10 +47,14 @@ async def upstream2() -> AsyncIterator[FakeVLLM]:
     await runner.cleanup()
 
 
+# Stored responses of the tests' gateways go here, never into the user's data directory.
+STORE_DIR = tempfile.mkdtemp(prefix="gateway-tests-store-")
+
+
 def gateway_config(base_url: str, *overrides: str, model: str = MODEL) -> Config:
     return load_config(
         [ROOT / "config" / "vllm_model.yaml"],
-        overrides=shortcut_overrides(base_url, model, "") + list(overrides),
+        overrides=shortcut_overrides(base_url, model, "") + [f"gateway.data_dir={STORE_DIR}", *overrides],
         environ={},
     )
 

@@ -381,14 +381,14 @@ async def test_structured_output_type(client: AsyncOpenAI, gateway: Gateway) -> 
 # --- failures surface as the SDK's errors ---------------------------------------------------------
 
 
-async def test_previous_response_id_is_a_bad_request(client: AsyncOpenAI, gateway: Gateway) -> None:
-    """The gateway stores nothing: the SDK's server-side history mode is refused with a 400 naming
-    the field, which the SDK raises as openai.BadRequestError; vLLM is never called."""
-    with pytest.raises(openai.BadRequestError) as caught:
+async def test_unknown_previous_response_id_is_not_found(client: AsyncOpenAI, gateway: Gateway) -> None:
+    """A previous_response_id the store does not hold is a 404 naming it, which the SDK raises as
+    openai.NotFoundError; vLLM is never called."""
+    with pytest.raises(openai.NotFoundError) as caught:
         await Runner.run(weather_agent(client, WeatherTool()), "hi", previous_response_id="resp_123",
                          run_config=RUN_CONFIG)
-    assert caught.value.status_code == 400
-    assert "previous_response_id" in str(caught.value)
+    assert caught.value.status_code == 404
+    assert "resp_123" in str(caught.value)
     assert gateway.upstream.requests == []
 
 

@@ -233,9 +233,9 @@ def assert_echo(data: dict[str, Any]) -> None:
     assert (data["top_logprobs"], data["max_output_tokens"], data["max_tool_calls"]) == (2, 64, 3)
     assert (data["safety_identifier"], data["prompt_cache_key"], data["user"]) == ("hashed-user-1", "session-7",
                                                                                    "user-1")
-    # Truthful, not parroted: nothing is stored, nothing runs in the background, one tier, no truncation.
+    # Truthful, not parroted: stored (store: true), nothing runs in the background, one tier, no truncation.
     assert (data["store"], data["background"], data["service_tier"], data["truncation"]) == (
-        False, False, "default", "disabled")
+        True, False, "default", "disabled")
     assert data["parallel_tool_calls"] is False and data["tools"] == [WEATHER_TOOL]
     assert data["metadata"] == {"task": "t1"} and data["instructions"] == "Be brief."
     assert data["completed_at"] is not None and data["completed_at"] >= data["created_at"]
@@ -292,8 +292,7 @@ async def test_sdk_created_and_completed_snapshots_agree(gateway: Gateway) -> No
     [
         ({"moderation": {"model": "omni-moderation-latest"}}, "moderation"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
-        ({"background": True}, "background"),
-        ({"previous_response_id": "resp_1"}, "previous_response_id"),
+        # background and previous_response_id are the store's (tests/test_store.py)
         ({"prompt_cache_options": {"prewarm": True}}, "prompt_cache_options.prewarm"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

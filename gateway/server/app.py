@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import hmac
 import json
 import logging
@@ -26,10 +25,10 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
 from ..redact import Secrets, secrets_of
-from ..observe import Outcome, RequestObserver, observe
+from ..observe import Outcome, RequestObserver, join, observe
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
-from ..translate.request import ChatPlan, ConversionSettings, decode_request, has_developer_messages, plan_chat_request
+from ..translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
 from ..translate.stream import ResponseStateMachine, StreamOptions
 from ..translate.tokens import tokenize_body
 from ..upstream.client import (
@@ -40,7 +39,6 @@ from ..upstream.client import (
     UpstreamHTTPError,
     VLLMClient,
 )
-from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .body import BodyError, read_body
 from .observability import Metrics, TransportLog, request_id
@@ -53,8 +51,6 @@ access_log = logging.getLogger("gateway.access")
 CONFIG_KEY = web.AppKey("config", Config)
 CLIENT_KEY = web.AppKey("client", VLLMClient)
 SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
-FOLDING_SETTINGS_KEY = web.AppKey("folding_settings", ConversionSettings)  # developer messages folded
-DEVELOPER_KEY = web.AppKey("developer_role", DeveloperRole)
 STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
 SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
 KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
@@ -67,6 +63,7 @@ LOG_FIELDS = _RequestKey("log_fields", dict) if _RequestKey else "log_fields"
 TRANSPORT_KEY = web.AppKey("transport_log", object)  # a TransportLog, or None
 # Who watches requests (the inspector, traces, the store): see gateway/observe.py. Empty: nobody.
 OBSERVERS_KEY = web.AppKey("observers", list)
+STORE_KEY = web.AppKey("store", object)  # the gateway.store StoreService, or None (gateway.store: false)
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -179,7 +176,7 @@ def cors_middleware(origins: list[str]) -> Any:
         if allowed and not response.prepared:
             response.headers["Access-Control-Allow-Origin"] = "*" if allow_all else origin  # type: ignore[assignment]
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Session-Id"
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
         return response
 
     return middleware
@@ -251,19 +248,35 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestObserver],
                    outcome: Optional[Outcome]) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
+    store = request.app[STORE_KEY]
+    stored = None
     try:
         req = decode_request(raw)
-        if has_developer_messages(req) and await request.app[DEVELOPER_KEY].must_fold():
-            settings = request.app[FOLDING_SETTINGS_KEY]
+        if store is not None:  # previous_response_id becomes input; store and background are read
+            stored = await store.prepare(request, req)
+            req = stored.request
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
-        return error_response(400, exc.message, param=exc.param, code=exc.code)
+        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+    recorder = stored.adopt(plan) if stored is not None else None  # None unless the response is kept
     if observer is not None:
         observer.planned(req, plan)
+    if recorder is not None:
+        if stored.background:  # type: ignore[union-attr]
+            return await _start_background(request, req, plan, recorder)
+        observer = join(observer, recorder)
+        outcome = outcome or Outcome(status=499)
+    try:
+        return await _generate(request, req, plan, observer, outcome)
+    finally:
+        if recorder is not None:
+            recorder.ended(outcome)  # type: ignore[arg-type]
+
+
+async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Optional[RequestObserver],
+                    outcome: Optional[Outcome]) -> web.StreamResponse:
+    settings = request.app[SETTINGS_KEY]
     request[LOG_FIELDS].update(model=settings.model, stream=plan.stream)
-    if plan.tools.left_out:
-        _note_left_out(plan.tools.left_out)
-        request[LOG_FIELDS]["tools_left_out"] = plan.tools.left_out
     key = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
@@ -285,17 +298,79 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
     return response
 
 
-_left_out_seen: set[str] = set()
+async def _start_background(request: web.Request, req: Any, plan: ChatPlan,
+                            recorder: RequestObserver) -> web.StreamResponse:
+    """``background: true``: the generation gets a task of its own, which outlives this request
+    (the client may leave, or poll); only the store records it. The POST answers with the queued
+    Response, or with its events as they are stored (``stream: true``)."""
+    request[LOG_FIELDS].update(model=request.app[SETTINGS_KEY].model, stream=plan.stream, background=True)
+    key = session_key(request, req.prompt_cache_key)
+    client = request.app[CLIENT_KEY]
+    backend = client.choose(key)
+    call = UpstreamCall(request, plan, recorder, Outcome(status=200))
+    run = _background_run(request, client, plan, backend, key, call)
+    return await request.app[STORE_KEY].run_in_background(request, run, plan, recorder)
 
 
-def _note_left_out(kinds: list[str]) -> None:
-    """One log line per kind of hosted tool, the first time a request brings it (Codex sends
-    web_search with every request); the request's own log line lists them every time."""
-    new = sorted(set(kinds) - _left_out_seen)
-    if new:
-        _left_out_seen.update(new)
-        log.info("tools of type %s are left out of the model's requests: only OpenAI's servers run them "
-                 "(gateway.hosted_tools: reject refuses them instead)", ", ".join(repr(k) for k in new))
+class _NoClient:
+    """The relay's client for a background run: nobody is attached; the store gets every frame."""
+
+    async def write(self, data: bytes) -> None:
+        pass
+
+
+async def _background_run(request: web.Request, client: VLLMClient, plan: ChatPlan, backend: Backend,
+                          key: Optional[str], call: "UpstreamCall") -> None:
+    """The relay of a background response. Cancelled by ``POST /v1/responses/{id}/cancel`` (which
+    stops vLLM's generation: the upstream request is closed) or by a shutdown whose grace ran out."""
+    machine = _machine(plan)
+    sink = _NoClient()
+    upstream: Optional[ChatStream] = None
+    prompt = PromptTokens(client, backend.url, plan)
+    streams: set[asyncio.Task[Any]] = request.app[STREAMS_KEY]
+    task = asyncio.current_task()
+    assert task is not None and call.observer is not None
+    streams.add(task)
+    call.server = backend.url
+    try:
+        try:
+            await _write(sink, encode_events(machine.start()), call.observer)
+            try:
+                upstream = await client.open_chat_stream(plan.payload, backend, key, request[REQUEST_ID],
+                                                         call.capture, call.observer)
+                call.server = upstream.backend.url
+            except UpstreamHTTPError as exc:
+                call.error = exc
+                ending = (machine.context_overflow(exc.upstream_message) if exc.is_context_overflow
+                          else machine.fail(exc.code or "upstream_error", exc.message))
+                await _write_end(sink, encode_events(ending), call)
+                return
+            except UpstreamError as exc:
+                call.error = exc
+                await _write_end(sink, encode_events(machine.fail(exc.code, exc.message)), call)
+                return
+            await _relay(upstream, machine, sink, prompt, call)
+        except asyncio.CancelledError:
+            if upstream is not None:
+                upstream.close()  # vLLM stops generating now
+            task.uncancel()
+            if request.app[SHUTDOWN_KEY].is_set():
+                ending = machine.fail("server_shutting_down", "the gateway shut down before the response ended")
+            else:
+                ending = machine.cancel()
+            await _write_end(sink, encode_events(ending), call)
+        except Exception:
+            log.exception("background response %s failed in the gateway", plan.response.id)
+            await _write_end(sink, encode_events(machine.fail(
+                "internal_error", "the gateway failed while generating; the error has been logged")), call)
+    finally:
+        call.final, call.finish_reason = machine.final, machine.finish_reason
+        streams.discard(task)
+        prompt.cancel()
+        if upstream is not None:
+            upstream.close()
+        call.done()
+        call.observer.ended(call.outcome)  # type: ignore[arg-type]
 
 
 class UpstreamCall:
@@ -387,7 +462,7 @@ class PromptTokens:
 
 def _machine(plan: ChatPlan) -> ResponseStateMachine:
     return ResponseStateMachine(plan.response, plan.options, track_tokens=plan.track_tokens,
-                                text_logprobs=plan.text_logprobs, tools=plan.tools.targets)
+                                text_logprobs=plan.text_logprobs)
 
 
 async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: Optional[str],
@@ -406,7 +481,7 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
                 return _upstream_error_response(exc)
             machine.context_overflow(exc.upstream_message)
             call.final = machine.final
-            return _json(machine.final, call.observer)
+            return await _json_end(machine.final, call.observer)
         except UpstreamError as exc:
             call.error = exc
             return _upstream_error_response(exc)
@@ -426,7 +501,7 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
         if final is not None and final.status == "failed" and final.error is not None:
             # Without a stream there is no response.failed to carry it: an HTTP error says it.
             return error_response(502, final.error.message, type_="upstream_error", code=final.error.code)
-        return _json(final, call.observer)
+        return await _json_end(final, call.observer)
     finally:
         prompt.cancel()
 
@@ -511,22 +586,26 @@ async def _write(response: web.StreamResponse, data: bytes, observer: Optional[R
     await response.write(data)
 
 
-async def _write_end(response: web.StreamResponse, data: bytes, call: "UpstreamCall") -> None:
+async def _write_end(response: Any, data: bytes, call: "UpstreamCall") -> None:
     """The write that carries a stream's terminal events: where upstream text (an error message, a
-    context-length refusal) reaches the client, so configured secrets are taken out here."""
-    await _write(response, call.request.app[SECRETS_KEY].scrub_bytes(data), call.observer)
+    context-length refusal) reaches the client, so configured secrets are taken out here; observers
+    settle (the store writes the end) before the client sees it."""
+    data = call.request.app[SECRETS_KEY].scrub_bytes(data)
+    observer = call.observer
+    if observer is not None:
+        observer.sent(data)
+        await observer.ending()
+    await response.write(data)
 
 
-async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: web.StreamResponse,
+async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: Any,
                  prompt: PromptTokens, call: UpstreamCall) -> None:
     out = bytearray()
     observer = call.observer  # None unless someone watches: then one check per read, nothing per token
-    keepalive_events = call.request.app[CONFIG_KEY].gateway.keepalive_format == "event"
     try:
         async for batch in upstream:
             if batch is KEEPALIVE:
-                await _write(response, encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME,
-                             observer)
+                await response.write(KEEPALIVE_FRAME)
                 continue
             if observer is not None:
                 observer.received(batch)  # type: ignore[arg-type]
@@ -578,11 +657,12 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
         await _write_end(response, bytes(out), call)
 
 
-def _json(response: Optional[Response], observer: Optional[RequestObserver] = None) -> web.Response:
+async def _json_end(response: Optional[Response], observer: Optional[RequestObserver] = None) -> web.Response:
     assert response is not None
     body = _response_encoder.encode(response)
     if observer is not None:
         observer.sent(body)
+        await observer.ending()
     return web.Response(body=body, content_type="application/json")
 
 
@@ -617,7 +697,6 @@ def conversion_settings(config: Config) -> ConversionSettings:
         reasoning_history=gw.reasoning_history,
         reasoning_field=gw.reasoning_field,
         replace_developer_role_with_system=model.replace_developer_role_with_system,
-        reject_hosted_tools=gw.hosted_tools == "reject",
         return_token_id_information=model.return_token_id_information,
         request_prompt_and_generation_token_ids=model.request_prompt_and_generation_token_ids,
         upstream_flavour=gw.upstream_flavour,
@@ -657,13 +736,17 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app = web.Application(middlewares=middlewares, client_max_size=config.gateway.max_request_bytes)
     app[CONFIG_KEY] = config
     app[SETTINGS_KEY] = conversion_settings(config)
-    app[FOLDING_SETTINGS_KEY] = dataclasses.replace(app[SETTINGS_KEY], fold_developer_messages=True)
     app[STREAMS_KEY] = set()
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
     app[SECRETS_KEY] = secrets_of(config, [key.decode() for key in app[KEYS_KEY]])
     app[METRICS_KEY] = Metrics()
     app[OBSERVERS_KEY] = []
+    app[STORE_KEY] = None
+    if config.gateway.store:
+        from ..store.service import install_store  # its routes, its recorder, its background tasks
+
+        install_store(app, config)
     transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
     app[TRANSPORT_KEY] = TransportLog(transport_path, app[SECRETS_KEY]) if transport_path else None
     model = config.model_server
@@ -675,9 +758,6 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
         flavour=config.gateway.upstream_flavour,
         metrics=app[METRICS_KEY],
     )
-
-    mode = "keep" if model.replace_developer_role_with_system else config.gateway.developer_messages
-    app[DEVELOPER_KEY] = DeveloperRole(app[CLIENT_KEY], mode, model.model)
 
     async def start_client(app: web.Application) -> None:
         await app[CLIENT_KEY].start()

@@ -10,6 +10,8 @@ import msgspec
 
 
 class InvalidRequest(Exception):
+    status = 400  # the HTTP status; a subclass may say 404 (a stored response that does not exist)
+
     def __init__(self, message: str, param: Optional[str] = None, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.message = message

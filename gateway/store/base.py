@@ -1,0 +1,129 @@
+"""What a response store keeps, and the interface every backend (SQLite, Redis) implements.
+
+A stored response is one record plus its events:
+
+- the record: who stored it (``owner``: a digest of the client's API key, ``""`` without auth), its
+  status, the Response JSON (the snapshot taken at creation while it runs, the final one once it
+  ended), the input items this request added (``input``), the ids of the responses it continues
+  (``chain``: ``previous_response_id`` and that one's own chain, oldest first), timestamps, and a
+  lease that the gateway process running it renews;
+- its events: the SSE frames sent for it, in batches ``(first_seq, frames)``, one batch per upstream
+  read at most (``frames`` is the exact bytes written to the client; frames are dense in
+  ``sequence_number``, so a batch's n-th frame is ``first_seq + n``).
+
+Writes that end a response (the final record and the last batch) are one atomic step, so a reader
+sees either the running response or the finished one, never half of it. A record left running by a
+process that died is found by its expired lease and ended as failed (``abandon``).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Optional
+
+TERMINAL_STATUSES = frozenset({"completed", "incomplete", "failed", "cancelled"})
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, Redis down ...). Never a client's fault."""
+
+
+@dataclass
+class Record:
+    id: str
+    owner: str
+    status: str
+    response: bytes  # the Response JSON
+    input: bytes  # JSON list of the input items this request added (with ids)
+    chain: list[str] = field(default_factory=list)  # earlier responses this one continues, oldest first
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    background: bool = False
+    lease_until: Optional[float] = None  # running only: past it, the run's process is gone
+    cancel_requested: bool = False
+    last_seq: int = -1  # sequence number of the last stored event
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass
+class History:
+    """One earlier response of a chain, as the next request's input needs it."""
+
+    id: str
+    status: str
+    input: bytes
+    response: bytes
+
+
+class Store(abc.ABC):
+    """Async, safe to call from the event loop: backends keep blocking IO off it."""
+
+    name: str = "store"
+
+    async def start(self) -> None:
+        """Open files or connections."""
+
+    async def close(self) -> None:
+        """Flush and close."""
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create(self, record: Record) -> None:
+        """A new running (or queued) response."""
+
+    @abc.abstractmethod
+    async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
+        """One batch of events of a running response."""
+
+    @abc.abstractmethod
+    async def finish(self, response_id: str, status: str, response: bytes, first_seq: int, frames: bytes) -> None:
+        """The last batch (may be empty) and the final Response, in one atomic step."""
+
+    @abc.abstractmethod
+    async def set_status(self, response_id: str, status: str) -> None:
+        """queued -> in_progress (a background run started)."""
+
+    @abc.abstractmethod
+    async def renew(self, response_ids: list[str], lease_until: float) -> None:
+        """Extend the lease of running responses this process owns."""
+
+    @abc.abstractmethod
+    async def request_cancel(self, owner: str, response_id: str) -> None:
+        """Mark a running response for cancellation (its process polls ``cancel_requested``)."""
+
+    @abc.abstractmethod
+    async def cancel_requested(self, response_ids: list[str]) -> list[str]:
+        """Which of these running responses were asked to stop."""
+
+    @abc.abstractmethod
+    async def abandon(self, response_id: str, now: float, response: bytes, first_seq: int, frames: bytes) -> bool:
+        """End a running response whose lease expired before ``now`` as failed (``response``,
+        ``frames`` say so). False when it is not abandoned (it ended, or its lease was renewed)."""
+
+    @abc.abstractmethod
+    async def delete(self, owner: str, response_id: str) -> bool:
+        """False when there is no such response for this owner."""
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get(self, owner: str, response_id: str) -> Optional[Record]:
+        """The record, or None (absent, expired, or another owner's)."""
+
+    @abc.abstractmethod
+    async def history(self, owner: str, response_ids: list[str]) -> list[Optional[History]]:
+        """The input and Response of each id, in the order asked (None for a missing one)."""
+
+    @abc.abstractmethod
+    async def events_after(self, response_id: str, after_seq: int) -> list[tuple[int, bytes]]:
+        """Stored batches holding events with ``sequence_number > after_seq``, in order."""
+
+    # --- housekeeping ----------------------------------------------------------------------------
+
+    async def sweep(self, now: float) -> None:
+        """Drop what expired and keep the total size under the bound."""

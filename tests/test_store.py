@@ -1,0 +1,412 @@
+"""Stored responses (gateway/store): the openai SDK's retrieve / delete / input_items and
+``previous_response_id``, sync and async, streamed and not, against the real gateway on SQLite, and
+the Agents SDK running a tool conversation on ``previous_response_id`` alone.
+
+The sync ``OpenAI`` client runs in a worker thread (the gateway runs on the test's loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, AsyncIterator
+
+import httpx2
+import openai
+import pytest
+from agents import Runner
+from openai import AsyncOpenAI, OpenAI
+
+from gateway.store.base import Record
+from gateway.store.sqlite import SQLiteStore
+from tests.conftest import Gateway, GatewayFactory
+from tests.contract import check_stream, parse_sse
+from tests.fake_vllm import Generation, content, reasoning, tool_call
+from tests.test_agents_sdk import (
+    ARGUMENTS, CALL_ID, FINAL, INSTRUCTIONS, QUESTION, RUN_CONFIG, WeatherTool, assistant_call_message,
+    weather_agent, weather_answer, weather_call,
+)
+
+
+def answer(text: str = "Hello there, how can I help?") -> Generation:
+    return Generation(deltas=content(text), prompt_tokens=31, completion_tokens=17)
+
+
+@pytest.fixture
+async def aclient(gateway: Gateway) -> AsyncIterator[AsyncOpenAI]:
+    async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def sclient(gateway: Gateway) -> OpenAI:
+    return OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
+
+
+async def create(client: AsyncOpenAI | OpenAI, streamed: bool, **params: Any) -> Any:
+    """responses.create (or .stream, the SDK's accumulator) with either client; the final Response."""
+    params.setdefault("model", "m")
+    if isinstance(client, OpenAI):
+        def run() -> Any:
+            if streamed:
+                with client.responses.stream(**params) as stream:
+                    for _ in stream:
+                        pass
+                    return stream.get_final_response()
+            return client.responses.create(**params)
+        return await asyncio.to_thread(run)
+    if streamed:
+        async with client.responses.stream(**params) as stream:
+            async for _ in stream:
+                pass
+            return await stream.get_final_response()
+    return await client.responses.create(**params)
+
+
+async def call(client: AsyncOpenAI | OpenAI, method: str, *args: Any, **kwargs: Any) -> Any:
+    """client.responses.<method>(...), or responses.input_items.list for "input_items"."""
+    resource = client.responses.input_items if method == "input_items" else client.responses
+    fn = getattr(resource, "list" if method == "input_items" else method)
+    if isinstance(client, OpenAI):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return await fn(*args, **kwargs)
+
+
+def dump(response: Any) -> Any:
+    """The Response as data, without the SDK stream accumulator's own ``parsed`` additions."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "parsed"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(response.model_dump())
+
+
+CLIENTS = ["async", "sync"]
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request: pytest.FixtureRequest, aclient: AsyncOpenAI, sclient: OpenAI) -> AsyncOpenAI | OpenAI:
+    return aclient if request.param == "async" else sclient
+
+
+# --- retrieve -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
+async def test_retrieve_returns_the_response_exactly(client: Any, gateway: Gateway, streamed: bool) -> None:
+    gateway.upstream.queue(answer())
+    created = await create(client, streamed, input="Hi!", instructions="Be brief.")
+    assert created.store is True
+    retrieved = await call(client, "retrieve", created.id)
+    assert dump(retrieved) == dump(created)
+    assert retrieved.status == "completed" and retrieved.output_text == "Hello there, how can I help?"
+    assert (retrieved.usage.input_tokens, retrieved.usage.output_tokens) == (31, 17)
+
+
+async def test_store_false_keeps_nothing(client: Any, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer())
+    created = await create(client, False, input="Hi!", store=False)
+    assert created.store is False
+    with pytest.raises(openai.NotFoundError):
+        await call(client, "retrieve", created.id)
+
+
+async def test_token_tracking_fields_are_stored_and_replayed_exactly(make_gateway: GatewayFactory) -> None:
+    """With return_token_id_information, the ids and logprobs on the last item come back from the
+    store byte for byte."""
+    gateway = await make_gateway("+policy_model.vllm_model.return_token_id_information=true")
+    gateway.upstream.queue(Generation(deltas=[{"content": "Hi", "_tokens": [(13048, -0.25)]},
+                                              {"content": " there", "_tokens": [(1052, -1.5)]}],
+                                      finish_tokens=[(151645, -0.001)]))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        events = parse_sse(await r.read())
+    final = check_stream(events)
+    assert final["output"][-1]["generation_token_ids"] == [13048, 1052, 151645]
+    async with gateway.session.get(gateway.url + f"/v1/responses/{final['id']}") as r:
+        assert r.status == 200
+        stored = await r.json()
+    assert stored == final
+    assert stored["output"][-1]["generation_log_probs"] == [-0.25, -1.5, -0.001]
+    assert stored["output"][-1]["prompt_token_ids"] == final["output"][-1]["prompt_token_ids"]
+
+
+async def test_stream_replay_after_a_sequence_number(client: Any, gateway: Gateway) -> None:
+    """GET ?stream=true&starting_after=N: the stored events after N, the same as streamed."""
+    gateway.upstream.queue(Generation(deltas=reasoning("Think.") + content("Answer.")))
+    async with gateway.session.post(gateway.url + "/v1/responses",
+                                    json={"input": "q", "stream": True}) as r:
+        original = parse_sse(await r.read())
+    rid = original[0]["response"]["id"]
+    replayed = await call(client, "retrieve", rid, stream=True, starting_after=3)
+    if isinstance(client, OpenAI):
+        events = await asyncio.to_thread(lambda: [e.model_dump(exclude_unset=True) for e in replayed])
+    else:
+        events = [e.model_dump(exclude_unset=True) async for e in replayed]
+    assert [e["sequence_number"] for e in events] == list(range(4, len(original)))
+    assert events == original[4:]
+    async with gateway.session.get(gateway.url + f"/v1/responses/{rid}?stream=true") as r:
+        assert parse_sse(await r.read()) == original  # from the start, and contract-valid
+
+
+# --- delete ---------------------------------------------------------------------------------------
+
+
+async def test_delete(client: Any, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer())
+    created = await create(client, False, input="Hi!")
+    assert await call(client, "delete", created.id) is None  # the SDK returns None on success
+    with pytest.raises(openai.NotFoundError):
+        await call(client, "retrieve", created.id)
+    with pytest.raises(openai.NotFoundError):
+        await call(client, "delete", created.id)
+    async with gateway.session.delete(gateway.url + "/v1/responses/resp_nope") as r:
+        assert r.status == 404
+        error = (await r.json())["error"]
+    assert "resp_nope" in error["message"] and error["type"] == "invalid_request_error"
+
+
+# --- previous_response_id -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
+async def test_previous_response_id_prefixes_earlier_input_and_output(client: Any, gateway: Gateway,
+                                                                      streamed: bool) -> None:
+    gateway.upstream.queue(Generation(deltas=reasoning("Greet.") + content("Hi! What is up?")),
+                           answer("Paris is in France."), answer("Yes."))
+    first = await create(client, streamed, input="Hello", instructions="Be kind.")
+    second = await create(client, streamed, input="Where is Paris?", previous_response_id=first.id,
+                          instructions="Be brief.")
+    assert second.previous_response_id == first.id
+    assert gateway.upstream.last_body["messages"] == [
+        {"role": "system", "content": "Be brief."},  # the first request's instructions are not carried over
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "<think>Greet.</think>Hi! What is up?"},
+        {"role": "user", "content": "Where is Paris?"},
+    ]
+    third = await create(client, streamed, input=[{"role": "user", "content": "Sure?"}],
+                         previous_response_id=second.id)
+    assert third.output_text == "Yes."
+    assert gateway.upstream.last_body["messages"] == [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "<think>Greet.</think>Hi! What is up?"},
+        {"role": "user", "content": "Where is Paris?"},
+        {"role": "assistant", "content": "Paris is in France."},
+        {"role": "user", "content": "Sure?"},
+    ]
+
+
+async def test_previous_response_id_unknown_deleted_or_running(client: Any, gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await create(client, False, input="x", previous_response_id="resp_unknown")
+    assert "resp_unknown" in str(caught.value)
+    gateway.upstream.queue(answer(), answer())
+    first = await create(client, False, input="one")
+    second = await create(client, False, input="two", previous_response_id=first.id)
+    await call(client, "delete", first.id)
+    with pytest.raises(openai.NotFoundError) as caught:  # an earlier turn of the chain is gone
+        await create(client, False, input="three", previous_response_id=second.id)
+    assert first.id in str(caught.value)
+    assert len(gateway.upstream.requests) == 2
+
+
+async def test_previous_response_id_with_store_false_continues_without_storing(client: Any,
+                                                                              gateway: Gateway) -> None:
+    gateway.upstream.queue(answer("A."), answer("B."))
+    first = await create(client, False, input="one")
+    second = await create(client, False, input="two", previous_response_id=first.id, store=False)
+    assert second.previous_response_id == first.id and second.store is False
+    assert len(gateway.upstream.last_body["messages"]) == 3
+    with pytest.raises(openai.NotFoundError):
+        await call(client, "retrieve", second.id)
+
+
+# --- input_items ----------------------------------------------------------------------------------
+
+
+async def test_input_items_pagination(client: Any, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer("First answer."), answer("Second answer."))
+    first = await create(client, False, input=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])
+    second = await create(client, False, input="c", previous_response_id=first.id)
+    page = await call(client, "input_items", second.id)  # default: desc, 20
+    texts = [item.content[0].text for item in page.data]
+    assert texts == ["c", "First answer.", "b", "a"]
+    assert page.data[1].id == first.output[0].id  # the earlier output, under its own id
+    assert all(item.id for item in page.data) and page.first_id == page.data[0].id and page.has_more is False
+    asc = await call(client, "input_items", second.id, order="asc", limit=2)
+    assert [i.content[0].text for i in asc.data] == ["a", "b"] and asc.has_more is True
+    rest = await call(client, "input_items", second.id, order="asc", after=asc.last_id)
+    assert [i.content[0].text for i in rest.data] == ["First answer.", "c"] and rest.has_more is False
+    ids = [item.id for item in page.data]
+    async with gateway.session.get(gateway.url + f"/v1/responses/{second.id}/input_items",
+                                   params={"order": "asc", "before": ids[0], "after": ids[3]}) as r:
+        between = await r.json()
+    assert [i["id"] for i in between["data"]] == [ids[2], ids[1]]
+    for query, param in (({"limit": "0"}, "limit"), ({"order": "up"}, "order"), ({"after": "msg_x"}, "after")):
+        async with gateway.session.get(gateway.url + f"/v1/responses/{second.id}/input_items", params=query) as r:
+            assert r.status == 400 and (await r.json())["error"]["param"] == param
+
+
+async def test_input_items_async_auto_pagination(aclient: AsyncOpenAI, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer())
+    items = [{"role": "user", "content": f"m{i}"} for i in range(25)]
+    created = await create(aclient, False, input=items)
+    seen = [item.content[0].text async for item in aclient.responses.input_items.list(created.id, limit=10,
+                                                                                          order="asc")]
+    assert seen == [f"m{i}" for i in range(25)]
+
+
+# --- isolation, configuration, retention, persistence --------------------------------------------
+
+
+async def test_one_key_cannot_see_another_keys_responses(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.api_keys=[key-a,key-b]")
+    gateway.upstream.queue(answer())
+    a = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="key-a", max_retries=0)
+    b = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="key-b", max_retries=0)
+    created = await a.responses.create(model="m", input="secret")
+    assert (await a.responses.retrieve(created.id)).id == created.id
+    for attempt in (lambda: b.responses.retrieve(created.id), lambda: b.responses.delete(created.id),
+                    lambda: b.responses.input_items.list(created.id),
+                    lambda: b.responses.create(model="m", input="x", previous_response_id=created.id)):
+        with pytest.raises(openai.NotFoundError):
+            await attempt()
+    assert (await a.responses.retrieve(created.id)).id == created.id  # b's delete did nothing
+    assert len(gateway.upstream.requests) == 1
+    await a.close()
+    await b.close()
+
+
+async def test_store_turned_off_in_the_config(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.store=false")
+    gateway.upstream.queue(answer())
+    created = await gateway.create({"input": "hi"})
+    assert created["store"] is False
+    async with gateway.session.get(gateway.url + f"/v1/responses/{created['id']}") as r:
+        assert r.status == 404
+    async with gateway.session.post(gateway.url + "/v1/responses",
+                                    json={"input": "x", "previous_response_id": created["id"]}) as r:
+        assert r.status == 400 and (await r.json())["error"]["param"] == "previous_response_id"
+
+
+async def test_expired_responses_are_gone(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.store_ttl=0.5")
+    gateway.upstream.queue(answer())
+    created = await gateway.create({"input": "hi"})
+    deadline = time.time() + 0.5  # created_at is whole seconds: wait from the request's end
+    while time.time() < deadline + 0.05:
+        await asyncio.sleep(0.05)
+    async with gateway.session.get(gateway.url + f"/v1/responses/{created['id']}") as r:
+        assert r.status == 404
+
+
+async def test_responses_outlive_the_gateway_process(make_gateway: GatewayFactory, tmp_path: Any) -> None:
+    first = await make_gateway(f"gateway.data_dir={tmp_path}")
+    first.upstream.queue(answer())
+    created = await first.create({"input": "hi"})
+    await first.runner.cleanup()
+    second = await make_gateway(f"gateway.data_dir={tmp_path}")
+    async with second.session.get(second.url + f"/v1/responses/{created['id']}") as r:
+        assert await r.json() == created
+    assert (tmp_path / "responses.sqlite3").exists()
+
+
+async def test_size_bound_drops_the_oldest(tmp_path: Any) -> None:
+    now = [1000.0]
+    store = SQLiteStore(str(tmp_path), max_bytes=2500, clock=lambda: now[0])
+    await store.start()
+    for i in range(5):
+        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}" * 200,
+                                  input=b"[]", created_at=now[0] + i, expires_at=now[0] + 100))
+        await store.finish(f"r{i}", "completed", b"x" * 500, 0, b"event: e\ndata: {}\n\n" * 10)
+    await store.sweep(now[0])
+    kept = [i for i in range(5) if await store.get("", f"r{i}") is not None]
+    assert kept == [2, 3, 4]  # ~700 bytes each: the two oldest went
+    now[0] += 200
+    await store.sweep(now[0])
+    assert await store.get("", "r4") is None  # expired
+    await store.close()
+
+
+async def test_event_writes_are_batched(gateway: Gateway) -> None:
+    """At most one store write per socket write to the client (itself at most one per upstream
+    read), whatever the number of events."""
+    service = gateway.runner.app[__import__("gateway.server.app", fromlist=["STORE_KEY"]).STORE_KEY]
+    writes: list[int] = []
+    original = service.store.append
+
+    async def counting(response_id: str, first_seq: int, frames: bytes) -> None:
+        writes.append(frames.count(b"\n\n"))
+        await original(response_id, first_seq, frames)
+
+    service.store.append = counting
+    gateway.upstream.queue(Generation(deltas=content("x" * 400, size=2)))  # 200 chunks
+    events, final = await gateway.stream({"input": "hi"})
+    assert len(writes) <= 200 and sum(writes) < len(events)  # the terminal batch went with finish
+    async with gateway.session.get(gateway.url + f"/v1/responses/{final['id']}?stream=true") as r:
+        assert parse_sse(await r.read()) == events
+
+
+# --- the Agents SDK on previous_response_id alone -------------------------------------------------
+
+
+async def test_agents_sdk_tool_conversation_on_previous_response_id(gateway: Gateway) -> None:
+    """auto_previous_response_id: every request after the first carries only the new items (the
+    tool's output, the next question) and previous_response_id; the gateway rebuilds the whole
+    history for vLLM from the store."""
+    sent: list[dict[str, Any]] = []
+
+    async def record(request: httpx2.Request) -> None:
+        if request.method == "POST":
+            sent.append(json.loads(request.content))
+
+    http = httpx2.AsyncClient(event_hooks={"request": [record]})
+    client = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0, http_client=http)
+    tool = WeatherTool()
+    agent = weather_agent(client, tool)
+    gateway.upstream.queue(weather_call(with_reasoning=True), weather_answer(), Generation(deltas=content("No.")))
+    first = await Runner.run(agent, QUESTION, auto_previous_response_id=True, run_config=RUN_CONFIG)
+    assert first.final_output == FINAL and tool.calls == ["Paris"]
+    second = await Runner.run(agent, "Rain?", previous_response_id=first.last_response_id,
+                              auto_previous_response_id=True, run_config=RUN_CONFIG)
+    assert second.final_output == "No."
+    assert "previous_response_id" not in sent[0]
+    assert [(s.get("previous_response_id"), [i.get("type", "message") for i in s["input"]]) for s in sent[1:]] == [
+        (sent_id, kinds) for sent_id, kinds in zip(
+            [first.raw_responses[0].response_id, first.last_response_id], [["function_call_output"], ["message"]])]
+    history = [
+        {"role": "system", "content": INSTRUCTIONS},
+        {"role": "user", "content": QUESTION},
+        assistant_call_message(with_reasoning=True),
+        {"role": "tool", "tool_call_id": CALL_ID, "content": WeatherTool.output("Paris")},
+    ]
+    assert gateway.upstream.requests[1]["body"]["messages"] == history
+    assert gateway.upstream.last_body["messages"] == history + [
+        {"role": "assistant", "content": FINAL}, {"role": "user", "content": "Rain?"}]
+    await client.close()
+
+
+# --- background -----------------------------------------------------------------------------------
+
+
+async def wait_terminal(client: Any, rid: str) -> Any:
+    """Poll retrieve until the response has ended (generous bound: the machine is shared)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = await call(client, "retrieve", rid)
+        if response.status not in ("queued", "in_progress"):
+            return response
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{rid} did not end")
+
+
+async def test_background_poll_until_completed(client: Any, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer())
+    queued = await create(client, False, input="Hi!", background=True)
+    assert queued.status == "queued" and queued.background is True and queued.output == []
+    done = await wait_terminal(client, queued.id)
+    assert done.status == "completed", done.error
+    assert done.output_text == "Hello there, how can I help?"
+    assert done.background is True
