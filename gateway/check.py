@@ -13,6 +13,9 @@ generation      a one-token chat completion, with its latency
 tool calling    ``tool_choice: "auto"`` with a trivial function tool is accepted (vLLM refuses it
                 without ``--enable-auto-tool-choice --tool-call-parser``)
 reasoning       how a short thinking generation comes back, against ``uses_reasoning_parser``
+developer       whether the chat template renders a ``developer`` message (``/tokenize`` with and
+                without one; llama.cpp: ``/apply-template``), and so whether the gateway folds them
+                into the system message (``developer_messages``)
 token ids       (``return_token_id_information`` only) logprobs carry token ids
 ==============  ======================================================================================
 
@@ -58,10 +61,12 @@ import aiohttp
 import orjson
 
 from .config import Config
+from .upstream.developer_role import WITH_DEVELOPER, WITHOUT_DEVELOPER, template_verdict, tokenize_verdict
 from .upstream.sse import DONE, SSEDecoder
 
 __all__ = [
     "CONFIG",
+    "DEVELOPER_ROLE",
     "GENERATION",
     "MODEL_SERVED",
     "REACHABLE",
@@ -86,7 +91,8 @@ GENERATION = "generation"
 TOOL_CALLING = "tool calling"
 REASONING = "reasoning"
 TOKEN_IDS = "token ids"
-_ORDER = [REACHABLE, MODEL_SERVED, TOKENIZE, GENERATION, TOOL_CALLING, REASONING, TOKEN_IDS]
+DEVELOPER_ROLE = "developer"
+_ORDER = [REACHABLE, MODEL_SERVED, TOKENIZE, GENERATION, TOOL_CALLING, REASONING, DEVELOPER_ROLE, TOKEN_IDS]
 
 # What vLLM answers (400) to tool_choice "auto" without a tool parser (serving_chat.py):
 #   "auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set
@@ -458,6 +464,7 @@ async def _check_server(config: Config, report: ServerReport, session: aiohttp.C
                          "token tracking needs it" if tokenize_needed else "only token tracking needs it"),
         TOOL_CALLING: _guard(TOOL_CALLING, _tool_calling(probe), timeout, probe),
         REASONING: _guard(REASONING, _reasoning(probe), timeout, probe),
+        DEVELOPER_ROLE: _guard(DEVELOPER_ROLE, _developer_role(probe), timeout, probe, Status.WARN),
     }
     if ms.return_token_id_information:
         probes[TOKEN_IDS] = _guard(TOKEN_IDS, _token_ids(probe), timeout, probe)
@@ -722,6 +729,50 @@ async def _reasoning(p: _Probe) -> _Outcome:
     return _Outcome(CheckResult(REASONING, Status.OK,
                                 f"no reasoning field and no <think> tag in {REASONING_PROBE_TOKENS} tokens with "
                                 "enable_thinking (no reasoning parser)"))
+
+
+async def _developer_role(p: _Probe) -> _Outcome:
+    """The same probe the gateway runs before the first request with developer messages."""
+    if p.llama:
+        answer = await p.call("POST", f"{p.root}/apply-template", {"messages": WITH_DEVELOPER})
+        prompt = answer.body.get("prompt") if answer.status == 200 and isinstance(answer.body, dict) else None
+        if answer.status == 200 and not isinstance(prompt, str):
+            raise _ProbeError(f"POST {p.root_path}/apply-template answered without a prompt",
+                              "llama-server too old for /apply-template?")
+        renders = template_verdict(prompt if isinstance(prompt, str) else None)
+        how = "/apply-template"
+    else:
+        counts = []
+        for messages in (WITHOUT_DEVELOPER, WITH_DEVELOPER):
+            answer = await p.call("POST", f"{p.root}/tokenize",
+                                  {"model": p.model, "messages": messages, "add_generation_prompt": True})
+            tokens = answer.body.get("tokens") if answer.status == 200 and isinstance(answer.body, dict) else None
+            if answer.status != 400 and not isinstance(tokens, list):
+                raise _ProbeError(f"POST {p.root_path}/tokenize answered {answer.status}: {_shorten(answer.message)}",
+                                  "without /tokenize the gateway cannot tell, and folds developer messages into the "
+                                  "system message (set gateway.developer_messages to decide)")
+            counts.append(len(tokens) if isinstance(tokens, list) else None)
+        renders = tokenize_verdict(counts[0], counts[1])
+        how = "/tokenize with and without one"
+    mode = p.config.gateway.developer_messages
+    if p.config.model_server.replace_developer_role_with_system:
+        mode = "replace"
+    if renders is None:
+        raise _ProbeError(f"{how}: {p.kind} cannot tell", "developer messages are folded into the system message")
+    if renders:
+        detail = "the chat template renders developer messages"
+        if mode == "fold":
+            detail += "; folded into the system message anyway (developer_messages: fold)"
+        return _Outcome(CheckResult(DEVELOPER_ROLE, Status.OK, f"{detail} ({how})"))
+    detail = f"the chat template drops developer messages ({how})"
+    if mode == "keep":
+        return _Outcome(CheckResult(DEVELOPER_ROLE, Status.WARN, detail + "; developer_messages: keep sends them "
+                                    "anyway, so the model never sees them",
+                                    "set gateway.developer_messages: auto (or fold)"))
+    if mode == "replace":
+        return _Outcome(CheckResult(DEVELOPER_ROLE, Status.OK, detail + "; replace_developer_role_with_system "
+                                                                        "sends them as system messages"))
+    return _Outcome(CheckResult(DEVELOPER_ROLE, Status.OK, detail + "; the gateway folds them into the system message"))
 
 
 async def _token_ids(p: _Probe) -> _Outcome:

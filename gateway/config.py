@@ -264,6 +264,18 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # During upstream silences, an SSE comment this often keeps clients with idle timeouts
     # (Codex, OpenClaw: 120 s) from aborting.
     keepalive_interval_s: float = 15.0
+    # What a keepalive is: a data-bearing {"type": "keepalive", "sequence_number": n} event (what
+    # OpenAI's servers send; Codex's stream_idle_timeout_ms counts only events) or a ": keepalive"
+    # SSE comment (proxies only).
+    keepalive_format: Literal["event", "comment"] = "event"
+    # --- what requests may hold ---
+    # Tools that only OpenAI's servers run (web_search, file_search, code_interpreter,
+    # image_generation, remote mcp, computer use, ...): left out of the model's request (logged),
+    # or refused with a 400.
+    hosted_tools: Literal["drop", "reject"] = "drop"
+    # Developer messages: "auto" asks each server whether its chat template renders them and folds
+    # them into the system message where one does not (Qwen2.5, Qwen3); "fold" always; "keep" never.
+    developer_messages: Literal["auto", "fold", "keep"] = "auto"
     # --- several vLLM servers ---
     # Retries of a request that failed before vLLM answered (refused, 429, 502/503/504), each on
     # another server when there is one, with exponential backoff from retry_backoff_s.

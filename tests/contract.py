@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 TERMINAL = {"response.completed": "completed", "response.incomplete": "incomplete", "response.failed": "failed"}
+TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+CALL_TYPES = {"function_call": "arguments", "custom_tool_call": "input"}  # call item type -> its streamed field
 
 
 class ContractViolation(AssertionError):
@@ -62,13 +64,27 @@ class StreamChecker:
         status = TERMINAL[event["type"]]
         if status == "failed" and response.get("status") == "cancelled":  # a cancelled background run
             status = "cancelled"
+        streamed_items = list(self.done_items)
+        if self.open is not None and self.open["item"]["type"] in CALL_TYPES and status != "completed":
+            # The rule for unfinished responses: a call gets no done events, and the Response lists
+            # it as incomplete, holding exactly what was streamed of it.
+            open_ = self.open
+            check(open_.get("done_text") is None, "an unfinished response's call got its done event", event)
+            unfinished = {**open_["item"], "status": "incomplete"}
+            unfinished[CALL_TYPES[unfinished["type"]]] = "".join(open_["text"])
+            last = response["output"][-1] if response["output"] else {}
+            unfinished.update({key: last[key] for key in TOKEN_KEYS if key in last})  # only the Response has them
+            streamed_items.append(unfinished)
+            self.open = None
         check(self.open is None, f"item {self.open and self.open['item']['id']} still open at the end", event)
         check(response["id"] == self.response_id, "response id changed", event)
         check(response["status"] == status, f"terminal status should be {status}", event)
         check_response(response)
         output = response["output"]
-        check(len(output) == len(self.done_items), "final output differs in length from the streamed items", event)
-        for final_item, streamed in zip(output, self.done_items):
+        check(len(output) == len(streamed_items), "final output differs in length from the streamed items", event)
+        if status == "completed":
+            check(all(item["status"] == "completed" for item in output), "a completed response's item is not", event)
+        for final_item, streamed in zip(output, streamed_items):
             check(final_item == streamed, f"final output item differs from its output_item.done: {final_item} != {streamed}")
         if status not in ("failed", "cancelled"):
             usage = response.get("usage")
@@ -89,6 +105,9 @@ class StreamChecker:
     _on_response_incomplete = _terminal
     _on_response_failed = _terminal
 
+    def _on_keepalive(self, event: dict) -> None:
+        check(set(event) == {"type", "sequence_number"}, "a keepalive carries only type and sequence_number", event)
+
     def _on_error(self, event: dict) -> None:
         check(isinstance(event.get("message"), str) and event["message"], "error event without message", event)
         check("code" in event and "param" in event, "error event needs code and param", event)
@@ -102,13 +121,16 @@ class StreamChecker:
         self.added_ids.add(item["id"])
         check(item.get("status") == "in_progress", "added item must be in_progress", event)
         check_item(item, "output_item.added item")
-        prefix = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_"}.get(item["type"])
+        prefix = {"message": "msg_", "reasoning": "rs_", "function_call": "fc_", "custom_tool_call": "ctc_"}.get(
+            item["type"])
         check(prefix is not None, f"unexpected item type {item['type']}", event)
         check(item["id"].startswith(prefix), f"{item['type']} id should start with {prefix}", event)
         if item["type"] == "message":
             check(item["content"] == [] and item["role"] == "assistant", "added message must be empty", event)
-        elif item["type"] == "function_call":
-            check(item["arguments"] == "" and item["name"] and item["call_id"], "added call needs name, call_id", event)
+        elif item["type"] in CALL_TYPES:
+            check(item[CALL_TYPES[item["type"]]] == "" and item["name"] and item["call_id"],
+                  "added call needs name, call_id", event)
+            check(item.get("namespace", "x") != "", "namespace, when present, is a name", event)
         else:
             check(item["summary"] == [], "added reasoning must have an empty summary", event)
         self.open = {"index": event["output_index"], "item": item, "text": [], "part": None, "part_done": False}
@@ -199,6 +221,16 @@ class StreamChecker:
         check(event.get("name") == open_["item"]["name"], "arguments.done must carry the name", event)
         open_["done_text"] = event["arguments"]
 
+    def _on_response_custom_tool_call_input_delta(self, event: dict) -> None:
+        open_ = self._expect_open(event, "custom_tool_call")
+        check(isinstance(event["delta"], str) and event["delta"] != "", "empty delta", event)
+        open_["text"].append(event["delta"])
+
+    def _on_response_custom_tool_call_input_done(self, event: dict) -> None:
+        open_ = self._expect_open(event, "custom_tool_call")
+        check(event["input"] == "".join(open_["text"]), "custom_tool_call_input.done differs from the deltas", event)
+        open_["done_text"] = event["input"]
+
     def _on_response_output_item_done(self, event: dict) -> None:
         check(self.open is not None, "output_item.done for no open item", event)
         open_ = self.open
@@ -211,9 +243,10 @@ class StreamChecker:
         if item["type"] == "message":
             check(open_["part_done"], "message closed without content_part.done", event)
             check(item["content"] == [open_["final_part"]], "message content differs from its part", event)
-        elif item["type"] == "function_call":
+        elif item["type"] in CALL_TYPES:
             check(item["call_id"] == open_["item"]["call_id"] and item["name"] == open_["item"]["name"], "call changed")
-            check(item["arguments"] == open_["done_text"], "function_call arguments differ", event)
+            check(item.get("namespace") == open_["item"].get("namespace"), "call namespace changed", event)
+            check(item[CALL_TYPES[item["type"]]] == open_["done_text"], f"{item['type']} content differs", event)
         else:
             check(open_["part_done"], "reasoning closed without its part done", event)
             texts = [p["text"] for p in item["summary"]] + [p["text"] for p in item.get("content") or []]
@@ -313,9 +346,10 @@ def check_item(item: dict[str, Any], where: str) -> None:
         for part in item["content"]:
             check(part.get("type") == "output_text" and _is_str(part.get("text"))
                   and isinstance(part.get("annotations"), list), f"{where} has an invalid content part", item)
-    elif item["type"] == "function_call":
-        for key in ("call_id", "name", "arguments"):
+    elif item["type"] in CALL_TYPES:
+        for key in ("call_id", "name", CALL_TYPES[item["type"]]):
             check(_is_str(item.get(key)), f"{where}.{key} must be a string", item)
+        check("namespace" not in item or _is_str(item["namespace"]), f"{where}.namespace must be a string", item)
 
 
 def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,6 +395,8 @@ def output_texts(response: dict[str, Any]) -> list[tuple[str, str]]:
             out.append(("message", item["content"][0]["text"]))
         elif item["type"] == "reasoning":
             out.append(("reasoning", "".join(p["text"] for p in item["summary"] + (item.get("content") or []))))
+        elif item["type"] == "custom_tool_call":
+            out.append(("custom_tool_call", f"{item['name']}<{item['input']}>"))
         else:
             out.append(("function_call", f"{item['name']}({item['arguments']})"))
     return out

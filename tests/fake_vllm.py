@@ -110,6 +110,9 @@ class FakeVLLM:
         self.tokenize_requests: list[dict[str, Any]] = []
         self.tokenize_prompt: list[int] = Generation().prompt_token_ids
         self.tokenize_delay = 0.0
+        # What the chat template does with a developer message: "render" it (Llama, gpt-oss), "drop"
+        # it (Qwen2.5, Qwen3: no branch for the role), or "reject" it (raise_exception: vLLM's 400).
+        self.developer_template = "render"
 
     def queue(self, *generations: Generation) -> None:
         self.script.extend(generations)
@@ -129,8 +132,18 @@ class FakeVLLM:
         body = await request.json()
         self.tokenize_requests.append({"body": body, "started": time.monotonic()})
         await asyncio.sleep(self.tokenize_delay)
-        return web.json_response({"count": len(self.tokenize_prompt), "max_model_len": 4096,
-                                  "tokens": self.tokenize_prompt, "token_strs": None})
+        tokens = list(self.tokenize_prompt)
+        for message in body.get("messages") or []:
+            if message.get("role") != "developer":
+                continue
+            if self.developer_template == "reject":
+                return web.json_response({"error": {"message": "Conversation roles must alternate user/assistant",
+                                                    "type": "BadRequestError", "param": None, "code": 400}},
+                                         status=400)
+            if self.developer_template == "render":  # a few ids standing for the rendered message
+                tokens += [9000 + len(str(message.get("content")))] * 3
+        return web.json_response({"count": len(tokens), "max_model_len": 4096, "tokens": tokens,
+                                  "token_strs": None})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

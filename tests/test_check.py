@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway import check
-from gateway.check import (GENERATION, MODEL_SERVED, REACHABLE, REASONING, TOKEN_IDS, TOKENIZE, TOOL_CALLING,
+from gateway.check import (DEVELOPER_ROLE, GENERATION, MODEL_SERVED, REACHABLE, REASONING, TOKEN_IDS, TOKENIZE, TOOL_CALLING,
                            Report, Status)
 from gateway.config import Config, load_config, shortcut_overrides
 from gateway.server.runner import bound_url
@@ -148,16 +148,16 @@ async def test_healthy_vllm_passes_every_check(start_vllm: Start) -> None:
     fake = await start_vllm()
     report = await check.run_checks(make_config(fake.url))
     assert outcomes(report, fake.url) == {REACHABLE: OK, MODEL_SERVED: OK, TOKENIZE: OK, GENERATION: OK,
-                                          TOOL_CALLING: OK, REASONING: OK}
+                                          TOOL_CALLING: OK, REASONING: OK, DEVELOPER_ROLE: OK}
     assert [c.status for c in report.config_checks] == [OK]
-    assert (report.passed, report.warnings, report.failed, report.exit_code) == (7, 0, 0, 0)
+    assert (report.passed, report.warnings, report.failed, report.exit_code) == (8, 0, 0, 0)
     text = report.render()
-    assert "7 checks passed, 0 warnings, 0 failed" in text
+    assert "8 checks passed, 0 warnings, 0 failed" in text
     assert "vLLM 0.11.0" in text and "max_model_len 4096" in text
     assert "api_key" in text and "not set" in text
     # the checks appear in a fixed order, each once
     names = [line.split()[1] for line in text.splitlines() if line.startswith("  ✓ ")]
-    assert names == ["config", "reachable", "model", "tokenize", "generation", "tool", "reasoning"]
+    assert names == ["config", "reachable", "model", "tokenize", "generation", "tool", "reasoning", "developer"]
     # what the probes sent: a one-token generation, a tool with tool_choice auto, a thinking stream
     bodies = [r["body"] for r in fake.requests]
     assert any(b.get("max_tokens") == 1 and not b.get("tools") for b in bodies)
@@ -170,7 +170,7 @@ async def test_healthy_vllm_with_token_tracking(start_vllm: Start) -> None:
     fake = await start_vllm()
     report = await check.run_checks(make_config(fake.url, "+policy_model.vllm_model.return_token_id_information=true"))
     assert outcomes(report, fake.url)[TOKEN_IDS] is OK
-    assert report.exit_code == 0 and report.failed == 0 and report.passed == 8
+    assert report.exit_code == 0 and report.failed == 0 and report.passed == 9
     detail = report.server(fake.url).check(TOKEN_IDS).detail  # type: ignore[union-attr]
     assert "3925" in detail and "151645" in detail
     body = next(r["body"] for r in fake.requests if r["body"].get("logprobs"))
@@ -184,14 +184,14 @@ async def test_no_tool_parser_fails_with_the_flags_to_add(start_vllm: Start) -> 
     fake = await start_vllm(tool_parser=False)
     report = await check.run_checks(make_config(fake.url))
     assert outcomes(report, fake.url) == {REACHABLE: OK, MODEL_SERVED: OK, TOKENIZE: OK, GENERATION: OK,
-                                          TOOL_CALLING: FAIL, REASONING: OK}
+                                          TOOL_CALLING: FAIL, REASONING: OK, DEVELOPER_ROLE: OK}
     assert report.exit_code == 1 and report.failed == 1
     result = report.server(fake.url).check(TOOL_CALLING)
     assert result is not None and NO_TOOL_PARSER in result.detail
     assert "--enable-auto-tool-choice --tool-call-parser hermes" in result.hint
     text = report.render()
     assert fake.url in text and "--enable-auto-tool-choice --tool-call-parser hermes" in text
-    assert text.rstrip().endswith("6 checks passed, 0 warnings, 1 failed")
+    assert text.rstrip().endswith("7 checks passed, 0 warnings, 1 failed")
 
 
 async def test_reasoning_parser_on_while_config_expects_tags_warns(start_vllm: Start) -> None:
@@ -202,7 +202,7 @@ async def test_reasoning_parser_on_while_config_expects_tags_warns(start_vllm: S
     assert result is not None and "--reasoning-parser" in result.detail and "`reasoning`" in result.detail
     assert "drop --reasoning-parser" in result.hint
     assert report.exit_code == 0 and (report.warnings, report.failed) == (1, 0)  # a warning does not fail
-    assert "6 checks passed, 1 warning, 0 failed" in report.render()
+    assert "7 checks passed, 1 warning, 0 failed" in report.render()
     # the same server is right for a config that says a parser runs
     report = await check.run_checks(make_config(fake.url, "+policy_model.vllm_model.uses_reasoning_parser=false"))
     assert outcomes(report, fake.url)[REASONING] is OK and report.warnings == 0
@@ -370,3 +370,21 @@ async def test_real_llama_cpp_server(llama_server: str) -> None:
     # llama-server splits reasoning out itself (--reasoning-format auto), which the default config warns about
     assert results[REASONING] in (OK, WARN)
     assert report.exit_code == 0
+
+
+@pytest.mark.parametrize("template, mode, status, says", [
+    ("render", "auto", OK, "renders developer messages"),
+    ("drop", "auto", OK, "drops developer messages (/tokenize with and without one); the gateway folds them"),
+    ("reject", "auto", OK, "drops developer messages"),
+    ("drop", "keep", WARN, "the model never sees them"),
+])
+async def test_developer_role_is_reported(start_vllm: Start, template: str, mode: str, status: Any, says: str) -> None:
+    fake = await start_vllm()
+    fake.developer_template = template
+    report = await check.run_checks(make_config(fake.url, f"gateway.developer_messages={mode}"))
+    result = report.server(fake.url).check(DEVELOPER_ROLE)
+    assert result is not None and result.status is status and says in result.detail
+    if status is WARN:
+        assert "developer_messages: auto" in result.hint
+    sent = [r["body"]["messages"] for r in fake.tokenize_requests]
+    assert [{"role": "user", "content": "Hi"}] in sent and any(m[0]["role"] == "developer" for m in sent)

@@ -105,12 +105,26 @@ async def test_stall_mid_stream(make_gateway: GatewayFactory) -> None:
     await still_serves(gateway)
 
 
-async def test_keepalive_comments_during_silence(make_gateway: GatewayFactory) -> None:
+async def test_keepalive_events_during_silence(make_gateway: GatewayFactory) -> None:
     gateway = await make_gateway("gateway.keepalive_interval_s=0.1")
     gateway.upstream.queue(Generation(deltas=content("slow thinker"), pauses={1: 0.6}))
     async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as response:
         body = await response.read()
-    assert body.count(b": keepalive\n\n") >= 3
+    events = parse_sse(body)
+    keepalives = [e for e in events if e["type"] == "keepalive"]
+    assert len(keepalives) >= 3 and b"\n: keepalive" not in body
+    assert all(set(e) == {"type", "sequence_number"} for e in keepalives)
+    assert b"event: keepalive\ndata: {" in body  # an SSE event with data: what resets Codex's idle timer
+    final = check_stream(events)  # numbered in line with every other event
+    assert final["status"] == "completed" and final["output"][0]["content"][0]["text"] == "slow thinker"
+
+
+async def test_keepalive_comments_during_silence(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.keepalive_interval_s=0.1", "gateway.keepalive_format=comment")
+    gateway.upstream.queue(Generation(deltas=content("slow thinker"), pauses={1: 0.6}))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as response:
+        body = await response.read()
+    assert body.count(b": keepalive\n\n") >= 3 and b'"keepalive"' not in body
     final = check_stream(parse_sse(body))
     assert final["status"] == "completed"
 

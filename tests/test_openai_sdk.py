@@ -584,12 +584,12 @@ async def test_stream_helper_structured_output(client: AsyncOpenAI, gateway: Gat
 @pytest.mark.parametrize("stream", [False, True], ids=["create", "stream"])
 async def test_bad_request_raises_bad_request_error(client: AsyncOpenAI, gateway: Gateway, stream: bool) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.responses.create(model="m", input="q", tools=[{"type": "web_search"}], stream=stream)
+        await client.responses.create(model="m", input="q", tools=[{"type": "function", "name": ""}], stream=stream)
     error = caught.value
     assert error.status_code == 400
-    assert error.param == "tools[0].type" and error.code == "unsupported_value"
+    assert error.param == "tools[0].name" and error.code == "missing_required_parameter"
     assert error.type == "invalid_request_error"
-    assert "web_search" in error.message
+    assert "tools[0].name" in error.message
     assert gateway.upstream.requests == []
 
 

@@ -129,9 +129,23 @@ class FunctionCallInput(TokenFields, tag="function_call", tag_field="type", kw_o
     call_id: str
     name: str
     arguments: str
+    namespace: Optional[str] = None
+
+
+class CustomToolCallInput(TokenFields, tag="custom_tool_call", tag_field="type", kw_only=True):
+    call_id: str
+    name: str
+    input: str
+    namespace: Optional[str] = None
 
 
 class FunctionCallOutputItem(msgspec.Struct, gc=False, tag="function_call_output", tag_field="type", kw_only=True):
+    call_id: str
+    output: Union[str, list[ContentPart]]
+
+
+class CustomToolCallOutputItem(msgspec.Struct, gc=False, tag="custom_tool_call_output", tag_field="type",
+                               kw_only=True):
     call_id: str
     output: Union[str, list[ContentPart]]
 
@@ -150,7 +164,8 @@ class ReasoningInput(TokenFields, tag="reasoning", tag_field="type", kw_only=Tru
     encrypted_content: Optional[str] = None
 
 
-InputItem = Union[MessageItem, FunctionCallInput, FunctionCallOutputItem, ReasoningInput]
+InputItem = Union[MessageItem, FunctionCallInput, FunctionCallOutputItem, ReasoningInput, CustomToolCallInput,
+                  CustomToolCallOutputItem]
 
 
 # --- output items -------------------------------------------------------------------------------
@@ -200,12 +215,27 @@ class FunctionCallItem(msgspec.Struct, gc=False, tag="function_call", tag_field=
     call_id: str
     name: str
     arguments: str = ""
+    namespace: Union[str, UnsetType] = UNSET  # set for a function of a ``namespace`` tool
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
 
 
-OutputItem = Union[OutputMessage, ReasoningItem, FunctionCallItem]
+class CustomToolCallItem(msgspec.Struct, gc=False, tag="custom_tool_call", tag_field="type", kw_only=True):
+    """A call of a ``custom`` tool: free-form ``input`` (the offered function's one argument)."""
+
+    id: str
+    status: str
+    call_id: str
+    name: str
+    input: str = ""
+    namespace: Union[str, UnsetType] = UNSET
+    prompt_token_ids: Union[list[int], UnsetType] = UNSET
+    generation_token_ids: Union[list[int], UnsetType] = UNSET
+    generation_log_probs: Union[list[float], UnsetType] = UNSET
+
+
+OutputItem = Union[OutputMessage, ReasoningItem, FunctionCallItem, CustomToolCallItem]
 
 
 # --- the Response -------------------------------------------------------------------------------
@@ -390,6 +420,23 @@ class FunctionCallArgumentsDone(_Event, tag="response.function_call_arguments.do
     arguments: str
 
 
+class CustomToolCallInputDelta(_Event, tag="response.custom_tool_call_input.delta"):
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class CustomToolCallInputDone(_Event, tag="response.custom_tool_call_input.done"):
+    item_id: str
+    output_index: int
+    input: str
+
+
+class Keepalive(_Event, tag="keepalive"):
+    """Sent during upstream silences (OpenAI's servers send it too): an SSE *event*, so clients
+    that time out on silence between events (Codex's ``stream_idle_timeout_ms``) see it."""
+
+
 class ErrorEvent(_Event, tag="error"):
     code: Optional[str]
     message: str
@@ -425,6 +472,9 @@ StreamEvent = Union[
     ReasoningSummaryTextDone,
     FunctionCallArgumentsDelta,
     FunctionCallArgumentsDone,
+    CustomToolCallInputDelta,
+    CustomToolCallInputDone,
+    Keepalive,
     ErrorEvent,
     ResponseCompleted,
     ResponseIncomplete,

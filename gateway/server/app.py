@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ from ..redact import Secrets, secrets_of
 from ..observe import Outcome, RequestObserver, join, observe
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
-from ..translate.request import ChatPlan, ConversionSettings, decode_request, plan_chat_request
+from ..translate.request import ChatPlan, ConversionSettings, decode_request, has_developer_messages, plan_chat_request
 from ..translate.stream import ResponseStateMachine, StreamOptions
 from ..translate.tokens import tokenize_body
 from ..upstream.client import (
@@ -39,6 +40,7 @@ from ..upstream.client import (
     UpstreamHTTPError,
     VLLMClient,
 )
+from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .body import BodyError, read_body
 from .observability import Metrics, TransportLog, request_id
@@ -51,6 +53,8 @@ access_log = logging.getLogger("gateway.access")
 CONFIG_KEY = web.AppKey("config", Config)
 CLIENT_KEY = web.AppKey("client", VLLMClient)
 SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
+FOLDING_SETTINGS_KEY = web.AppKey("folding_settings", ConversionSettings)  # developer messages folded
+DEVELOPER_KEY = web.AppKey("developer_role", DeveloperRole)
 STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
 SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
 KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
@@ -252,6 +256,8 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
     stored = None
     try:
         req = decode_request(raw)
+        if has_developer_messages(req) and await request.app[DEVELOPER_KEY].must_fold():
+            settings = request.app[FOLDING_SETTINGS_KEY]
         if store is not None:  # previous_response_id becomes input; store and background are read
             stored = await store.prepare(request, req)
             req = stored.request
@@ -277,6 +283,9 @@ async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Op
                     outcome: Optional[Outcome]) -> web.StreamResponse:
     settings = request.app[SETTINGS_KEY]
     request[LOG_FIELDS].update(model=settings.model, stream=plan.stream)
+    if plan.tools.left_out:
+        _note_left_out(plan.tools.left_out)
+        request[LOG_FIELDS]["tools_left_out"] = plan.tools.left_out
     key = session_key(request, req.prompt_cache_key)
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
@@ -296,6 +305,19 @@ async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Op
     finally:
         call.done()
     return response
+
+
+_left_out_seen: set[str] = set()
+
+
+def _note_left_out(kinds: list[str]) -> None:
+    """One log line per kind of hosted tool, the first time a request brings it (Codex sends
+    web_search with every request); the request's own log line lists them every time."""
+    new = sorted(set(kinds) - _left_out_seen)
+    if new:
+        _left_out_seen.update(new)
+        log.info("tools of type %s are left out of the model's requests: only OpenAI's servers run them "
+                 "(gateway.hosted_tools: reject refuses them instead)", ", ".join(repr(k) for k in new))
 
 
 async def _start_background(request: web.Request, req: Any, plan: ChatPlan,
@@ -462,7 +484,7 @@ class PromptTokens:
 
 def _machine(plan: ChatPlan) -> ResponseStateMachine:
     return ResponseStateMachine(plan.response, plan.options, track_tokens=plan.track_tokens,
-                                text_logprobs=plan.text_logprobs)
+                                text_logprobs=plan.text_logprobs, tools=plan.tools.targets)
 
 
 async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: Optional[str],
@@ -602,10 +624,12 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                  prompt: PromptTokens, call: UpstreamCall) -> None:
     out = bytearray()
     observer = call.observer  # None unless someone watches: then one check per read, nothing per token
+    keepalive_events = call.request.app[CONFIG_KEY].gateway.keepalive_format == "event"
     try:
         async for batch in upstream:
             if batch is KEEPALIVE:
-                await response.write(KEEPALIVE_FRAME)
+                await _write(response, encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME,
+                             observer)
                 continue
             if observer is not None:
                 observer.received(batch)  # type: ignore[arg-type]
@@ -697,6 +721,7 @@ def conversion_settings(config: Config) -> ConversionSettings:
         reasoning_history=gw.reasoning_history,
         reasoning_field=gw.reasoning_field,
         replace_developer_role_with_system=model.replace_developer_role_with_system,
+        reject_hosted_tools=gw.hosted_tools == "reject",
         return_token_id_information=model.return_token_id_information,
         request_prompt_and_generation_token_ids=model.request_prompt_and_generation_token_ids,
         upstream_flavour=gw.upstream_flavour,
@@ -736,6 +761,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app = web.Application(middlewares=middlewares, client_max_size=config.gateway.max_request_bytes)
     app[CONFIG_KEY] = config
     app[SETTINGS_KEY] = conversion_settings(config)
+    app[FOLDING_SETTINGS_KEY] = dataclasses.replace(app[SETTINGS_KEY], fold_developer_messages=True)
     app[STREAMS_KEY] = set()
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
@@ -758,6 +784,9 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
         flavour=config.gateway.upstream_flavour,
         metrics=app[METRICS_KEY],
     )
+
+    mode = "keep" if model.replace_developer_role_with_system else config.gateway.developer_messages
+    app[DEVELOPER_KEY] = DeveloperRole(app[CLIENT_KEY], mode, model.model)
 
     async def start_client(app: web.Application) -> None:
         await app[CLIENT_KEY].start()

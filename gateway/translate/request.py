@@ -22,6 +22,7 @@ from ..schema import responses as r
 from .errors import InvalidRequest, from_validation_error
 from .stream import StreamOptions
 from .tokens import tokenize_body
+from .tools import OfferedTools, custom_arguments, offer_tools, plan_tool_choice
 
 # Parameters a client may send that the gateway accepts but which change nothing here: it has one
 # service tier, runs no hosted tools and never compacts, and vLLM caches prefixes by itself. Each is
@@ -63,7 +64,8 @@ _VLLM_SAMPLING_EXTENSIONS = (
 )
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
+               "custom_tool_call_output")
 _TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
 
@@ -75,6 +77,10 @@ class ConversionSettings:
     reasoning_history: str = "think_tags"  # "think_tags" | "field" | "drop"
     reasoning_field: str = "reasoning_content"
     replace_developer_role_with_system: bool = False
+    # Developer messages go into the system message: the chat template does not render them.
+    fold_developer_messages: bool = False
+    # gateway.hosted_tools: "reject" refuses tools only OpenAI runs instead of leaving them out.
+    reject_hosted_tools: bool = False
     return_token_id_information: bool = False
     request_prompt_and_generation_token_ids: bool = False
     upstream_flavour: str = "vllm"  # "vllm" | "llama.cpp"
@@ -98,9 +104,16 @@ class ChatPlan:
     # /tokenize body, when prompt ids must come from there (started concurrently with generation)
     tokenize: Optional[dict[str, Any]] = None
     payload: bytes = b""  # ``body`` encoded once, as it goes to vLLM
+    tools: OfferedTools = field(default_factory=OfferedTools)  # offered names -> declared tools
 
 
 _request_decoder = msgspec.json.Decoder(r.ResponsesRequest)
+
+
+def has_developer_messages(req: r.ResponsesRequest) -> bool:
+    """Whether folding could matter (checked before planning; items are still plain dicts here)."""
+    return not isinstance(req.input, str) and any(
+        isinstance(item, dict) and item.get("role") == "developer" for item in req.input)
 
 
 def decode_request(raw: bytes) -> r.ResponsesRequest:
@@ -119,14 +132,15 @@ def plan_chat_request(
 ) -> ChatPlan:
     _reject_unsupported(req)
     _check_values(req)
-    messages = _messages(req, settings)
-    tools = _tools(req.tools)
+    offered = offer_tools(req.tools, reject_hosted=settings.reject_hosted_tools)
+    messages = _messages(req, settings, offered)
+    choice = plan_tool_choice(req.tool_choice, offered)
+    tools = choice.functions
     body: dict[str, Any] = {"model": settings.model, "messages": messages}
     if tools:
         body["tools"] = tools
-    tool_choice = _tool_choice(req.tool_choice, [tool["function"]["name"] for tool in tools])
-    if tool_choice is not None:
-        body["tool_choice"] = tool_choice
+    if choice.tool_choice is not None:
+        body["tool_choice"] = choice.tool_choice
     if req.parallel_tool_calls is not None and tools:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     _sampling(req, body)
@@ -208,7 +222,7 @@ def plan_chat_request(
     )
     return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options,
                     track_tokens=settings.return_token_id_information, text_logprobs=text_logprobs,
-                    tokenize=tokenize, payload=payload)
+                    tokenize=tokenize, payload=payload, tools=offered)
 
 
 # --- validation of what cannot be honoured ------------------------------------------------------
@@ -352,7 +366,7 @@ class _AssistantTurn:
         return message
 
 
-def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dict[str, Any]]:
+def _messages(req: r.ResponsesRequest, settings: ConversionSettings, offered: OfferedTools) -> list[dict[str, Any]]:
     raw_items: list[Any] = (
         [{"type": "message", "role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
     )
@@ -376,7 +390,7 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
             end_turn()
             messages.append({"role": item.role, "content": _user_content(item.content, where)})
             continue
-        if isinstance(item, r.FunctionCallOutputItem):
+        if isinstance(item, (r.FunctionCallOutputItem, r.CustomToolCallOutputItem)):
             end_turn()
             messages.append(
                 {"role": "tool", "tool_call_id": item.call_id, "content": _tool_output(item.output, where)}
@@ -387,9 +401,13 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
         if isinstance(item, r.MessageItem):
             turn.pieces.append((False, _assistant_text(item.content, where)))
         elif isinstance(item, r.FunctionCallInput):
-            turn.tool_calls.append(
-                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-            )
+            name = offered.offered_name(item.name, item.namespace)
+            turn.tool_calls.append({"id": item.call_id, "type": "function",
+                                    "function": {"name": name, "arguments": item.arguments}})
+        elif isinstance(item, r.CustomToolCallInput):
+            name = offered.offered_name(item.name, item.namespace, kind="custom")
+            turn.tool_calls.append({"id": item.call_id, "type": "function",
+                                    "function": {"name": name, "arguments": custom_arguments(item.input)}})
         elif isinstance(item, r.ReasoningInput):
             blocks = [p.text for p in item.summary if p.text] or [p.text for p in item.content or [] if p.text]
             turn.pieces.extend((True, block) for block in blocks if block)
@@ -414,7 +432,42 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings) -> list[dic
         for message in messages:
             if message["role"] == "developer":
                 message["role"] = "system"
+    elif settings.fold_developer_messages:
+        _fold_developer_messages(messages)
     return messages
+
+
+def _fold_developer_messages(messages: list[dict[str, Any]]) -> None:
+    """For chat templates that silently drop ``developer`` messages (Qwen2.5's, Qwen3's): their text
+    joins the system message at the start, which every template renders (Codex sends its whole
+    system prompt this way). One holding more than text (an image) becomes a system message in place."""
+    texts: list[str] = []
+    kept: list[dict[str, Any]] = []
+    for message in messages:
+        text = _plain_text(message["content"]) if message["role"] == "developer" else None
+        if text is not None:
+            texts.append(text)
+            continue
+        if message["role"] == "developer":
+            message["role"] = "system"
+        kept.append(message)
+    if not texts:
+        return
+    lead = _plain_text(kept[0]["content"]) if kept and kept[0]["role"] == "system" else None
+    if lead is not None:
+        kept[0] = {"role": "system", "content": "\n\n".join([lead, *texts])}
+    else:
+        kept.insert(0, {"role": "system", "content": "\n\n".join(texts)})
+    messages[:] = kept
+
+
+def _plain_text(content: Any) -> Optional[str]:
+    """A message's content as one string when it is only text, else None."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "".join(p["text"] for p in content)
+    return None
 
 
 def _decode_item(raw: Any, i: int) -> r.InputItem:
@@ -511,77 +564,12 @@ def _tool_output(output: Any, where: str) -> Any:
 # --- tools ----------------------------------------------------------------------------------------
 
 
-def _tools(tools: Optional[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    converted = []
-    for i, tool in enumerate(tools or []):
-        where = f"tools[{i}]"
-        if tool.get("type") != "function":
-            raise InvalidRequest(
-                f"Invalid '{where}.type': {tool.get('type')!r} tools are not supported by this gateway; "
-                "only 'function' tools are (the model runs on a Chat Completions server).",
-                param=f"{where}.type",
-                code="unsupported_value",
-            )
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest(f"Missing required parameter: '{where}.name'.", param=f"{where}.name",
-                                 code="missing_required_parameter")
-        function: dict[str, Any] = {"name": name}
-        description = tool.get("description")
-        if description is not None:
-            if not isinstance(description, str):
-                raise InvalidRequest(f"Invalid '{where}.description': expected a string.",
-                                     param=f"{where}.description", code="invalid_type")
-            function["description"] = description
-        parameters = tool.get("parameters")
-        if parameters is not None:
-            if not isinstance(parameters, dict):
-                raise InvalidRequest(f"Invalid '{where}.parameters': a JSON Schema object is expected.",
-                                     param=f"{where}.parameters", code="invalid_type")
-            function["parameters"] = parameters
-        # ``strict`` is not forwarded (as NeMo Gym): vLLM's tool parsers do not enforce it.
-        converted.append({"type": "function", "function": function})
-    return converted
-
-
 def _echoed_tool(tool: Any) -> Any:
     """A function tool as the Response lists it: ``description``, ``parameters`` and ``strict`` are
     always there (null when not given), as the Open Responses schema requires. Other kinds as sent."""
     if not isinstance(tool, dict) or tool.get("type") != "function":
         return tool
     return {"description": None, "parameters": None, "strict": None, **tool}
-
-
-def _tool_choice(choice: Any, tool_names: list[str]) -> Any:
-    has_tools = bool(tool_names)
-    if choice is None:
-        return None
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise InvalidRequest(
-                f"Invalid 'tool_choice': {choice!r}; expected 'auto', 'none', 'required' or a function.",
-                param="tool_choice",
-            )
-        if choice == "required" and not has_tools:
-            raise InvalidRequest("tool_choice 'required' needs at least one tool.", param="tool_choice")
-        return choice if has_tools else None
-    if choice.get("type") == "function":
-        name = choice.get("name")
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("Missing required parameter: 'tool_choice.name'.", param="tool_choice.name",
-                                 code="missing_required_parameter")
-        if not has_tools:
-            raise InvalidRequest("tool_choice names a function but no tools were given.", param="tool_choice")
-        if name not in tool_names:
-            raise InvalidRequest(f"tool_choice names the function {name!r}, which is not among the tools.",
-                                 param="tool_choice.name")
-        return {"type": "function", "function": {"name": name}}
-    raise InvalidRequest(
-        f"Invalid 'tool_choice': type {choice.get('type')!r} is not supported; "
-        "use 'auto', 'none', 'required' or {'type': 'function', 'name': ...}.",
-        param="tool_choice",
-        code="unsupported_value",
-    )
 
 
 # --- sampling and output format -------------------------------------------------------------------

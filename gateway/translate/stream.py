@@ -11,14 +11,16 @@ depends only on which output item is open (at most one is, ever):
 
     input                    | nothing open | reasoning open | message open | call open
     -------------------------+--------------+----------------+--------------+-----------------
-    reasoning text           | open R       | append (*)     | switch to R  | switch to R
-    answer text              | open M       | switch to M    | append       | switch to M
+    reasoning text           | open R       | append (*)     | switch to R  | switch to R (**)
+    answer text              | open M       | switch to M    | append       | switch to M (**)
     end of a <think> block   | -            | mark ended     | -            | -
-    tool call, new index     | open F       | switch to F    | switch to F  | switch to F
+    tool call, new index     | open F       | switch to F    | switch to F  | switch to F (**)
     tool call, open index    | -            | -              | -            | append
     tool call, closed index  | fail: the upstream interleaved calls (vLLM never does)
     finish_reason / usage    | remembered; the terminal event comes from finish()
+    silence (keepalive())    | a ``keepalive`` event, never held
     (*) switch to a new R when the open one's <think> block has ended
+    (**) and hold: see "Tool calls of unfinished responses"
 
 A terminal event comes from ``finish()`` (completed / incomplete), ``fail()`` or ``cancel()`` (a
 stored background run cancelled by its client: ``error`` + ``response.failed``, status
@@ -27,6 +29,20 @@ stored background run cancelled by its client: ``error`` + ``response.failed``, 
 "switch" closes the open item (its ``*.done`` events, then ``output_item.done``) and opens the new
 one. The last item stays open until ``finish()``, because with token tracking its
 ``output_item.done`` carries the generation's token ids (NeMo Gym reads them from the last item).
+
+A call (F) is a ``function_call``, or a ``custom_tool_call`` when its name is an offered custom
+tool (``translate.tools``): then its input is decoded out of the function's one string argument as
+it streams (``custom_tool_call_input.delta``/``.done``); a namespace member's call carries its
+``namespace``.
+
+Tool calls of unfinished responses. A client may run a call as soon as it sees the call's
+``output_item.done`` (Codex does, whatever its ``status``), so a call is done only in a response
+that completed. Closing a call before the end (another item follows it) *holds* its done events
+and every event after them until the end: a completed ``finish()`` releases them; an unfinished end
+(``fail()``, or finish_reason ``length`` / ``content_filter``) drops them and cuts the output after
+that call. An unfinished end with a call open sends no done events for it. Either way the terminal
+Response lists that call, as far as it streamed, with status ``incomplete``. Sequence numbers are
+given as events leave the machine, so dropped events leave no gaps.
 
 Whitespace never opens an item: the leading whitespace of a block is dropped and trailing
 whitespace is held until more text shows it was not trailing, so ``"</think>\\n\\n"`` before a tool
@@ -54,6 +70,7 @@ from ..schema import responses as r
 from .logprobs import LogprobAligner
 from .think import ThinkSplitter
 from .tokens import GenerationTokens, TokenInfoError, bundle_from_message
+from .tools import CustomInputDecoder, ToolTarget
 
 
 def random_id(prefix: str) -> str:
@@ -88,7 +105,7 @@ _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content
 class _OpenItem:
     """The item currently streaming: its final Struct and the text gathered so far."""
 
-    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index", "ended", "logprobs")
+    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index", "ended", "logprobs", "decoder")
 
     def __init__(self, kind: Kind, item: r.OutputItem, index: int, call_index: int = -1) -> None:
         self.kind = kind
@@ -99,6 +116,8 @@ class _OpenItem:
         self.call_index = call_index
         self.ended = False  # a reasoning block whose </think> was seen
         self.logprobs: list[Any] = []  # client-requested logprobs of a message's text
+        # a custom tool call's input, decoded from its arguments as they stream
+        self.decoder = CustomInputDecoder() if isinstance(item, r.CustomToolCallItem) else None
 
 
 class _HeldCall:
@@ -121,6 +140,7 @@ class ResponseStateMachine:
         clock: Callable[[], int] = wall_clock,
         track_tokens: bool = False,
         text_logprobs: Optional[int] = None,
+        tools: Optional[dict[str, ToolTarget]] = None,
     ) -> None:
         # ``response`` carries the request's echo fields (model, tools, instructions, ...).
         self._base = response
@@ -138,6 +158,12 @@ class ResponseStateMachine:
         self._finish_reason: Optional[str] = None
         self._usage: Optional[chat.Usage] = None
         self._started = False
+        self._tools = tools or {}  # offered function name -> the tool the client declared
+        # Events held back after a call closed before the end (see the module docstring), the
+        # number of output items the client has seen added, and the call that started the hold.
+        self._held: Optional[list[r.StreamEvent]] = None
+        self._visible = 0
+        self._hold_start: Optional[_OpenItem] = None
         # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
         self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
         # Logprobs on output_text (with ``text_logprobs`` alternatives per token), or None: off.
@@ -176,6 +202,14 @@ class ResponseStateMachine:
             self._emit(r.ResponseCreated(response=snapshot))
             self._emit(r.ResponseInProgress(response=snapshot))
         return True
+
+    def keepalive(self) -> list[r.StreamEvent]:
+        """The upstream is silent: a ``keepalive`` event (numbered like every event), so that
+        clients timing out on silence between events stay. Never held back."""
+        if not self._live():
+            return []
+        self._events.append(r.Keepalive())
+        return self._take()
 
     def feed(self, chunk: chat.ChatChunk) -> list[r.StreamEvent]:
         if not self._live():
@@ -223,13 +257,15 @@ class ResponseStateMachine:
                 return self.fail("token_information_invalid", str(exc))
             if self._open is None:  # nothing was generated but tokens were: an empty message holds them
                 self._open_text_item(Kind.MESSAGE)
-            assert self._open is not None
-            item = self._open.item
+        reason = _INCOMPLETE_REASONS.get(self._finish_reason)
+        events = self._terminal("incomplete" if reason else "completed",
+                                r.IncompleteDetails(reason=reason) if reason else None)
+        if self.tokens is not None:  # on the last item (NeMo Gym's placement); nothing is encoded yet
+            item = self._output[-1]
             item.prompt_token_ids = info.prompt_token_ids
             item.generation_token_ids = info.generation_token_ids
             item.generation_log_probs = info.generation_log_probs
-        reason = _INCOMPLETE_REASONS.get(self._finish_reason)
-        return self._terminal("incomplete" if reason else "completed", r.IncompleteDetails(reason=reason) if reason else None)
+        return events
 
     def context_overflow(self, message: str) -> list[r.StreamEvent]:
         """vLLM refused the prompt as longer than the context: an empty ``incomplete`` Response, so
@@ -270,10 +306,31 @@ class ResponseStateMachine:
         return self._take()
 
     def _end(self, item_status: str, status: str, **fields: Any) -> r.Response:
-        """Close the open item and fix the final Response (what the terminal event carries)."""
-        self._close_open(item_status)
+        """Settle the output and fix the final Response (what the terminal event carries)."""
+        self._settle(status == "completed", item_status)
         self.final = msgspec.structs.replace(self._base, status=status, output=self._output, **fields)
         return self.final
+
+    def _settle(self, completed: bool, item_status: str) -> None:
+        """The output at the end, by the rule for tool calls of unfinished responses."""
+        held, self._held = self._held, None
+        if completed:
+            if held:
+                self._events += held
+            self._close_open(item_status)
+            return
+        if held is not None:  # cut after the call that started the hold; it never got its done events
+            start = self._hold_start
+            assert start is not None
+            del self._output[self._visible:]
+            self._open = None
+            _leave_unfinished(start)
+            return
+        if self._open is not None and self._open.kind is Kind.CALL:
+            _leave_unfinished(self._open)
+            self._open = None
+            return
+        self._close_open(item_status)
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -318,7 +375,7 @@ class ResponseStateMachine:
             text = text.lstrip()
             if not text:
                 return  # whitespace never opens an item
-            self._close_open("completed")
+            self._switch()
             open_item = self._open_text_item(kind)
         body = text.rstrip()
         if not body:
@@ -339,11 +396,7 @@ class ResponseStateMachine:
         open_item = self._open
         if open_item is not None and open_item.kind is Kind.CALL and open_item.call_index == index:
             if args:
-                open_item.parts.append(args)
-                self._skip_tokens(args)
-                self._emit(
-                    r.FunctionCallArgumentsDelta(item_id=open_item.item.id, output_index=open_item.index, delta=args)
-                )
+                self._call_arguments(open_item, args)
             return
         if index in self._closed_calls:
             raise _UpstreamProtocolError(
@@ -351,7 +404,7 @@ class ResponseStateMachine:
             )
         held = self._held_call
         if held is None or held[0] != index:
-            self._close_open("completed")
+            self._switch()
             held = (index, _HeldCall(fragment.id))
             self._held_call = held
         call = held[1]
@@ -362,21 +415,44 @@ class ResponseStateMachine:
         if not name:
             return  # wait for the name
         self._held_call = None
-        self._close_open("completed")  # text may have opened a message while the call waited for its name
-        item = r.FunctionCallItem(
-            id=self._new_id("fc"),
-            status="in_progress",
-            call_id=call.call_id or self._new_id("call"),
-            name=name,
-        )
+        self._switch()  # text may have opened a message while the call waited for its name
+        target = self._tools.get(name)
+        call_id = call.call_id or self._new_id("call")
+        namespace: Any = target.namespace if target is not None and target.namespace else msgspec.UNSET
+        item: r.OutputItem
+        if target is not None and target.kind == "custom":
+            item = r.CustomToolCallItem(id=self._new_id("ctc"), status="in_progress", call_id=call_id,
+                                        name=target.name, namespace=namespace)
+        else:
+            item = r.FunctionCallItem(id=self._new_id("fc"), status="in_progress", call_id=call_id,
+                                      name=target.name if target is not None else name, namespace=namespace)
         open_item = self._open_item(Kind.CALL, item, call_index=index)
         if call.parts:
-            buffered = "".join(call.parts)
-            open_item.parts.append(buffered)
-            self._skip_tokens(buffered)
-            self._emit(r.FunctionCallArgumentsDelta(item_id=item.id, output_index=open_item.index, delta=buffered))
+            self._call_arguments(open_item, "".join(call.parts))
+
+    def _call_arguments(self, open_item: _OpenItem, args: str) -> None:
+        open_item.parts.append(args)
+        self._skip_tokens(args)
+        item_id, index = open_item.item.id, open_item.index
+        if open_item.decoder is None:
+            self._emit(r.FunctionCallArgumentsDelta(item_id=item_id, output_index=index, delta=args))
+            return
+        text = open_item.decoder.feed(args)
+        if text:
+            self._emit(r.CustomToolCallInputDelta(item_id=item_id, output_index=index, delta=text))
 
     # --- opening and closing items -------------------------------------------------------------
+
+    def _switch(self) -> None:
+        """Another item follows the open one. A call closing before the end starts the hold."""
+        open_item = self._open
+        if open_item is not None and open_item.kind is Kind.CALL and self._held is None:
+            self._held = []
+            self._visible = len(self._output)
+            self._hold_start = open_item
+            self._close_open("completed")  # its done events: the hold's first events
+            return
+        self._close_open("completed")
 
     def _open_item(self, kind: Kind, item: r.OutputItem, call_index: int = -1) -> _OpenItem:
         index = len(self._output)
@@ -460,6 +536,13 @@ class ResponseStateMachine:
                 item.summary = [summary]
                 self._emit(r.ReasoningSummaryTextDone(item_id=item.id, output_index=index, summary_index=0, text=text))
                 self._emit(r.ReasoningSummaryPartDone(item_id=item.id, output_index=index, summary_index=0, part=summary))
+        elif isinstance(item, r.CustomToolCallItem):
+            assert open_item.decoder is not None
+            tail, item.input = open_item.decoder.finish()
+            self._closed_calls.add(open_item.call_index)
+            if tail:
+                self._emit(r.CustomToolCallInputDelta(item_id=item.id, output_index=index, delta=tail))
+            self._emit(r.CustomToolCallInputDone(item_id=item.id, output_index=index, input=item.input))
         else:
             item.arguments = text
             self._closed_calls.add(open_item.call_index)
@@ -469,12 +552,16 @@ class ResponseStateMachine:
     # --- plumbing ------------------------------------------------------------------------------
 
     def _emit(self, event: r.StreamEvent) -> None:
-        event.sequence_number = self._seq
-        self._seq += 1
-        self._events.append(event)
+        (self._events if self._held is None else self._held).append(event)
 
     def _take(self) -> list[r.StreamEvent]:
+        """The events ready to leave the machine, numbered in the order they leave it."""
         events, self._events = self._events, []
+        seq = self._seq
+        for event in events:
+            event.sequence_number = seq
+            seq += 1
+        self._seq = seq
         return events
 
     def _response_usage(self) -> r.ResponseUsage:
@@ -494,6 +581,17 @@ class _UpstreamProtocolError(Exception):
     pass
 
 
+def _leave_unfinished(open_item: _OpenItem) -> None:
+    """A call of an unfinished response: ``incomplete``, holding what the client saw of it."""
+    item = open_item.item
+    item.status = "incomplete"
+    if isinstance(item, r.CustomToolCallItem):
+        assert open_item.decoder is not None
+        item.input = open_item.decoder.streamed
+    elif isinstance(item, r.FunctionCallItem):
+        item.arguments = "".join(open_item.parts)
+
+
 def _added_snapshot(item: r.OutputItem) -> r.OutputItem:
     """The item as ``output_item.added`` shows it: in progress, nothing streamed yet.
 
@@ -505,7 +603,11 @@ def _added_snapshot(item: r.OutputItem) -> r.OutputItem:
     if isinstance(item, r.ReasoningItem):
         content = [] if item.content is not msgspec.UNSET else msgspec.UNSET
         return r.ReasoningItem(id=item.id, status="in_progress", summary=[], content=content)
-    return r.FunctionCallItem(id=item.id, status="in_progress", call_id=item.call_id, name=item.name, arguments="")
+    if isinstance(item, r.CustomToolCallItem):
+        return r.CustomToolCallItem(id=item.id, status="in_progress", call_id=item.call_id, name=item.name,
+                                    namespace=item.namespace)
+    return r.FunctionCallItem(id=item.id, status="in_progress", call_id=item.call_id, name=item.name, arguments="",
+                              namespace=item.namespace)
 
 
 def chunk_from_completion(completion: chat.ChatCompletion) -> chat.ChatChunk:

@@ -79,6 +79,14 @@ class UpstreamHTTPError(UpstreamError):
         return "context length" in text or ("max_tokens" in text and "too large" in text)
 
 
+class UpstreamEndpointError(UpstreamError):
+    """An auxiliary endpoint (``/tokenize``, ``/apply-template``) answered an HTTP error."""
+
+    def __init__(self, message: str, upstream_status: int) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
 class UpstreamStreamBroken(UpstreamError):
     """The stream started and then failed (connection lost, invalid line)."""
 
@@ -475,17 +483,23 @@ class VLLMClient:
         root = _root(base)
         headers = self.headers_for(base)
         if self.flavour == "llama.cpp":
-            rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"},
-                                             headers)
-            prompt = rendered.get("prompt")
-            if not isinstance(prompt, str):
-                raise UpstreamError(f"{root}/apply-template did not answer with {{prompt}}")
+            prompt = await self.render_template(base, body)
             body = {"content": prompt, "add_special": False, "parse_special": True}
         answer = await self._post_json(root, "/tokenize", body, headers)
         tokens = answer.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise UpstreamError(f"{root}/tokenize did not answer with a list of integer 'tokens'")
         return tokens
+
+    async def render_template(self, base: str, body: dict[str, Any]) -> str:
+        """llama.cpp's ``/apply-template``: the prompt its chat template renders for ``messages``."""
+        root = _root(base)
+        rendered = await self._post_json(root, "/apply-template", {k: v for k, v in body.items() if k != "model"},
+                                         self.headers_for(base))
+        prompt = rendered.get("prompt")
+        if not isinstance(prompt, str):
+            raise UpstreamError(f"{root}/apply-template did not answer with {{prompt}}")
+        return prompt
 
     async def _post_json(self, root: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         url = f"{root}{path}"
@@ -494,7 +508,8 @@ class VLLMClient:
                                          allow_redirects=False) as response:
                 raw = await response.read()
                 if response.status >= 300:
-                    raise UpstreamError(f"{path} failed: {_http_error(root, response.status, raw).message}")
+                    raise UpstreamEndpointError(f"{path} failed: {_http_error(root, response.status, raw).message}",
+                                                response.status)
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnreachable(f"Could not connect to the server at {root} for {path}: {_describe(exc)}") from None
         except asyncio.TimeoutError:
