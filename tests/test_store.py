@@ -410,3 +410,97 @@ async def test_background_poll_until_completed(client: Any, gateway: Gateway) ->
     assert done.status == "completed", done.error
     assert done.output_text == "Hello there, how can I help?"
     assert done.background is True
+
+
+async def until(condition: Any, what: str) -> None:
+    """Wait for a condition the test caused (generous bound: the machine is shared and slow)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def long_generation(stall_at: int = 3) -> Generation:
+    """Streams a few deltas, then stalls (as a long generation does) until it is closed."""
+    return Generation(deltas=content("one two three four five six", size=4), pauses={stall_at: 120.0})
+
+
+async def test_background_stream_and_the_client_leaving(aclient: AsyncOpenAI, gateway: Gateway) -> None:
+    """stream: true on a background request follows its stored events; a client that leaves does
+    not stop the run, which completes, and can be read again from any point."""
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six", size=4), pauses={3: 1.0}))
+    stream = await aclient.responses.create(model="m", input="count", background=True, stream=True)
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta":
+            break  # the client leaves mid-answer
+    await stream.close()
+    rid = seen[0].response.id
+    assert seen[0].response.status == "queued" or seen[0].response.status == "in_progress"
+    done = await wait_terminal(aclient, rid)
+    assert done.status == "completed" and done.output_text == "one two three four five six"
+    assert gateway.upstream.requests[-1]["finished"] and not gateway.upstream.requests[-1]["closed_early"]
+    async with gateway.session.get(gateway.url + f"/v1/responses/{rid}?stream=true") as r:
+        events = parse_sse(await r.read())
+    assert check_stream(events)["output"] == done.model_dump(mode="json", exclude_unset=True)["output"]
+
+
+async def test_background_resume_follows_a_running_response(gateway: Gateway, aclient: AsyncOpenAI) -> None:
+    """GET ?stream=true&starting_after=N on a running response: the stored events after N, then the
+    rest as they come, to the terminal event."""
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six", size=4), pauses={3: 1.0}))
+    queued = await aclient.responses.create(model="m", input="count", background=True)
+    await until(lambda: gateway.upstream.requests and gateway.upstream.requests[-1]["sent"] >= 2, "two deltas")
+    resumed = await aclient.responses.retrieve(queued.id, stream=True, starting_after=2)
+    events = [e.model_dump(mode="json", exclude_unset=True) async for e in resumed]
+    assert events[0]["sequence_number"] == 3 and events[-1]["type"] == "response.completed"
+    async with gateway.session.get(gateway.url + f"/v1/responses/{queued.id}?stream=true&starting_after=-1") as r:
+        whole = parse_sse(await r.read())
+    assert whole[3:] == events
+    assert check_stream(whole)["status"] == "completed"
+
+
+@pytest.mark.parametrize("client_kind", CLIENTS)
+async def test_cancel_stops_vllm(gateway: Gateway, aclient: AsyncOpenAI, sclient: OpenAI, client_kind: str) -> None:
+    client = aclient if client_kind == "async" else sclient
+    gateway.upstream.queue(long_generation())
+    queued = await create(client, False, input="count", background=True)
+    await until(lambda: gateway.upstream.requests and gateway.upstream.requests[-1]["sent"] >= 3, "the stall")
+    cancelled = await call(client, "cancel", queued.id)
+    assert cancelled.status == "cancelled" and cancelled.id == queued.id
+    await until(lambda: gateway.upstream.requests[-1]["closed_early"], "vLLM's request to be closed")
+    assert (await call(client, "retrieve", queued.id)).status == "cancelled"
+    again = await call(client, "cancel", queued.id)  # idempotent
+    assert again.status == "cancelled"
+    async with gateway.session.get(gateway.url + f"/v1/responses/{queued.id}?stream=true") as r:
+        events = parse_sse(await r.read())
+    assert events[-2]["type"] == "error" and events[-2]["code"] == "response_cancelled"
+    assert check_stream(events)["status"] == "cancelled"
+
+
+async def test_cancel_refusals(aclient: AsyncOpenAI, gateway: Gateway) -> None:
+    gateway.upstream.queue(answer(), answer())
+    foreground = await aclient.responses.create(model="m", input="x")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.responses.cancel(foreground.id)
+    assert "background" in str(caught.value)
+    background = await aclient.responses.create(model="m", input="x", background=True)
+    await wait_terminal(aclient, background.id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.responses.cancel(background.id)
+    assert "completed" in str(caught.value)
+    with pytest.raises(openai.NotFoundError):
+        await aclient.responses.cancel("resp_nope")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.responses.create(model="m", input="x", background=True, store=False)
+    assert caught.value.param == "store"
+
+
+async def test_background_run_that_vllm_refuses_ends_failed(aclient: AsyncOpenAI, gateway: Gateway) -> None:
+    """No HTTP error can reach a client that was already answered: the run ends failed, saying why."""
+    gateway.upstream.queue(Generation(status=400, error_message="temperature must be positive"))
+    queued = await aclient.responses.create(model="m", input="x", background=True)
+    done = await wait_terminal(aclient, queued.id)
+    assert done.status == "failed" and "temperature must be positive" in done.error.message
