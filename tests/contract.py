@@ -109,8 +109,11 @@ class StreamChecker:
         check(set(event) == {"type", "sequence_number"}, "a keepalive carries only type and sequence_number", event)
 
     def _on_error(self, event: dict) -> None:
+        # OpenAI's flat shape. The Open Responses schema nests these fields under "error", but the
+        # openai SDK raises on any event with an "error" key (README: where OpenAI and the spec differ).
         check(isinstance(event.get("message"), str) and event["message"], "error event without message", event)
         check("code" in event and "param" in event, "error event needs code and param", event)
+        check("error" not in event, "error event must be flat: the openai SDK raises on an 'error' key", event)
 
     # items
     def _on_response_output_item_added(self, event: dict) -> None:

@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
@@ -99,6 +99,9 @@ class FakeVLLM:
     def __init__(self, model: str = "Qwen/Qwen3-8B") -> None:
         self.model = model
         self.script: list[Generation] = []
+        # When the script is empty: a Generation chosen from the request body (for clients that
+        # send many different requests at once, such as the Open Responses compliance suite).
+        self.responder: Optional[Callable[[dict[str, Any]], Generation]] = None
         self.requests: list[dict[str, Any]] = []  # {"path", "body", "headers", "started", "closed_early", "sent"}
         self.closed_early = asyncio.Event()
         self.healthy = True  # what /health answers
@@ -150,7 +153,12 @@ class FakeVLLM:
         record = {"path": request.path, "body": body, "headers": dict(request.headers),
                   "started": time.monotonic(), "closed_early": False, "sent": 0, "finished": False}
         self.requests.append(record)
-        gen = self.script.pop(0) if self.script else Generation(deltas=content("Hello from the fake vLLM."))
+        if self.script:
+            gen = self.script.pop(0)
+        elif self.responder is not None:
+            gen = self.responder(body)
+        else:
+            gen = Generation(deltas=content("Hello from the fake vLLM."))
         if gen.status != 200:
             return web.json_response(
                 {"error": {"message": gen.error_message, "type": "BadRequestError", "param": None,

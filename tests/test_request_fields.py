@@ -313,3 +313,48 @@ async def test_incomplete_response_has_no_completed_at(make_gateway: GatewayFact
     data = await gateway.create({"input": "hi"})
     assert data["status"] == "incomplete" and data["completed_at"] is None
     check_response(data)
+
+
+# --- the streamed error event: OpenAI's flat shape, not the spec's nested one -------------------------
+
+
+async def test_the_sdk_raises_on_a_nested_error_event_so_the_gateway_sends_it_flat() -> None:
+    """The Open Responses schema nests the error event's fields (``{"type": "error", "error":
+    {...}}``); OpenAI sends them flat, and the openai SDK raises APIError on any event whose data
+    has an ``error`` key, so a client would lose ``response.failed``. The gateway sends the flat form
+    (test_openai_sdk.py: the SDK yields it as ResponseErrorEvent, then response.failed). Should a
+    future SDK stop raising here, the spec's nested form becomes possible: this test says so."""
+    from aiohttp import web
+
+    from gateway.server.runner import bound_url
+
+    nested = (b'event: error\ndata: {"type": "error", "sequence_number": 0, "error": {"type": "server_error", '
+              b'"code": "upstream_error", "message": "engine died", "param": null}}\n\n')
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=nested, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with AsyncOpenAI(base_url=bound_url(runner) + "/v1", api_key="k", max_retries=0) as sdk:
+            stream = await sdk.responses.create(model="m", input="hi", stream=True)
+            with pytest.raises(openai.APIError, match="engine died"):
+                async for _ in stream:
+                    pass
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_gateway_error_event_is_flat(gateway: Gateway) -> None:
+    from tests.fake_vllm import Generation, content
+
+    gateway.upstream.queue(Generation(deltas=content("Hi there"), stream_error_after=1, error_message="engine died"))
+    events, final = await gateway.stream({"input": "hi"})
+    error = events[-2]
+    assert error["type"] == "error" and "error" not in error
+    assert (error["code"], error["message"], error["param"]) == ("upstream_error", "engine died", None)
+    assert final["status"] == "failed" and final["error"] == {"code": "upstream_error", "message": "engine died"}
