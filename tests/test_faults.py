@@ -11,6 +11,7 @@ import time
 import aiohttp
 import pytest
 
+from gateway.server.app import CLIENT_KEY
 from tests.conftest import Gateway, GatewayFactory, free_port
 from tests.contract import check_stream, parse_sse
 from tests.fake_vllm import FakeVLLM, Generation, content
@@ -223,10 +224,13 @@ async def test_slow_client_pauses_the_upstream(gateway: Gateway) -> None:
         async with session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as response:
             body = await response.content.readany()
             record = gateway.upstream.requests[-1]
-            await asyncio.sleep(1.0)
-            first = record["sent"]
-            await asyncio.sleep(0.5)
-            assert record["sent"] == first < total  # the upstream is paused, not racing ahead
+            # Wait (however slow the machine) until the upstream stops sending, then check it
+            # stopped well short of the end: paused by backpressure, not racing ahead.
+            sent, deadline = -1, time.monotonic() + 60
+            while record["sent"] != sent and record["sent"] < total and time.monotonic() < deadline:
+                sent = record["sent"]
+                await asyncio.sleep(0.5)
+            assert record["sent"] == sent < total
             body += await response.read()
     final = check_stream(parse_sse(body))
     assert len(final["output"][0]["content"][0]["text"]) == total * len(piece)
@@ -274,6 +278,10 @@ async def test_failing_server_is_ejected_then_recovers(make_gateway: GatewayFact
                                                        upstream2: FakeVLLM) -> None:
     gateway = await make_gateway(*FAST_RETRY, "gateway.eject_after_failures=2", "gateway.eject_s=0.5",
                                  "gateway.health_check_interval_s=0", base_url=[upstream.url, upstream2.url])
+    # The pool's clock is the test's: the ejection lasts until the test says it is over, however
+    # slowly the machine runs the requests in between.
+    now = [1000.0]
+    gateway.runner.app[CLIENT_KEY].pool._clock = lambda: now[0]
     upstream.queue(*[Generation(status=503, error_message="sick")] * 50)
     for _ in range(10):
         upstream2.queue(Generation(deltas=content("healthy")))
@@ -281,22 +289,33 @@ async def test_failing_server_is_ejected_then_recovers(make_gateway: GatewayFact
         assert response.status == 200
     assert len(upstream.requests) == 2  # two failures, then no more traffic while ejected
     upstream.script.clear()
-    await asyncio.sleep(0.6)  # the ejection is over
+    now[0] += 0.6  # the ejection is over
     for _ in range(4):
         response = await gateway.post({"input": "q"})
         assert response.status == 200
     assert len(upstream.requests) > 2  # it gets traffic again
 
 
+async def _until_health_says(gateway: Gateway, healthy: list[bool]) -> None:
+    """Waits for the active checks to reach a verdict (as long as a slow machine needs)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        health = await (await gateway.session.get(gateway.url + "/health")).json()
+        if [u["healthy"] for u in health["upstreams"]] == healthy:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/health never said {healthy}: {health}")
+
+
 async def test_active_health_checks(make_gateway: GatewayFactory, upstream: FakeVLLM, upstream2: FakeVLLM) -> None:
     gateway = await make_gateway("gateway.health_check_interval_s=0.1", base_url=[upstream.url, upstream2.url])
     upstream.healthy = False
-    await asyncio.sleep(0.4)
+    await _until_health_says(gateway, [False, True])
     for _ in range(6):
         assert (await gateway.post({"input": "q"})).status == 200
     assert len(upstream.requests) == 0 and len(upstream2.requests) == 6
     upstream.healthy = True
-    await asyncio.sleep(0.4)
+    await _until_health_says(gateway, [True, True])
     for _ in range(6):
         assert (await gateway.post({"input": "q"})).status == 200
     assert len(upstream.requests) > 0
