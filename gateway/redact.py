@@ -94,6 +94,6 @@ def secrets_of(config: Any, client_keys: Iterable[str] = ()) -> Secrets:
             scheme, _, credential = value.partition(" ")
             if credential and scheme.lower() in ("bearer", "basic", "token"):
                 values.append(credential)
-    for url in model.base_url:
+    for url in [*model.base_url, getattr(gateway, "redis_url", None) or ""]:
         values += url_credentials(url)
     return Secrets(values)

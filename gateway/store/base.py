@@ -78,15 +78,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
-        """One batch of events of a running response."""
+        """One batch of events of a running response (a queued one is then in progress)."""
 
     @abc.abstractmethod
     async def finish(self, response_id: str, status: str, response: bytes, first_seq: int, frames: bytes) -> None:
         """The last batch (may be empty) and the final Response, in one atomic step."""
-
-    @abc.abstractmethod
-    async def set_status(self, response_id: str, status: str) -> None:
-        """queued -> in_progress (a background run started)."""
 
     @abc.abstractmethod
     async def renew(self, response_ids: list[str], lease_until: float) -> None:

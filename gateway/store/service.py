@@ -529,7 +529,7 @@ def open_store(config: Config, clock: Callable[[], float] = time.time) -> Store:
         from .redis import RedisStore
 
         assert gw.redis_url is not None
-        return RedisStore(gw.redis_url, max_bytes=gw.store_max_bytes, clock=clock)
+        return RedisStore(gw.redis_url, max_bytes=gw.store_max_bytes, ttl=gw.store_ttl, clock=clock)
     from .sqlite import SQLiteStore
 
     return SQLiteStore(gw.data_dir, max_bytes=gw.store_max_bytes, clock=clock)

@@ -126,7 +126,8 @@ class SQLiteStore(Store):
             last = first_seq + _frame_count(frames) - 1
             with _transaction(conn):
                 conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, frames))
-                conn.execute("UPDATE responses SET last_seq = ?, size = size + ? WHERE id = ?",
+                conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
+                             "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
                              (last, len(frames), response_id))
         await self._write(append)
 
@@ -135,10 +136,6 @@ class SQLiteStore(Store):
             with _transaction(conn):
                 _finish(conn, response_id, status, response, first_seq, frames)
         await self._write(finish)
-
-    async def set_status(self, response_id: str, status: str) -> None:
-        await self._write(lambda conn: conn.execute(
-            "UPDATE responses SET status = ? WHERE id = ? AND lease_until IS NOT NULL", (status, response_id)))
 
     async def renew(self, response_ids: list[str], lease_until: float) -> None:
         def renew(conn: sqlite3.Connection) -> None:
