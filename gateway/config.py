@@ -302,6 +302,10 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_request_bytes: int = 16 * 1024 * 1024
     # ... and at most this many on the wire when compressed (Content-Encoding gzip, deflate, br, zstd).
     max_compressed_request_bytes: int = 4 * 1024 * 1024
+    # The most read from one upstream answer (a completion, a whole stream; decompressed), and from
+    # one SSE event of a stream that has not ended yet: beyond, the answer is an upstream_too_large error.
+    max_upstream_response_bytes: int = 64 * 1024 * 1024
+    max_upstream_event_bytes: int = 4 * 1024 * 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # One line per request (request id, model, status, timings, tokens) as text or JSON.
     log_format: Literal["text", "json"] = "text"
@@ -359,7 +363,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise _field_error("redis_url", "must name the Redis server (redis://host:port/0) with store_backend: redis")
         if not isinstance(self.store_max_bytes, int) or isinstance(self.store_max_bytes, bool) or self.store_max_bytes <= 0:
             raise _field_error("store_max_bytes", f"must be > 0, got {self.store_max_bytes!r}")
-        for field in ("max_request_bytes", "max_compressed_request_bytes"):
+        for field in ("max_request_bytes", "max_compressed_request_bytes", "max_upstream_response_bytes",
+                      "max_upstream_event_bytes"):
             size = getattr(self, field)
             if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
                 raise _field_error(field, f"must be > 0, got {size!r}")

@@ -49,6 +49,9 @@ class Generation:
     raw_body: Optional[bytes] = None
     raw_status: int = 200
     raw_content_type: str = "text/event-stream"
+    raw_headers: dict[str, str] = field(default_factory=dict)  # e.g. Location, Content-Encoding
+    # Raw SSE pieces, each its own write, ``delay`` apart (lines that never end, chunks without events).
+    raw_chunks: Optional[list[bytes]] = None
 
     def all_tokens(self) -> list[tuple[int, float]]:
         return [t for d in self.deltas for t in d.get("_tokens", [])] + self.finish_tokens
@@ -165,9 +168,11 @@ class FakeVLLM:
                            "code": gen.status}}, status=gen.status)
         self._body = body
         self._gen = gen
+        if gen.raw_chunks is not None:
+            return await self._raw_chunks(request, gen, record)
         if gen.raw_body is not None:
             return web.Response(body=gen.raw_body, status=gen.raw_status,
-                                headers={"Content-Type": gen.raw_content_type})
+                                headers={"Content-Type": gen.raw_content_type, **gen.raw_headers})
         if gen.stall_headers:
             try:
                 await asyncio.sleep(gen.stall_headers)
@@ -222,6 +227,21 @@ class FakeVLLM:
                                             "usage": gen.usage()})
             if gen.send_done:
                 await response.write(b"data: [DONE]\n\n")
+            record["finished"] = True
+        except (ConnectionResetError, asyncio.CancelledError):
+            record["closed_early"] = True
+            self.closed_early.set()
+            raise
+        return response
+
+    async def _raw_chunks(self, request: web.Request, gen: Generation, record: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            for piece in gen.raw_chunks or []:
+                await response.write(piece)
+                record["sent"] += 1
+                await asyncio.sleep(gen.delay)
             record["finished"] = True
         except (ConnectionResetError, asyncio.CancelledError):
             record["closed_early"] = True

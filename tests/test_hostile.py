@@ -374,3 +374,217 @@ def test_3_base_url_password_not_in_the_start_up_log() -> None:
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+# --- 4. a stream longer than request_timeout_s ends, with a terminal event ------------------------
+
+
+async def read_stream(gateway: Gateway, body: dict[str, Any], deadline: float = 30,
+                      headers: Optional[dict[str, str]] = None) -> bytes:
+    async with asyncio.timeout(deadline):  # a stream that never ends fails here
+        async with gateway.session.post(gateway.url + "/v1/responses", json={**body, "stream": True},
+                                        headers=headers or {}) as response:
+            assert response.status == 200, await response.text()
+            return await response.read()
+
+
+async def test_4_stream_longer_than_request_timeout_ends(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    """Before: aiohttp's total timeout made every later read fail at once, each taken for a
+    keepalive tick: hundreds of thousands of `: keepalive` lines, no terminal event, the upstream
+    left open."""
+    gateway = await make_gateway("gateway.request_timeout_s=1", "gateway.keepalive_interval_s=0.2")
+    upstream.queue(Generation(deltas=content("x" * 2000, size=1), delay=0.01))  # 20 s at least
+    raw = await read_stream(gateway, {"input": "hi"})
+    final = check_stream(parse_sse(raw))
+    assert final["status"] == "failed" and final["error"]["code"] == "upstream_timeout", final["error"]
+    assert "request_timeout_s" in final["error"]["message"]
+    assert raw.count(b": keepalive") < 100
+    await asyncio.wait_for(upstream.closed_early.wait(), 10)
+
+
+# --- 5. redirects are never followed ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_5_upstream_redirect_is_not_followed(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                   upstream2: FakeVLLM, status: int, stream: bool) -> None:
+    gateway = await make_gateway("gateway.max_retries=0")
+    elsewhere = upstream2.url + "/chat/completions"  # type: ignore[attr-defined]
+    upstream.queue(Generation(raw_body=b"", raw_status=status, raw_headers={"Location": elsewhere}))
+    upstream2.queue(Generation(deltas=content("an answer from the Location host")))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
+        raw = await r.read()
+        error = error_of(r.status, r.headers["Content-Type"], raw)
+        assert r.status == 502 and error["code"] == "upstream_redirect", error
+    assert not upstream2.requests  # the prompt went nowhere else
+    assert elsewhere.encode() not in raw
+
+
+# --- 8. the idle timer counts only time waiting for vLLM ------------------------------------------
+
+
+async def test_8_slow_client_is_not_told_the_upstream_stalled(make_gateway: GatewayFactory,
+                                                              upstream: FakeVLLM) -> None:
+    """The client stops reading for longer than idle_timeout_s while vLLM streams at full speed:
+    the gateway is blocked writing, not waiting for vLLM, so the stream completes."""
+    gateway = await make_gateway("gateway.idle_timeout_s=1")
+    piece = "y" * 1000
+    total = 10000  # 10 MB: far more than the socket buffers hold
+    upstream.queue(Generation(deltas=[{"content": piece}] * total))
+    async with aiohttp.ClientSession(read_bufsize=2**14) as session:
+        async with session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as response:
+            body = await response.content.readany()
+            record = upstream.requests[-1]
+            paused_at = record["sent"]
+            await asyncio.sleep(3)  # the client is slow: three idle timeouts long
+            assert record["sent"] < total  # the gateway stopped reading vLLM meanwhile (backpressure)
+            body += await response.read()
+    assert paused_at < total
+    final = check_stream(parse_sse(body))
+    assert final["status"] == "completed", final.get("error")
+    assert len(final["output"][0]["content"][0]["text"]) == total * len(piece)
+
+
+# --- 9. keepalives go on while bytes arrive that make no events -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["whitespace", "empty_choices", "nameless_tool_call"])
+async def test_9_keepalives_while_bytes_make_no_events(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                       kind: str) -> None:
+    gateway = await make_gateway("gateway.keepalive_interval_s=0.2")
+    count = 60  # one every 50 ms: 3 s at least, 15 keepalive intervals
+    if kind == "whitespace":
+        upstream.queue(Generation(deltas=[{"content": " "}] * count + content("end"), delay=0.05))
+    elif kind == "nameless_tool_call":
+        upstream.queue(Generation(deltas=[{"tool_calls": [{"index": 0, "function": {"arguments": " "}}]}] * count,
+                                  delay=0.05, finish_reason="tool_calls"))
+    else:
+        upstream.queue(Generation(raw_chunks=[b'data: {"choices": []}\n\n'] * count + [
+            b'data: {"choices": [{"index": 0, "delta": {"content": "end"}, "finish_reason": "stop"}]}\n\n',
+            b"data: [DONE]\n\n"], delay=0.05))
+    raw = await read_stream(gateway, {"input": "hi"})
+    check_stream(parse_sse(raw))
+    assert raw.count(b": keepalive") >= 3, raw[:500]
+
+
+# --- 11. bounds on what the upstream sends ----------------------------------------------------------
+
+
+async def test_11_non_streamed_answer_is_bounded_once_decompressed(make_gateway: GatewayFactory,
+                                                                   upstream: FakeVLLM) -> None:
+    import gzip
+
+    gateway = await make_gateway("gateway.max_upstream_response_bytes=1000000")
+    completion = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * 5_000_000},
+                               "finish_reason": "stop"}]}
+    upstream.queue(Generation(raw_body=gzip.compress(json.dumps(completion).encode()), raw_status=200,
+                              raw_content_type="application/json", raw_headers={"Content-Encoding": "gzip"}))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi"}) as r:
+        error = error_of(r.status, r.headers["Content-Type"], await r.read())
+        assert r.status == 502 and error["code"] == "upstream_too_large", error
+        assert "max_upstream_response_bytes" in error["message"]
+
+
+async def test_11_sse_event_that_never_ends_is_bounded(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    gateway = await make_gateway("gateway.max_upstream_event_bytes=100000")
+    upstream.queue(Generation(raw_chunks=[b'data: {"choices": [{"index": 0, "delta": {"content": "']
+                              + [b"x" * 8192] * 2000))
+    raw = await read_stream(gateway, {"input": "hi"})
+    final = check_stream(parse_sse(raw))
+    assert final["status"] == "failed" and final["error"]["code"] == "upstream_too_large", final["error"]
+    assert "max_upstream_event_bytes" in final["error"]["message"]
+    await asyncio.wait_for(upstream.closed_early.wait(), 10)
+    assert upstream.requests[-1]["sent"] < 2001
+
+
+async def test_11_whole_stream_is_bounded(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    gateway = await make_gateway("gateway.max_upstream_response_bytes=1000000")
+    upstream.queue(Generation(deltas=[{"content": "z" * 1000}] * 5000))
+    raw = await read_stream(gateway, {"input": "hi"})
+    final = check_stream(parse_sse(raw))
+    assert final["status"] == "failed" and final["error"]["code"] == "upstream_too_large", final["error"]
+    await asyncio.wait_for(upstream.closed_early.wait(), 10)
+
+
+@pytest.mark.parametrize("value", [b"1" + b"0" * 400, b"-7", b"18446744073709551616"], ids=["1e400", "negative", "2^64"])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_11_absurd_usage_is_not_passed_on(gateway: Gateway, value: bytes, stream: bool) -> None:
+    usage = b'"usage": {"prompt_tokens": ' + value + b', "completion_tokens": 2, "total_tokens": 5}'
+    if stream:
+        raw = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+               b'data: {"choices": [], ' + usage + b"}\n\ndata: [DONE]\n\n")
+        gateway.upstream.queue(Generation(raw_body=raw))
+    else:
+        gateway.upstream.queue(Generation(raw_body=b'{"choices": [{"index": 0, "message": {"content": "hi"}, '
+                                          b'"finish_reason": "stop"}], ' + usage + b"}",
+                                          raw_content_type="application/json"))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
+        assert r.status == 200
+        raw = await r.read()
+    final = check_stream(parse_sse(raw)) if stream else json.loads(raw)
+    assert final["status"] == "completed"
+    numbers = [final["usage"][k] for k in ("input_tokens", "output_tokens", "total_tokens")]
+    assert all(0 <= n < 2**53 for n in numbers), final["usage"]
+    text = await metrics_text(gateway)
+    assert 'gateway_tokens_total{direction="input"} 0.0' in text
+
+
+# --- 12. invalid chunked framing from the upstream ---------------------------------------------------
+
+
+@pytest.fixture
+async def raw_upstream() -> Any:
+    """An upstream written by hand on a socket: it answers every request with ``answer``'s bytes."""
+    state: dict[str, Any] = {"answer": b""}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            for piece in state["answer"]:  # separate writes: the framing breaks after the answer began
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state["url"] = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    yield state
+    server.close()
+    await server.wait_closed()
+
+
+CHUNK_SSE = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
+
+
+@pytest.mark.parametrize("framing", ["bad_size", "size_too_long", "no_crlf"])
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_12_invalid_chunked_framing_from_upstream(make_gateway: GatewayFactory, raw_upstream: Any,
+                                                        caplog: pytest.LogCaptureFixture, framing: str,
+                                                        stream: bool) -> None:
+    ctype = b"text/event-stream" if stream else b"application/json"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    first = b"%x\r\n%s\r\n" % (len(CHUNK_SSE), CHUNK_SSE) if stream else b""
+    raw_upstream["answer"] = [head + first, {"bad_size": b"zz\r\nhello\r\n0\r\n\r\n",
+                                             "size_too_long": b"ffffffffffffffffffff\r\nhello\r\n",
+                                             "no_crlf": b"5\r\nhelloXX5\r\nhello\r\n0\r\n\r\n"}[framing]]
+    # idle_timeout_s: aiohttp's reader never reports broken framing of a body it has not started
+    # giving out; the silence between reads ends it (non-streamed: a 504 upstream_stalled)
+    gateway = await make_gateway("gateway.max_retries=0", "gateway.idle_timeout_s=2", base_url=raw_upstream["url"])
+    async with asyncio.timeout(30):  # an answer, not a hang
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
+            raw = await r.read()
+            status, ctype_ = r.status, r.headers["Content-Type"]
+    if status == 200:
+        final = check_stream(parse_sse(raw))
+        assert final["status"] == "failed" and final["error"]["code"].startswith("upstream_"), final["error"]
+    else:
+        error = error_of(status, ctype_, raw)
+        assert status in (502, 504) and error["code"].startswith("upstream_"), error
+    assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()]

@@ -654,6 +654,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                     if observer is not None:
                         observer.sent(data)
                     await response.write(data)
+                    upstream.wrote()
             if out:
                 if call.first_output is None and machine.has_output:
                     call.output_started()
@@ -665,6 +666,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                     if observer is not None:
                         observer.sent(data)
                     await response.write(data)
+                    upstream.wrote()
             if finished:
                 break
         if machine.done:
@@ -743,6 +745,7 @@ def client_settings(config: Config) -> ClientSettings:
         total=gw.request_timeout_s, keepalive=gw.keepalive_interval_s, max_retries=gw.max_retries,
         backoff=gw.retry_backoff_s, backoff_max=gw.retry_backoff_max_s, health_interval=gw.health_check_interval_s,
         eject_after=gw.eject_after_failures, eject_s=gw.eject_s, dead_probe=gw.dead_upstream_probe_s,
+        max_response_bytes=gw.max_upstream_response_bytes, max_event_bytes=gw.max_upstream_event_bytes,
     )
 
 

@@ -17,12 +17,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
+from aiohttp.http_exceptions import HttpProcessingError
 import orjson
 
 from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
-from .sse import DONE, SSEDecoder
+from .sse import DONE, SSEDecoder, SSEEventTooLarge
 
 log = logging.getLogger("gateway.upstream")
 
@@ -99,6 +100,12 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
+class UpstreamTooLarge(UpstreamError):
+    """The upstream sent more than the gateway reads from one answer (or one SSE event)."""
+
+    code = "upstream_too_large"
+
+
 class UpstreamStalled(UpstreamError):
     """vLLM sent nothing for longer than the first-byte or idle timeout."""
 
@@ -127,6 +134,8 @@ class ClientSettings:
     eject_after: int = 3
     eject_s: float = 10.0
     dead_probe: float = 10.0  # silence after which /health is asked (then as often); 0: never
+    max_response_bytes: int = 64 * 1024 * 1024  # the most read from one answer, streamed or not
+    max_event_bytes: int = 4 * 1024 * 1024  # the most held of one SSE event still incomplete
 
 
 KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write an SSE comment
@@ -150,48 +159,96 @@ class ChatStream:
         self.capture = capture  # raw bytes as received, for the transport log
         self.done_seen = False  # [DONE] arrived: the connection may go back to the pool
         self.watch = HealthWatch(client, backend, response)
+        self._clock = asyncio.get_running_loop().time
+        self._last_write = self._clock()  # when the client last got something (see wrote())
+
+    def wrote(self) -> None:
+        """The relay wrote to the client: the keepalive interval counts from now. Upstream bytes
+        that make no event (whitespace deltas, ``choices: []``, a tool call without a name yet)
+        do not count, so keepalives go on while they arrive."""
+        self._last_write = self._clock()
 
     async def __aiter__(self) -> AsyncIterator[Union[list[Streamed], object]]:
-        decoder = SSEDecoder()
+        """The timers, all measured on the one clock:
+
+        - first byte / idle: *silence*, the time spent waiting for vLLM since its last bytes (or
+          since the request was sent). Time the relay spends writing to a slow client between two
+          reads is not silence: vLLM was not asked for anything then.
+        - keepalive: the time since the client last got something (``wrote()``).
+        - total (request_timeout_s): since the request was sent, whatever happened; when it is over
+          the stream ends (``upstream_timeout``) and the upstream request is closed.
+        """
+        settings = self._settings
+        decoder = SSEDecoder(settings.max_event_bytes)
         decode = chat.chunk_decoder.decode
         content = self._response.content
-        loop = asyncio.get_running_loop()
-        settings = self._settings
+        clock = self._clock
         capture = self.capture
-        deadline = self._started + settings.first_byte  # until the first byte; then idle after each read
+        silence = clock() - self._started  # the wait for the response headers was silence too
+        silence_limit = settings.first_byte
+        total_deadline = self._started + settings.total
+        keepalive = settings.keepalive
+        max_bytes = settings.max_response_bytes
+        received = 0
         first = True
         try:
             while True:
-                wait = min(deadline - loop.time(), settings.keepalive)
-                try:
-                    if wait <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(wait):
-                        data = await content.readany()
-                except TimeoutError:
-                    if loop.time() >= deadline:
-                        raise UpstreamStalled(self._stall_message(first)) from None
+                now = clock()
+                wait = min(silence_limit - silence, self._last_write + keepalive - now, total_deadline - now)
+                data: Optional[bytes] = None
+                if wait > 0:
+                    timer = asyncio.timeout(wait)
+                    try:
+                        async with timer:
+                            data = await content.readany()
+                    except TimeoutError:
+                        if not timer.expired():  # aiohttp's own timeout (the session's total), not ours
+                            raise UpstreamTimeout(self._total_message()) from None
+                    silence += clock() - now
+                if data is None:  # a timer ran out
+                    if clock() >= total_deadline:
+                        raise UpstreamTimeout(self._total_message())
+                    if silence >= silence_limit:
+                        raise UpstreamStalled(self._stall_message(first))
+                    self._last_write = clock()  # the relay writes the keepalive now
                     yield KEEPALIVE
                     continue
                 if not data:
                     break
                 first = False
-                deadline = loop.time() + settings.idle
+                silence, silence_limit = 0.0, settings.idle
+                received += len(data)
+                if received > max_bytes:
+                    raise UpstreamTooLarge(f"the vLLM server at {self.backend.url} sent more than {max_bytes} bytes "
+                                           "in one answer (gateway.max_upstream_response_bytes)")
                 if capture is not None:
                     capture.append(data)
                 payloads = decoder.feed(data)
                 if payloads:
                     yield self._decode(payloads, decode)
+                if clock() - self._last_write >= keepalive:  # bytes came, but nothing for the client
+                    self._last_write = clock()
+                    yield KEEPALIVE
             payloads = decoder.close()
             if payloads:
                 yield self._decode(payloads, decode)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError) as exc:
+        except SSEEventTooLarge:
+            error = UpstreamTooLarge(f"the vLLM server at {self.backend.url} sent an SSE event longer than "
+                                     f"{settings.max_event_bytes} bytes (gateway.max_upstream_event_bytes)")
+            self._client.failed(self.backend, error)
+            raise error from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionResetError,
+                HttpProcessingError) as exc:  # HttpProcessingError: invalid chunked framing, raised as is
             error = UpstreamStreamBroken(f"the connection to {self.backend.url} was lost mid-stream ({_describe(exc)})")
             self._client.failed(self.backend, error)
             raise error from None
         except UpstreamError as exc:
             self._client.failed(self.backend, exc)
             raise
+
+    def _total_message(self) -> str:
+        return (f"the request to the vLLM server at {self.backend.url} took longer than "
+                f"{self._settings.total:g} s (request_timeout_s)")
 
     def _decode(self, payloads: list[bytes], decode: Any) -> list[Streamed]:
         chunks: list[Streamed] = []
@@ -201,10 +258,13 @@ class ChatStream:
                 chunks.append(None)
                 break
             try:
-                chunks.append(decode(payload))
+                chunk = decode(payload)
             except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:  # absurd depth, bad UTF-8
                 raise UpstreamProtocolError(
                     f"the upstream sent a line that is not a chat.completion.chunk: {exc}") from None
+            if chunk.usage is not None:
+                chunk.usage = checked_usage(chunk.usage, self.backend.url)
+            chunks.append(chunk)
         return chunks
 
     def _stall_message(self, first: bool) -> str:
@@ -369,27 +429,37 @@ class VLLMClient:
                             session_key: Optional[str] = None, request_id: Optional[str] = None,
                             capture: Optional[list[bytes]] = None,
                             observer: Optional[RequestObserver] = None) -> chat.ChatCompletion:
-        backend, response = await self._send(body, first, session_key, None, request_id, observer)
+        started = asyncio.get_running_loop().time()
+        total = self.settings.total
+        backend, response = await self._send(body, first, session_key, total, request_id, observer)
         try:
-            raw = await self._until_dead(backend, response.read())
+            async with asyncio.timeout(max(0.0, started + total - asyncio.get_running_loop().time())):
+                raw = await self._until_dead(backend, read_at_most(response, self.settings.max_response_bytes,
+                                                                   backend.url, idle=self.settings.idle))
             if capture is not None:
                 capture.append(raw)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, HttpProcessingError) as exc:
             error = UpstreamStreamBroken(f"the connection to {backend.url} was lost ({_describe(exc)})")
             self.failed(backend, error)
             raise error from None
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(f"{backend.url} did not answer within {self.settings.total:g} s") from None
-        except UpstreamDead as exc:
+            raise UpstreamTimeout(f"{backend.url} did not answer within {total:g} s (request_timeout_s)") from None
+        except (UpstreamDead, UpstreamTooLarge, UpstreamStalled) as exc:
             self.failed(backend, exc)
             raise
         finally:
-            response.release()
+            if raw_read_completely(response):
+                response.release()
+            else:
+                response.close()  # not read to its end: the connection cannot be reused
             backend.in_flight -= 1
         try:
-            return chat.completion_decoder.decode(raw)
+            completion = chat.completion_decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise UpstreamError(f"{backend.url} answered with something that is not a chat completion: {exc}") from None
+        if completion.usage is not None:
+            completion.usage = checked_usage(completion.usage, backend.url)
+        return completion
 
     async def _send(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend], session_key: Optional[str],
                     header_timeout: Optional[float], request_id: Optional[str],
@@ -454,11 +524,11 @@ class VLLMClient:
             raise UpstreamUnreachable(f"The request to the vLLM server at {base} failed: {_describe(exc)}") from None
         if response.status >= 300:  # redirects are not followed (allow_redirects=False): an answer, not a hop
             try:
-                raw = await response.read()
-            except aiohttp.ClientError:
+                raw = await read_at_most(response, _ERROR_BODY_BYTES, base, truncate=True)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 raw = b""
             finally:
-                response.release()
+                response.close()
             raise _http_error(base, response.status, raw)
         return response
 
@@ -466,7 +536,7 @@ class VLLMClient:
         url = f"{base}{path}"
         try:
             async with self.session.get(url, headers=self.headers_for(base), allow_redirects=False) as response:
-                raw = await response.read()
+                raw = await read_at_most(response, self.settings.max_response_bytes, base)
                 if response.status >= 300:
                     raise _http_error(base, response.status, raw)
                 return orjson.loads(raw)
@@ -506,7 +576,7 @@ class VLLMClient:
         try:
             async with self.session.post(url, data=orjson.dumps(body), headers=headers,
                                          allow_redirects=False) as response:
-                raw = await response.read()
+                raw = await read_at_most(response, self.settings.max_response_bytes, root)
                 if response.status >= 300:
                     raise UpstreamEndpointError(f"{path} failed: {_http_error(root, response.status, raw).message}",
                                                 response.status)
@@ -606,6 +676,58 @@ def _http_error(base: str, status: int, raw: bytes) -> UpstreamHTTPError:
     return UpstreamHTTPError(f"The vLLM server at {base} answered {status}: {text}", status, text, raw, param)
 
 
+_ERROR_BODY_BYTES = 64 * 1024  # of an error answer (or /health's): the message is at its start
+
+
+async def read_at_most(response: aiohttp.ClientResponse, limit: int, base: str, truncate: bool = False,
+                       idle: Optional[float] = None) -> bytes:
+    """The body, read (and decompressed, by aiohttp, step by step) up to ``limit`` bytes: more is
+    ``UpstreamTooLarge``, or with ``truncate`` the first ``limit`` bytes. ``idle``: the longest
+    silence between two reads (``UpstreamStalled``; also what ends a body whose chunked framing
+    broke, which aiohttp's reader does not report)."""
+    out = bytearray()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await response.content.readany()
+        except TimeoutError:
+            if idle is None:
+                raise
+            raise UpstreamStalled(f"the vLLM server at {base} stalled: no output for {idle:g} s "
+                                  "(idle_timeout_s)") from None
+        if not chunk:
+            break
+        out += chunk
+        if len(out) > limit:
+            if truncate:
+                return bytes(out[:limit])
+            raise UpstreamTooLarge(f"the vLLM server at {base} sent more than {limit} bytes in one answer "
+                                   "(gateway.max_upstream_response_bytes)")
+    return bytes(out)
+
+
+def raw_read_completely(response: aiohttp.ClientResponse) -> bool:
+    return response.content.at_eof()
+
+
+_USAGE_LIMIT = 2**53  # no count of tokens is larger; what is, or is negative, is not a count
+
+
+def checked_usage(usage: chat.Usage, base: str) -> Optional[chat.Usage]:
+    """vLLM's usage, when its numbers are counts; otherwise None (as if it had sent none), so
+    clients and the metrics never see a negative or absurd number."""
+    numbers = [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens]
+    if usage.prompt_tokens_details is not None:
+        numbers.append(usage.prompt_tokens_details.cached_tokens)
+    if usage.completion_tokens_details is not None:
+        numbers.append(usage.completion_tokens_details.reasoning_tokens)
+    if all(n is None or 0 <= n < _USAGE_LIMIT for n in numbers):
+        return usage
+    log.warning("%s sent a usage that is not made of token counts (%s); it is ignored", base,
+                ", ".join(str(n)[:30] for n in numbers))
+    return None
+
+
 def split_credentials(url: str) -> tuple[str, Optional[str]]:
     """``http://user:pw@host/v1`` -> (``http://host/v1``, ``Basic <base64 user:pw>``); a URL without
     credentials -> (the URL, None)."""
@@ -627,6 +749,8 @@ def _retrieve(task: "asyncio.Task[Any]") -> None:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return str(exc.os_error.strerror or exc.os_error) if exc.os_error else str(exc)
+    if isinstance(exc, HttpProcessingError):
+        return f"invalid HTTP framing: {exc.message}"
     return str(exc) or type(exc).__name__
 
 

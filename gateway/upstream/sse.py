@@ -12,20 +12,47 @@ from __future__ import annotations
 DONE = b"[DONE]"
 
 
-class SSEDecoder:
-    __slots__ = ("_buffer",)
+class SSEEventTooLarge(Exception):
+    """An event longer than the decoder's limit has not ended yet."""
 
-    def __init__(self) -> None:
-        self._buffer = b""  # the start of an event whose blank line has not arrived yet
+
+class SSEDecoder:
+    """``max_event_bytes`` bounds what is held of an event that has not ended; bytes already held
+    are never searched again (a line that never ends costs its length once, not once per read)."""
+
+    __slots__ = ("_pending", "_held_cr", "_limit")
+
+    def __init__(self, max_event_bytes: int = 4 * 1024 * 1024) -> None:
+        self._pending = bytearray()  # the start of an event whose blank line has not arrived yet
+        self._held_cr = False  # the last byte was a CR: it may be the first half of a CRLF
+        self._limit = max_event_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
-        buffer = self._buffer + data if self._buffer else data
-        if b"\r" in buffer:
-            buffer, held_cr = _normalize_line_ends(buffer)
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+        if b"\r" in data:  # CRLF and lone CR end lines too
+            if data.endswith(b"\r"):
+                data, self._held_cr = data[:-1], True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        pending = self._pending
+        if pending:
+            start = len(pending) - 1  # a blank line may straddle the old and the new bytes
+            pending += data
+            if pending.find(b"\n\n", start) < 0:
+                if len(pending) > self._limit:
+                    raise SSEEventTooLarge(len(pending))
+                return []
+            buffer = bytes(pending)
+            pending.clear()
         else:
-            held_cr = b""
+            buffer = data
         blocks = buffer.split(b"\n\n")
-        self._buffer = blocks.pop() + held_cr  # after the last blank line: not complete yet
+        tail = blocks.pop()  # after the last blank line: not complete yet
+        if tail:
+            if len(tail) > self._limit:
+                raise SSEEventTooLarge(len(tail))
+            pending += tail
         payloads: list[bytes] = []
         for block in blocks:
             if block.startswith(b"data: ") and b"\n" not in block:
@@ -38,19 +65,9 @@ class SSEDecoder:
 
     def close(self) -> list[bytes]:
         """End of body: an event not followed by a blank line still counts (lenient servers)."""
-        tail, self._buffer = self._buffer, b""
-        if not tail:
+        if not self._pending and not self._held_cr:
             return []
-        return self.feed(tail + b"\n\n")
-
-
-def _normalize_line_ends(buffer: bytes) -> tuple[bytes, bytes]:
-    """CRLF and lone CR end lines too. A CR at the very end may be the first half of a CRLF whose
-    LF comes with the next read: it is held back."""
-    held = b""
-    if buffer.endswith(b"\r"):
-        buffer, held = buffer[:-1], b"\r"
-    return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), held
+        return self.feed(b"\n\n")
 
 
 def _parse_event(block: bytes) -> bytes | None:
