@@ -56,14 +56,13 @@ class LogprobAligner:
     """Tokens in generation order, and a cursor into their concatenated text up to which every
     token has been attributed (to a message) or skipped."""
 
-    __slots__ = ("_top", "_text", "_starts", "_entries", "_first", "_cursor", "_given")
+    __slots__ = ("_top", "_text", "_starts", "_entries", "_cursor", "_given")
 
     def __init__(self, top: int) -> None:
         self._top = top
-        self._text = ""  # the texts of the tokens from ``_first`` on, concatenated
+        self._text = ""  # the texts of the tokens not yet done with, concatenated
         self._starts: list[int] = []  # each token's offset in ``_text``
         self._entries: list[chat.TokenLogprob] = []
-        self._first = 0  # tokens before this index are done with
         self._cursor = 0  # offset in ``_text``: everything before it is attributed or skipped
         self._given = -1  # index of the last token handed out (a straddling token goes out once)
 
@@ -80,7 +79,7 @@ class LogprobAligner:
             return []
         start, end = span
         out = []
-        for i in range(self._first, len(self._entries)):
+        for i in range(len(self._entries)):
             token_start = self._starts[i]
             token_end = self._starts[i + 1] if i + 1 < len(self._starts) else len(self._text)
             if token_start >= end:
@@ -110,6 +109,14 @@ class LogprobAligner:
         return (match.start(), match.end()) if match else None
 
     def _advance(self, end: int) -> None:
-        """Move the cursor; tokens that end before it are never looked at again."""
+        """Move the cursor, and forget the tokens wholly before it (so the text kept stays a short
+        window however long the generation)."""
+        first = bisect.bisect_right(self._starts, end) - 1
+        if first > 0:
+            cut = self._starts[first]
+            del self._starts[:first], self._entries[:first]
+            self._starts = [start - cut for start in self._starts]
+            self._text = self._text[cut:]
+            end -= cut
+            self._given -= first
         self._cursor = end
-        self._first = max(self._first, bisect.bisect_right(self._starts, end) - 1)
