@@ -322,8 +322,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # clients' api_keys), or leave the key unset and it answers loopback clients only.
     inspect: bool = False
     inspect_admin_key: Optional[str] = None
-    # Requests kept in memory (the most recent ones; live ones are kept until they end).
+    # Requests kept in memory (the most recent ones), and the most memory they may hold, roughly.
     inspect_buffer: int = 200
+    inspect_buffer_mb: int = 256
     # OpenTelemetry traces (span per request, child per upstream attempt), exported over OTLP as the
     # standard OTEL_EXPORTER_OTLP_* variables say. Needs `pip install 'vllm-responses-gateway[otel]'`.
     tracing: bool = False
@@ -371,6 +372,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         buffer = self.inspect_buffer
         if not isinstance(buffer, int) or isinstance(buffer, bool) or not 1 <= buffer <= 100_000:
             raise _field_error("inspect_buffer", f"must be an integer from 1 to 100000, got {buffer!r}")
+        budget = self.inspect_buffer_mb
+        if not isinstance(budget, int) or isinstance(budget, bool) or not 1 <= budget <= 1 << 20:
+            raise _field_error("inspect_buffer_mb", f"must be a whole number of MB from 1 up, got {budget!r}")
         if self.inspect_admin_key is not None:
             if not isinstance(self.inspect_admin_key, str) or len(self.inspect_admin_key) < 8:
                 raise _field_error("inspect_admin_key", "must be a string of at least 8 characters")

@@ -13,8 +13,11 @@ For one request the server calls, in this order (each call is optional but the l
   (``plan.body``, sent as ``plan.payload``). Not called for a request the gateway refused (400);
 - ``attempt_started(server)`` / ``attempt_ended(server, error)``: each try at a vLLM server (the
   client retries on another one when a server fails before answering); ``error`` None: it answered;
-- ``received(chunks)``: each upstream read, as the list of ``ChatChunk`` it carried (``None`` in it
-  is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
+- ``read(data)``: each network read from vLLM, the bytes as they came (an SSE event may span two
+  reads); without streaming, once, the whole body. Keeping these (untracked by the garbage
+  collector) is cheaper than keeping the decoded chunks;
+- ``received(chunks)``: then the chunks that read completed, as a list of ``ChatChunk`` (``None`` in
+  it is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
 - ``sent(data)``: each write to the client, as the bytes written (SSE frames; without streaming,
   the JSON body). The frames written after a ``received`` are the events made of its chunks;
 - ``await ending()``: right after the ``sent`` of the write that ends the response (its terminal
@@ -69,6 +72,9 @@ class RequestObserver:
     def attempt_ended(self, server: str, error: Optional["UpstreamError"]) -> None:
         pass
 
+    def read(self, data: bytes) -> None:
+        pass
+
     def received(self, chunks: Sequence[Any]) -> None:
         pass
 
@@ -104,6 +110,10 @@ class _Fanout(RequestObserver):
     def attempt_ended(self, server: str, error: Optional["UpstreamError"]) -> None:
         for o in self._observers:
             o.attempt_ended(server, error)
+
+    def read(self, data: bytes) -> None:
+        for o in self._observers:
+            o.read(data)
 
     def received(self, chunks: Sequence[Any]) -> None:
         for o in self._observers:

@@ -161,8 +161,9 @@ async def test_a_streamed_request_is_recorded_whole(make_gateway: GatewayFactory
     # the events the client got, in order, are the "sent" entries
     sent = [event for _, kind, payload in record["entries"] if kind == "sent" for event in payload]
     assert sent == [event for event in parse_sse(body)]
-    chunks = [c for _, kind, payload in record["entries"] if kind == "chunks" for c in payload]
-    assert chunks[-1] is None and len(chunks) == 1 + len(deltas) + 2 + 1  # role, deltas, finish, usage, [DONE]
+    # what vLLM sent, read by read: role, deltas, finish, usage, [DONE]
+    upstream = "".join(payload for _, kind, payload in record["entries"] if kind == "read")
+    assert upstream.count("data: ") == 1 + len(deltas) + 2 + 1 and upstream.endswith("data: [DONE]\n\n")
     times = [t for t, _, _ in record["entries"]]
     assert times == sorted(times)
 
@@ -230,6 +231,35 @@ async def test_the_ring_buffer_is_bounded(make_gateway: GatewayFactory) -> None:
         assert response.headers["Content-Disposition"] == f'attachment; filename="{ids[-1]}.json"'
 
 
+async def test_the_memory_budget_evicts_the_oldest(make_gateway: GatewayFactory) -> None:
+    gateway = await inspected(make_gateway, "gateway.inspect_buffer_mb=1")
+    ids = []
+    for i in range(4):  # each ~400 KB of input: at most two fit in 1 MB
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": f"{i}" + "x" * 400_000}) as r:
+            assert r.status == 200
+            ids.append(r.headers["X-Request-Id"])
+        await ended(gateway, ids[-1])
+    kept = [s["id"] for s in await summaries(gateway)]
+    assert kept == ids[-len(kept):] and 1 <= len(kept) <= 2
+    inspector = gateway.runner.app[INSPECTOR_KEY]
+    assert sum(r.size for r in inspector.records.values()) <= 1 << 20
+
+
+async def test_a_reused_request_id_gets_its_own_record(make_gateway: GatewayFactory) -> None:
+    gateway = await inspected(make_gateway)
+    for _ in range(2):
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "q"},
+                                        headers={"X-Request-Id": "my-id-1"}) as response:
+            assert response.status == 200
+    inspector = gateway.runner.app[INSPECTOR_KEY]
+    for _ in range(2000):
+        if not inspector.live:
+            break
+        await asyncio.sleep(0.005)
+    assert [s["id"] for s in await summaries(gateway)] == ["my-id-1", "my-id-1.2"]
+    assert inspector.finished_bytes == sum(r.size for r in inspector.records.values())
+
+
 def test_a_viewer_that_falls_behind_is_dropped_not_buffered() -> None:
     inspector = Inspector(10, "x-session-id", Secrets(), viewer_limit=5)
 
@@ -238,11 +268,11 @@ def test_a_viewer_that_falls_behind_is_dropped_not_buffered() -> None:
         record = inspector.observe("req_1", request, b"{}")
         viewer = inspector.connect("req_1")  # list + detail: 2 messages queued
         for _ in range(3):
-            record.received([None])
+            record.read(b"data: [DONE]\n\n")
         assert not viewer.overflowed and len(viewer.queue) == 5
-        record.received([None])  # one past the bound: dropped, its queue freed
+        record.read(b"data: [DONE]\n\n")  # one past the bound: dropped, its queue freed
         assert viewer.overflowed and not viewer.queue
-        record.received([None])
+        record.read(b"data: [DONE]\n\n")
         assert not viewer.queue
         assert len(record.entries) == 5  # recording goes on regardless
         inspector.disconnect(viewer)

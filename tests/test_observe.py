@@ -34,6 +34,9 @@ class Recorder(RequestObserver):
     def attempt_ended(self, server: str, error: Any) -> None:
         self.calls.append(("attempt_ended", (server, error.code if error else None)))
 
+    def read(self, data: bytes) -> None:
+        self.calls.append(("read", data))
+
     def received(self, chunks: Any) -> None:
         self.calls.append(("received", list(chunks)))
 
@@ -83,6 +86,10 @@ async def test_streamed_request_is_observed_in_order(gateway: Gateway) -> None:
     chunks = [c for kind, value in rec.calls if kind == "received" for c in value]
     assert chunks[-1] is None  # [DONE]
     assert any(c is not None and c.choices and c.choices[0].finish_reason == "tool_calls" for c in chunks)
+    # the bytes of every read, as vLLM sent them: one "data:" line per chunk, each before its chunks
+    raw = b"".join(value for kind, value in rec.calls if kind == "read")
+    assert raw.count(b"data: ") == len(chunks) and raw.endswith(b"data: [DONE]\n\n")
+    assert rec.kinds().index("read") < rec.kinds().index("received")
     outcome = rec.outcome
     assert outcome is not None and outcome.status == 200 and outcome.error is None
     assert outcome.finish_reason == "tool_calls"
@@ -96,8 +103,9 @@ async def test_non_streamed_request_and_errors(gateway: Gateway) -> None:
     gateway.upstream.queue(Generation(deltas=content("Hello.")))
     whole = await gateway.create({"input": "q"})
     rec = recorders[-1]
-    assert rec.kinds() == ["planned", "attempt_started", "attempt_ended", "received", "sent", "ended"]
-    assert rec.calls[3][1][0].choices[0].message.content == "Hello."
+    assert rec.kinds() == ["planned", "attempt_started", "attempt_ended", "read", "received", "sent", "ended"]
+    assert b'"content": "Hello."' in rec.calls[3][1]
+    assert rec.calls[4][1][0].choices[0].message.content == "Hello."
     assert rec.outcome is not None and rec.outcome.status == 200 and rec.outcome.response.id == whole["id"]
 
     # refused by the gateway: no plan, the error object the client got

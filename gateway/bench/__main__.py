@@ -89,6 +89,7 @@ def options_from(args: argparse.Namespace) -> Options:
         repeats=args.repeats if args.repeats is not None else (1 if quick else 3),
         gateway_workers=args.gateway_workers,
         workers_levels=[64] if quick else [64, 256],
+        inspect_levels=[16] if quick else [1, 16],
         memory_streams=args.memory_streams,
         memory_hold=2.0 if quick else 6.0,
         machine_seconds=0.1 if quick else 0.3,

@@ -7,6 +7,7 @@ the children also get SIGTERM from the kernel if the benchmark itself dies).
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -136,6 +137,32 @@ class Procs:
             time.sleep(0.1)
         raise BenchError(f"{child.name} did not answer /health with 200 within {timeout:.0f} s (last: {last}):\n"
                          f"{child.log_tail()}")
+
+    # --- a viewer of the inspector (the inspect section) ------------------------------------------
+
+    def viewer(self, gateway_url: str, admin_key: str) -> Child:
+        log = self.dir / "viewer.log"
+        cmd = [sys.executable, "-m", "gateway.bench.viewer", gateway_url, admin_key]
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    cwd=self.dir, env=_env(), preexec_fn=_child_setup)
+        child = Child("viewer", proc, gateway_url, log)
+        self._children.append(child)
+        assert proc.stdout is not None
+        if _readline(proc.stdout, 20.0) != b"READY":
+            raise BenchError(f"the inspector viewer did not start:\n{child.log_tail()}")
+        return child
+
+    @staticmethod
+    def viewer_stats(child: Child) -> dict[str, int]:
+        assert child.proc.stdin is not None and child.proc.stdout is not None
+        child.proc.stdin.write(b"stats\n")
+        child.proc.stdin.flush()
+        line = _readline(child.proc.stdout, 20.0)
+        stats = json.loads(line) if line else {"fatal": "no answer"}
+        if "fatal" in stats:
+            raise BenchError(f"the inspector viewer failed: {stats['fatal']}\n{child.log_tail()}")
+        return stats
 
     # --- the load generator ---------------------------------------------------------------------
 

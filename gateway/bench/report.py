@@ -170,6 +170,28 @@ def workers_text(res: dict[str, Any]) -> str:
                                    "CPU % of a core", "scaling", "errors"], rows)
 
 
+def inspect_text(res: dict[str, Any]) -> str:
+    title = (f"INSPECT: the inspector off, on with no viewer, on with one viewer (following the live requests one "
+             f"after another: a worst case)\n  {_workload(res['workload'])}; median of {res['repeats']} repeat(s); "
+             f"x off = this mode / off, per repeat")
+    rows = []
+    for c, level in res["levels"].items():
+        for mode in ("off", "on, no viewer", "on, one viewer"):
+            m = level[mode]["median"]
+            vs = level[mode].get("vs_off", {})
+            rows.append([str(c), mode, _n(m.get("req_s"), 1), _n(m.get("tokens_s")) + _spread(m, "tokens_s"),
+                         _n(m.get("cpu_us_per_token_gateway"), 2) + _spread(m, "cpu_us_per_token_gateway"),
+                         _n(vs.get("cpu_us_per_token"), 2) + ("x" if vs else ""),
+                         _n(m.get("delta_p50_ms"), 2), _cores(m), str(m.get("errors", 0))])
+    viewer = [f"c={c}: {_n(lv['viewer'].get('watched'))} requests watched, "
+              f"{_n(lv['viewer'].get('entry_events'))} entry events, {_n((lv['viewer'].get('bytes') or 0) / 1e6, 1)} MB, "
+              f"{_n(lv['viewer'].get('overflows'))} overflows"
+              for c, lv in res["levels"].items() if lv.get("viewer")]
+    return (title + "\n\n" + table(["c", "inspector", "req/s", "tokens/s", "gw CPU µs/token", "x off",
+                                     "1st delta p50 ms", "CPU % of a core", "errors"], rows)
+            + ("\n\n  the viewer, per run: " + "; ".join(viewer) if viewer else ""))
+
+
 def memory_text(res: dict[str, Any]) -> str:
     title = (f"MEMORY: {res['streams']:,} streams open at once through the gateway (upstream trickles a chunk every "
              f"{res['interval_ms']} ms for {res['hold_s']:g} s); median of {res['repeats']} repeat(s)")
@@ -366,12 +388,12 @@ def targets_text(rows: list[dict[str, Any]]) -> str:
 
 
 SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text,
-                "soak": soak_text}
+                "inspect": inspect_text, "soak": soak_text}
 
 
 def render(info: dict[str, Any], results: dict[str, Any], wall_s: float) -> str:
     parts = [header(info)]
-    for name in ("relay", "workers", "memory", "soak", "machine"):
+    for name in ("relay", "workers", "memory", "inspect", "soak", "machine"):
         if name in results:
             parts.append(SECTION_TEXT[name](results[name]))
     parts.append(targets_text(targets(results)))

@@ -42,6 +42,7 @@ class Options:
     repeats: int = 3
     gateway_workers: Optional[int] = None
     workers_levels: list[int] = field(default_factory=lambda: [64, 256])
+    inspect_levels: list[int] = field(default_factory=lambda: [1, 16])
     memory_streams: int = 1000
     memory_hold: float = 6.0
     trickle_interval_ms: int = 200
@@ -247,6 +248,61 @@ def workers(opts: Options, ctx: Context) -> dict[str, Any]:
     return {"workload": {"mix": wl.mix, "tokens": wl.tokens, "tokens_per_chunk": wl.tokens_per_chunk,
                          "upstream": opts.upstream},
             "counts": counts, "repeats": opts.repeats, "levels": levels}
+
+
+# --- inspect: what the inspector costs ----------------------------------------------------------
+
+INSPECT_MODES = ("off", "on, no viewer", "on, one viewer")
+_INSPECT_KEY = "bench-inspector-admin-key"
+
+
+def inspect(opts: Options, ctx: Context) -> dict[str, Any]:
+    """The same load through three gateways, runs interleaved: the inspector off, on with nobody
+    watching (it records every request into its ring buffer), and on with one viewer following the
+    live requests one after another (the feed streams each watched request's entries to it)."""
+    wl = opts.workload
+    upstream = ctx.upstream
+    base = upstream.url + opts.upstream_prefix + "/v1"
+    on = ["gateway.inspect=true", f"gateway.inspect_admin_key={_INSPECT_KEY}"]
+    gateways: dict[str, Child] = {}
+    viewer: Optional[Child] = None
+    runs: dict[int, dict[str, list]] = {c: {m: [] for m in INSPECT_MODES} for c in opts.inspect_levels}
+    watched: dict[int, list[dict[str, int]]] = {c: [] for c in opts.inspect_levels}
+    try:
+        for i, mode in enumerate(INSPECT_MODES):
+            gateways[mode] = ctx.procs.gateway(base, name=f"gateway-inspect{i}", overrides=on if i else ())
+        viewer = ctx.procs.viewer(gateways["on, one viewer"].url, _INSPECT_KEY)
+        for rep in range(opts.repeats):
+            for c in opts.inspect_levels:
+                for mode in INSPECT_MODES:
+                    gw = gateways[mode]
+                    before = ctx.procs.viewer_stats(viewer) if mode == "on, one viewer" else None
+                    spec = _spec(opts, ctx, gw.url + "/v1/responses", wl.responses_request(), "responses", c,
+                                 {"gateway": gw.pid, "upstream": upstream.pid})
+                    runs[c][mode].append(_run(ctx, spec, f"inspect rep {rep + 1}/{opts.repeats} c={c} {mode}",
+                                              wl.tokens))
+                    if before is not None:
+                        after = ctx.procs.viewer_stats(viewer)
+                        watched[c].append({k: after[k] - before[k] for k in after})
+    finally:
+        if viewer is not None:
+            ctx.procs.stop(viewer)
+        for gw in gateways.values():
+            ctx.procs.stop(gw)
+    levels = {}
+    for c in opts.inspect_levels:
+        off = runs[c]["off"]
+        levels[c] = {mode: {"median": median_of(runs[c][mode]), "runs": runs[c][mode]} for mode in INSPECT_MODES}
+        for mode in INSPECT_MODES[1:]:  # per repeat: the same moment, the same noise
+            levels[c][mode]["vs_off"] = median_of([
+                {"cpu_us_per_token": m["cpu_us_per_token_gateway"] / o["cpu_us_per_token_gateway"]
+                 if o.get("cpu_us_per_token_gateway") and m.get("cpu_us_per_token_gateway") else None,
+                 "tokens_s": m["tokens_s"] / o["tokens_s"] if o.get("tokens_s") and m.get("tokens_s") else None}
+                for o, m in zip(off, runs[c][mode])])
+        levels[c]["viewer"] = median_of(watched[c]) if watched[c] else {}
+    return {"workload": {"mix": wl.mix, "tokens": wl.tokens, "tokens_per_chunk": wl.tokens_per_chunk,
+                         "upstream": opts.upstream},
+            "repeats": opts.repeats, "levels": levels}
 
 
 # --- memory: 1,000 streams open at once -----------------------------------------------------------
@@ -572,6 +628,7 @@ SECTIONS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
     "relay": relay,
     "workers": workers,
     "memory": memory,
+    "inspect": inspect,
     "soak": soak,  # only when asked for (--only soak): it takes minutes
 }
-DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory"]
+DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory", "inspect"]

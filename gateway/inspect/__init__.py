@@ -32,7 +32,7 @@ def install(app: web.Application, config: Config, observers: list[Any], client_k
     if gw.inspect:
         if gw.inspect_admin_key and gw.inspect_admin_key.encode() in client_keys:
             raise ValueError("gateway.inspect_admin_key must differ from every client API key")
-        inspector = Inspector(gw.inspect_buffer, gw.session_header, secrets,
+        inspector = Inspector(gw.inspect_buffer, gw.session_header, secrets, gw.inspect_buffer_mb << 20,
                               nemo_cookie_session(session_cookie_name(config)))
         observers.append(inspector.observe)
         install_routes(app, inspector, gw.inspect_admin_key)

@@ -2,8 +2,9 @@
 that watch them live.
 
 Recording is cheap on purpose, because it runs inside each stream: per upstream read and per client
-write one tuple is appended (a reference to what the server already made: the decoded chunks, the
-bytes written), and viewers are told only when there are any. Turning that into JSON happens when
+write one tuple is appended (a reference to bytes the server already has: those vLLM sent, those
+written to the client; bytes, unlike decoded chunks, cost the garbage collector nothing), and
+viewers are told only when there are any. Turning that into JSON happens when
 someone looks (``encode_*``), in the viewer's own task, never in the stream's.
 
 A record's entries are ``(t, kind, payload)``, ``t`` in seconds since the request arrived:
@@ -13,7 +14,7 @@ kind     payload
 ======== ===========================================================================================
 plan     ``ChatPlan``: the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes)
 attempt  ``(server, error)``: a try at a vLLM server started (error ``...``) or ended (None: answered)
-chunks   the list of chunks one upstream read carried (None = ``[DONE]``), or ``[ChatCompletion]``
+read     the bytes of one network read from vLLM (SSE; an event may span reads), or the whole body
 sent     the bytes written to the client: SSE frames, or the JSON body without streaming
 end      ``Outcome``
 ======== ===========================================================================================
@@ -67,6 +68,7 @@ class Record(RequestObserver):
         self.stream: Optional[bool] = None
         self.response_id: Optional[str] = None
         self.entries: list[tuple[float, str, Any]] = []
+        self.size = len(raw)  # bytes it holds, roughly: what the inspector's memory budget counts
         self.dropped = 0  # entries past MAX_ENTRIES_PER_REQUEST
         self.outcome: Optional[Outcome] = None
         self.duration: Optional[float] = None
@@ -75,10 +77,11 @@ class Record(RequestObserver):
 
     # --- the observer -----------------------------------------------------------------------------
 
-    def _add(self, kind: str, payload: Any) -> None:
+    def _add(self, kind: str, payload: Any, size: int = 64) -> None:
         if len(self.entries) >= MAX_ENTRIES_PER_REQUEST and kind != "end":
             self.dropped += 1
             return
+        self.size += size
         entry = (time.perf_counter() - self._t0, kind, payload)
         self.entries.append(entry)
         if self.viewers:
@@ -92,7 +95,7 @@ class Record(RequestObserver):
         session = self.inspector.session_of(self, request)
         if session is not None:
             self.session, self.session_source = session
-        self._add("plan", plan)
+        self._add("plan", plan, len(plan.payload))
         self.inspector.changed(self)
 
     def attempt_started(self, server: str) -> None:
@@ -101,13 +104,13 @@ class Record(RequestObserver):
     def attempt_ended(self, server: str, error: Any) -> None:
         self._add("attempt", (server, error))
 
-    def received(self, chunks: Any) -> None:
-        self._add("chunks", chunks)
+    def read(self, data: bytes) -> None:
+        self._add("read", data, len(data))
 
     def sent(self, data: bytes) -> None:
         if self.first_output is None and (b"_text.delta" in data or b"arguments.delta" in data):
             self.first_output = time.perf_counter() - self._t0
-        self._add("sent", data)
+        self._add("sent", data, len(data))
 
     def ended(self, outcome: Outcome) -> None:
         self.duration = time.perf_counter() - self._t0
@@ -165,8 +168,8 @@ class Record(RequestObserver):
 def encode_entry(entry: tuple[float, str, Any], stream: Optional[bool]) -> bytes:
     """One entry as the JSON array ``[t_ms, kind, payload]`` the page reads."""
     t, kind, payload = entry
-    if kind == "chunks":
-        body = _encoder.encode(payload)
+    if kind == "read":  # as text: the page splits it into vLLM's events, as the gateway's reader does
+        body = orjson.dumps(payload.decode("utf-8", "replace"))
     elif kind == "sent":
         body = _sse_events_json(payload) if stream else b"[" + payload + b"]"
     elif kind == "plan":
@@ -252,9 +255,12 @@ class Viewer:
 class Inspector:
     """The ring buffer of records and the viewers. One per application."""
 
-    def __init__(self, size: int, session_header: str, secrets: Secrets,
+    def __init__(self, size: int, session_header: str, secrets: Secrets, max_bytes: int = 256 << 20,
                  cookie_session: Any = None, viewer_limit: int = VIEWER_QUEUE_LIMIT) -> None:
         self.size = size
+        self.max_bytes = max_bytes  # the records' memory, roughly (Record.size): the oldest go first
+        self.finished_bytes = 0  # the sizes of the records that have ended, still in ``records``
+        self._reused = 2  # suffix for a request id seen before
         self.session_header = session_header.lower()
         self.mask = secrets.scrub_bytes  # every configured secret, out of all the inspector sends
         self._cookie_session = cookie_session  # (aiohttp request) -> NeMo Gym's session id, or None
@@ -277,6 +283,9 @@ class Inspector:
             cookie = self._cookie_session(request)
             if cookie:
                 session = (cookie, "cookie")
+        if request_id in self.records or request_id in self.live:  # a client reusing its X-Request-Id
+            request_id = f"{request_id}.{self._reused}"
+            self._reused += 1
         replay_of = request.headers.get("X-Inspector-Replay-Of")
         original = self.get(replay_of) if replay_of else None
         if session is None and original is not None and original.session:
@@ -285,12 +294,31 @@ class Inspector:
         self.records[request_id] = record
         self.records.move_to_end(request_id)
         self.live[request_id] = record
-        while len(self.records) > self.size:
-            _, old = self.records.popitem(last=False)
-            if old.response_id:
-                self.by_response.pop(old.response_id, None)
+        self._evict()
         self.changed(record)
         return record
+
+    def _evict(self) -> None:
+        """The oldest finished records go while there are more than ``size`` or they hold more than
+        ``max_bytes``; running requests stay until they end, and the newest record always stays."""
+        count = len(self.records)
+        total = self.finished_bytes + sum(r.size for r in self.live.values())
+        if count <= self.size and total <= self.max_bytes:
+            return
+        victims = []
+        for request_id, record in self.records.items():  # oldest first; usually stops at the first
+            if count <= 1 or (count <= self.size and total <= self.max_bytes):
+                break
+            if request_id in self.live:
+                continue
+            victims.append(record)
+            count -= 1
+            total -= record.size
+        for record in victims:
+            del self.records[record.id]
+            self.finished_bytes -= record.size
+            if record.response_id:
+                self.by_response.pop(record.response_id, None)
 
     def session_of(self, record: Record, request: Any) -> Optional[tuple[str, str]]:
         """The session a request belongs to, once its body is decoded: the session header wins, then
@@ -319,7 +347,9 @@ class Inspector:
             viewer.push(("summary", record, None))
 
     def ended(self, record: Record) -> None:
-        self.live.pop(record.id, None)
+        if self.live.pop(record.id, None) is not None and record.id in self.records:
+            self.finished_bytes += record.size
+        self._evict()
         self.changed(record)
 
     def get(self, request_id: str) -> Optional[Record]:

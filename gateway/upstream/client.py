@@ -149,7 +149,8 @@ class ChatStream:
     HTTP request, which makes vLLM stop generating."""
 
     def __init__(self, response: aiohttp.ClientResponse, backend: Backend, client: "VLLMClient",
-                 started: float, capture: Optional[list[bytes]] = None) -> None:
+                 started: float, capture: Optional[list[bytes]] = None,
+                 observer: Optional[RequestObserver] = None) -> None:
         self._response = response
         self.backend = backend
         self._client = client
@@ -157,6 +158,7 @@ class ChatStream:
         self._started = started
         self._closed = False
         self.capture = capture  # raw bytes as received, for the transport log
+        self.observer = observer  # told each read's bytes, when someone watches
         self.done_seen = False  # [DONE] arrived: the connection may go back to the pool
         self.watch = HealthWatch(client, backend, response)
         self._clock = asyncio.get_running_loop().time
@@ -190,6 +192,7 @@ class ChatStream:
         keepalive = settings.keepalive
         max_bytes = settings.max_response_bytes
         received = 0
+        observer = self.observer
         first = True
         try:
             while True:
@@ -223,6 +226,8 @@ class ChatStream:
                                            "in one answer (gateway.max_upstream_response_bytes)")
                 if capture is not None:
                     capture.append(data)
+                if observer is not None:
+                    observer.read(data)
                 payloads = decoder.feed(data)
                 if payloads:
                     yield self._decode(payloads, decode)
@@ -423,7 +428,7 @@ class VLLMClient:
                                observer: Optional[RequestObserver] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
         backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id, observer)
-        return ChatStream(response, backend, self, started, capture)
+        return ChatStream(response, backend, self, started, capture, observer)
 
     async def complete_chat(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
                             session_key: Optional[str] = None, request_id: Optional[str] = None,
@@ -438,6 +443,8 @@ class VLLMClient:
                                                                    backend.url, idle=self.settings.idle))
             if capture is not None:
                 capture.append(raw)
+            if observer is not None:
+                observer.read(raw)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, HttpProcessingError) as exc:
             error = UpstreamStreamBroken(f"the connection to {backend.url} was lost ({_describe(exc)})")
             self.failed(backend, error)

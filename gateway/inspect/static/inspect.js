@@ -86,8 +86,31 @@ const DELTA_EVENTS = new Set([
   "response.function_call_arguments.delta", "response.refusal.delta",
 ]);
 
+// vLLM's stream as the gateway reads it: events end with a blank line and may span network reads.
+// Returns the events one read completed: parsed chunks, null for [DONE], {unparsed} for the rest.
+class SSESplitter {
+  constructor() { this.buffer = ""; }
+
+  feed(text) {
+    this.buffer += text.replace(/\r\n?/g, "\n");
+    const blocks = this.buffer.split("\n\n");
+    this.buffer = blocks.pop();
+    const events = [];
+    for (const block of blocks) {
+      const data = block.split("\n").filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5)).join("\n");
+      if (!data) continue;  // a comment or a field without data
+      if (data === "[DONE]") { events.push(null); continue; }
+      try { events.push(JSON.parse(data)); } catch (err) { events.push({unparsed: data}); }
+    }
+    return events;
+  }
+}
+
 class Model {
-  constructor() {
+  constructor(stream) {
+    this.stream = stream;       // false: vLLM's answer is one JSON body
+    this.splitter = new SSESplitter();
     this.plan = null;           // the Chat Completions body sent to vLLM
     this.attempts = [];         // {t, server, state, error}
     this.rows = [];             // one per upstream read: {t, chunks, events}; a first row for events before any read
@@ -106,7 +129,7 @@ class Model {
     this.lastT = t;
     if (kind === "plan") this.plan = payload;
     else if (kind === "attempt") this.applyAttempt(t, payload);
-    else if (kind === "chunks") this.applyChunks(t, payload);
+    else if (kind === "read") this.applyRead(t, payload);
     else if (kind === "sent") this.applySent(t, payload);
     else if (kind === "end") this.applyEnd(payload);
   }
@@ -118,8 +141,14 @@ class Model {
     if (attempt.error) this.errors.push(`attempt at ${attempt.server}: ${attempt.error.message}`);
   }
 
-  applyChunks(t, chunks) {
-    this.rows.push({t, chunks, events: []});
+  applyRead(t, text) {
+    let chunks;
+    if (this.stream === false) {
+      try { chunks = [JSON.parse(text)]; } catch (err) { chunks = [{unparsed: text}]; }
+    } else {
+      chunks = this.splitter.feed(text);
+    }
+    this.rows.push({t, chunks, events: [], bytes: text.length});
     let output = false;
     for (const chunk of chunks) {
       if (!chunk) continue;  // [DONE]
@@ -254,7 +283,7 @@ function connect() {
     const record = JSON.parse(e.data);
     if (record.summary.id !== state.selected) return;
     state.detail = record;
-    state.model = new Model();
+    state.model = new Model(record.summary.stream);
     for (const entry of record.entries) state.model.apply(entry);
     buildDetail();
     detailChanged();
@@ -396,7 +425,7 @@ function buildDetail() {
     h("details", {}, h("summary", {}, "Request headers (secrets masked)"), parts.headers),
     h("h3", {}, "Stream: vLLM's chunks and the Responses events made of them"),
     h("div", {class: "stream-wrap"}, h("table", {class: "stream"},
-      h("thead", {}, h("tr", {}, h("th", {class: "t"}, "t"), h("th", {}, "vLLM chunks (one row per read)"),
+      h("thead", {}, h("tr", {}, h("th", {class: "t"}, "t"), h("th", {}, "vLLM chunks (one row per network read)"),
                                 h("th", {}, "Responses events sent to the client"))),
       parts.stream)));
 }
@@ -585,6 +614,7 @@ function eventView(event) {
 
 function chunkView(chunk) {
   if (chunk === null) return h("span", {class: "chunk"}, "[DONE]");
+  if (chunk.unparsed !== undefined) return h("span", {class: "chunk bad"}, `not JSON: ${chunk.unparsed}`);
   const shown = compact({...chunk});
   for (const key of ["id", "model", "created", "object"]) delete shown[key];
   return h("span", {class: "chunk", title: JSON.stringify(chunk)}, JSON.stringify(shown));
@@ -600,7 +630,9 @@ function renderStream(model) {
     const row = rows[i];
     const tr = h("tr", {},
       h("td", {class: "t"}, fmtMs(row.t)),
-      h("td", {}, ...(row.chunks === null ? [h("span", {class: "empty"}, "(before vLLM's first chunk)")] : row.chunks.map(chunkView))),
+      h("td", {}, ...(row.chunks === null ? [h("span", {class: "empty"}, "(before vLLM's first chunk)")]
+        : row.chunks.length ? row.chunks.map(chunkView)
+          : [h("span", {class: "empty"}, `(${row.bytes} bytes: the start of an event the next read completes)`)])),
       h("td", {}, ...row.events.map(eventView)));
     if (i < parts.stream.rows.length) parts.stream.rows[i].replaceWith(tr);
     else parts.stream.append(tr);
