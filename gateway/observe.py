@@ -63,6 +63,8 @@ class Outcome:
 class RequestObserver:
     """Watches one request. Every method does nothing here: subclasses take what they need."""
 
+    __slots__ = ()  # subclasses may have slots only
+
     def planned(self, request: "ResponsesRequest", plan: "ChatPlan") -> None:
         pass
 

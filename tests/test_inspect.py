@@ -53,7 +53,7 @@ async def ended(gateway: Gateway, request_id: str) -> dict[str, Any]:
     inspector = gateway.runner.app[INSPECTOR_KEY]
     for _ in range(2000):
         record = inspector.get(request_id)
-        if record is not None and record.outcome is not None:
+        if record is not None and record.http_status is not None:
             return await export(gateway, request_id)
         await asyncio.sleep(0.005)
     raise AssertionError(f"{request_id} never ended")

@@ -12,11 +12,11 @@ A record's entries are ``(t, kind, payload)``, ``t`` in seconds since the reques
 ======== ===========================================================================================
 kind     payload
 ======== ===========================================================================================
-plan     ``ChatPlan``: the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes)
-attempt  ``(server, error)``: a try at a vLLM server started (error ``...``) or ended (None: answered)
+plan     the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes)
+attempt  ``{server, state, error}`` (JSON): a try at a vLLM server started, answered or failed
 read     the bytes of one network read from vLLM (SSE; an event may span reads), or the whole body
 sent     the bytes written to the client: SSE frames, or the JSON body without streaming
-end      ``Outcome``
+end      ``{status, error, finish_reason, response}`` (JSON): how it ended, the final Response
 ======== ===========================================================================================
 """
 
@@ -38,20 +38,36 @@ MAX_ENTRIES_PER_REQUEST = 20_000
 # Messages queued for one viewer; a viewer that falls this far behind is dropped (it reconnects and
 # starts again from a snapshot), so a slow browser never costs the gateway unbounded memory.
 VIEWER_QUEUE_LIMIT = 2_000
-ATTEMPT_STARTED = ...  # the ``error`` of an attempt entry while the try is under way
 
 _encoder = msgspec.json.Encoder()
+
+
+_SECRET_NAMES: dict[str, bool] = {}  # header name -> is it a credential (asked once per name)
 
 
 def mask_headers(headers: Iterable[tuple[str, str]], session_header: str) -> dict[str, str]:
     """Request headers fit to show: credentials and cookies masked (the session header is not a
     credential: it is what groups a session's requests)."""
-    return {str(name): MASK if name.lower() != session_header and is_secret_header(name) else str(value)
-            for name, value in headers}
+    shown = {}
+    for name, value in headers:
+        secret = _SECRET_NAMES.get(name)
+        if secret is None:
+            secret = is_secret_header(name)
+            if len(_SECRET_NAMES) < 1024:  # bounded: clients choose header names
+                _SECRET_NAMES[name] = secret
+        shown[str(name)] = MASK if secret and name.lower() != session_header else str(value)
+    return shown
 
 
 class Record(RequestObserver):
-    """One request as the inspector saw it; also its observer."""
+    """One request as the inspector saw it; also its observer. Everything it keeps is bytes, strings
+    and numbers: nothing for the garbage collector to walk, nothing that holds a stream's objects
+    (an exception would hold its traceback, and so the stream's frames) after the request ended."""
+
+    __slots__ = ("inspector", "id", "started_at", "_t0", "raw", "headers", "remote", "replay_of", "session",
+                 "session_source", "model", "stream", "response_id", "entries", "size", "dropped", "duration",
+                 "first_output", "viewers", "http_status", "response_status", "error_code", "finish_reason",
+                 "input_tokens", "output_tokens")
 
     def __init__(self, inspector: "Inspector", request_id: str, raw: bytes, headers: dict[str, str],
                  remote: Optional[str], session: Optional[tuple[str, str]], replay_of: Optional[str]) -> None:
@@ -67,21 +83,27 @@ class Record(RequestObserver):
         self.model: Optional[str] = None
         self.stream: Optional[bool] = None
         self.response_id: Optional[str] = None
-        self.entries: list[tuple[float, str, Any]] = []
+        self.entries: list[tuple[float, str, bytes]] = []
         self.size = len(raw)  # bytes it holds, roughly: what the inspector's memory budget counts
         self.dropped = 0  # entries past MAX_ENTRIES_PER_REQUEST
-        self.outcome: Optional[Outcome] = None
         self.duration: Optional[float] = None
         self.first_output: Optional[float] = None  # t of the first write carrying an output delta
-        self.viewers: list[Viewer] = []  # viewers watching this record's entries
+        self.viewers: Optional[list[Viewer]] = None  # viewers watching this record's entries
+        # how it ended (None while it runs)
+        self.http_status: Optional[int] = None
+        self.response_status: Optional[str] = None
+        self.error_code: Optional[str] = None
+        self.finish_reason: Optional[str] = None
+        self.input_tokens: Optional[int] = None
+        self.output_tokens: Optional[int] = None
 
     # --- the observer -----------------------------------------------------------------------------
 
-    def _add(self, kind: str, payload: Any, size: int = 64) -> None:
+    def _add(self, kind: str, payload: bytes) -> None:
         if len(self.entries) >= MAX_ENTRIES_PER_REQUEST and kind != "end":
             self.dropped += 1
             return
-        self.size += size
+        self.size += len(payload) + 64
         entry = (time.perf_counter() - self._t0, kind, payload)
         self.entries.append(entry)
         if self.viewers:
@@ -95,29 +117,42 @@ class Record(RequestObserver):
         session = self.inspector.session_of(self, request)
         if session is not None:
             self.session, self.session_source = session
-        self._add("plan", plan, len(plan.payload))
+        self._add("plan", plan.payload or orjson.dumps(plan.body))  # the exact bytes vLLM gets
         self.inspector.changed(self)
 
     def attempt_started(self, server: str) -> None:
-        self._add("attempt", (server, ATTEMPT_STARTED))
+        self._add("attempt", orjson.dumps({"server": server, "state": "started", "error": None}))
 
     def attempt_ended(self, server: str, error: Any) -> None:
-        self._add("attempt", (server, error))
+        failure = None if error is None else {"code": error.code, "message": error.message}
+        self._add("attempt", orjson.dumps({"server": server, "state": "failed" if error else "answered",
+                                           "error": failure}))
 
     def read(self, data: bytes) -> None:
-        self._add("read", data, len(data))
+        self._add("read", data)
 
     def sent(self, data: bytes) -> None:
         if self.first_output is None and (b"_text.delta" in data or b"arguments.delta" in data):
             self.first_output = time.perf_counter() - self._t0
-        self._add("sent", data, len(data))
+        self._add("sent", data)
 
     def ended(self, outcome: Outcome) -> None:
         self.duration = time.perf_counter() - self._t0
-        self.outcome = outcome
         if self.first_output is None and not self.stream:
             self.first_output = self.duration  # without streaming, all output comes at the end
-        self._add("end", outcome)
+        response = outcome.response
+        self.http_status, self.finish_reason = outcome.status, outcome.finish_reason
+        if outcome.error is not None:
+            self.error_code = outcome.error.get("code") or outcome.error.get("type")
+        if response is not None:
+            self.response_status = response.status
+            if response.error is not None and self.error_code is None:
+                self.error_code = response.error.code
+            if response.usage is not None:
+                self.input_tokens, self.output_tokens = response.usage.input_tokens, response.usage.output_tokens
+        self._add("end", orjson.dumps({
+            "status": outcome.status, "error": outcome.error, "finish_reason": outcome.finish_reason,
+            "response": orjson.Fragment(_encoder.encode(response))}))  # encoded once, at the end
         self.inspector.ended(self)
 
     # --- views ----------------------------------------------------------------------------------
@@ -126,24 +161,15 @@ class Record(RequestObserver):
     def status(self) -> str:
         """live, completed, incomplete, failed (a streamed failure), error (an HTTP error) or
         cancelled (the client left)."""
-        outcome = self.outcome
-        if outcome is None:
+        if self.http_status is None:
             return "live"
-        if outcome.status == 499:
+        if self.http_status == 499:
             return "cancelled"
-        if outcome.status >= 400:
+        if self.http_status >= 400:
             return "error"
-        return outcome.response.status if outcome.response is not None else "completed"
+        return self.response_status or "completed"
 
     def summary(self) -> dict[str, Any]:
-        outcome = self.outcome
-        response = outcome.response if outcome is not None else None
-        error_code = None
-        if outcome is not None and outcome.error is not None:
-            error_code = outcome.error.get("code") or outcome.error.get("type")
-        elif response is not None and response.error is not None:
-            error_code = response.error.code
-        usage = response.usage if response is not None else None
         return {
             "id": self.id,
             "response_id": self.response_id,
@@ -154,34 +180,26 @@ class Record(RequestObserver):
             "session_source": self.session_source,
             "replay_of": self.replay_of,
             "status": self.status,
-            "http_status": outcome.status if outcome is not None else None,
-            "error": error_code,
-            "finish_reason": outcome.finish_reason if outcome is not None else None,
+            "http_status": self.http_status,
+            "error": self.error_code,
+            "finish_reason": self.finish_reason,
             "ttft_ms": round(self.first_output * 1000, 1) if self.first_output is not None else None,
             "duration_ms": round(self.duration * 1000, 1) if self.duration is not None else None,
-            "input_tokens": usage.input_tokens if usage is not None else None,
-            "output_tokens": usage.output_tokens if usage is not None else None,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
             "dropped_entries": self.dropped,
         }
 
 
-def encode_entry(entry: tuple[float, str, Any], stream: Optional[bool]) -> bytes:
+def encode_entry(entry: tuple[float, str, bytes], stream: Optional[bool]) -> bytes:
     """One entry as the JSON array ``[t_ms, kind, payload]`` the page reads."""
     t, kind, payload = entry
     if kind == "read":  # as text: the page splits it into vLLM's events, as the gateway's reader does
         body = orjson.dumps(payload.decode("utf-8", "replace"))
     elif kind == "sent":
         body = _sse_events_json(payload) if stream else b"[" + payload + b"]"
-    elif kind == "plan":
-        body = payload.payload or orjson.dumps(payload.body)
-    elif kind == "attempt":
-        server, error = payload
-        state = "started" if error is ATTEMPT_STARTED else "answered" if error is None else "failed"
-        body = orjson.dumps({"server": server, "state": state,
-                             "error": None if state != "failed" else {"code": error.code, "message": error.message}})
-    else:  # end
-        body = orjson.dumps({"status": payload.status, "error": payload.error, "finish_reason": payload.finish_reason,
-                             "response": orjson.Fragment(_encoder.encode(payload.response))})
+    else:  # plan, attempt, end: JSON already
+        body = payload
     return b'[%.3f,"%s",%s]' % (t * 1000, kind.encode(), body)
 
 
@@ -366,14 +384,17 @@ class Inspector:
         if record is not None:
             viewer.watching = record
             viewer.push(("detail", record, len(record.entries)))
+            if record.viewers is None:
+                record.viewers = []
             record.viewers.append(viewer)
         self.viewers.add(viewer)
         return viewer
 
     def disconnect(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
-        if viewer.watching is not None and viewer in viewer.watching.viewers:
-            viewer.watching.viewers.remove(viewer)
+        watched = viewer.watching
+        if watched is not None and watched.viewers and viewer in watched.viewers:
+            watched.viewers.remove(viewer)
 
     def close_viewers(self) -> None:
         for viewer in [*self.viewers]:
