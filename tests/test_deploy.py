@@ -617,10 +617,13 @@ def test_termination_grace_covers_the_gateway_shutdown() -> None:
     spec = one("Deployment")["spec"]["template"]["spec"]
     grace = configmap_gateway_section()["shutdown_grace_s"]
     assert spec["terminationGracePeriodSeconds"] > grace
-    # The preStop sleep runs inside the same budget, before SIGTERM, and aiohttp needs a moment to
-    # close after the gateway's grace period (runner.py: shutdown_timeout = grace + 5).
+    # The preStop sleep runs inside the same budget, before SIGTERM; after the grace period the
+    # requests still running get SHUTDOWN_ANSWER_S to write their answer (response.failed, a 503),
+    # and aiohttp a second to close the connections (tests/test_hostile.py measures the exit).
+    from gateway.server.app import SHUTDOWN_ANSWER_S
+
     assert prestop_sleep_s() > 0, "a preStop sleep lets endpoint removal propagate before SIGTERM"
-    assert spec["terminationGracePeriodSeconds"] >= prestop_sleep_s() + grace + 5
+    assert spec["terminationGracePeriodSeconds"] >= prestop_sleep_s() + grace + SHUTDOWN_ANSWER_S + 1
     # The image's preStop command exists there: `sleep` is in the Debian base.
     assert gateway_container()["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
 

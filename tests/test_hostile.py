@@ -588,3 +588,43 @@ async def test_12_invalid_chunked_framing_from_upstream(make_gateway: GatewayFac
         error = error_of(status, ctype_, raw)
         assert status in (502, 504) and error["code"].startswith("upstream_"), error
     assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()]
+
+
+# --- 7. SIGTERM drains every kind of request in flight ---------------------------------------------
+
+
+async def test_7_shutdown_answers_every_kind_of_request(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    """A non-streaming request and a stream still waiting for vLLM's headers: finished when they
+    can within the grace period, otherwise answered with a 503 error object (before: a bare
+    disconnect, after grace + grace + 5 s)."""
+    gateway = await make_gateway("gateway.shutdown_grace_s=1")
+    upstream.queue(Generation(deltas=content("quick"), stall_before=0.2),  # non-streaming, in time
+                   Generation(deltas=content("late"), stall_before=60),  # non-streaming, too late
+                   Generation(deltas=content("late"), stall_headers=60),  # a stream without headers yet
+                   Generation(deltas=content("late"), stall_before=60))  # a stream without its first chunk
+
+    async def send(body: dict[str, Any]) -> tuple[int, str, bytes]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gateway.url + "/v1/responses", json=body) as response:
+                return response.status, response.headers.get("Content-Type", ""), await response.read()
+
+    tasks = []
+    for body in ({"input": "a"}, {"input": "b"}, {"input": "c", "stream": True}, {"input": "d", "stream": True}):
+        tasks.append(asyncio.ensure_future(send(body)))
+        while len(upstream.requests) < len(tasks):  # each is with vLLM before the next is sent
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await gateway.runner.cleanup()  # what SIGTERM does
+    took = time.monotonic() - started
+    quick, late, no_headers, no_chunk = [await t for t in tasks]
+    assert quick[0] == 200 and json.loads(quick[2])["status"] == "completed"
+    for status, ctype, raw in (late, no_headers):
+        error = error_of(status, ctype, raw)
+        assert status == 503 and error["code"] == "server_shutting_down", error
+    assert no_chunk[0] == 200
+    final = check_stream(parse_sse(no_chunk[2]))
+    assert final["status"] == "failed" and final["error"]["code"] == "server_shutting_down"
+    from gateway.server.app import SHUTDOWN_ANSWER_S
+
+    assert took < 1 + SHUTDOWN_ANSWER_S + 1, took  # the bound the shipped manifests are sized for
+    assert all(r["closed_early"] for r in upstream.requests[1:])

@@ -57,6 +57,10 @@ FOLDING_SETTINGS_KEY = web.AppKey("folding_settings", ConversionSettings)  # dev
 DEVELOPER_KEY = web.AppKey("developer_role", DeveloperRole)
 STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
 SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
+REQUESTS_KEY = web.AppKey("requests", set)  # the tasks serving a POST /v1/responses (graceful shutdown)
+# After the grace period, the time the cancelled requests get to write their answer; the process
+# exits within shutdown_grace_s + SHUTDOWN_ANSWER_S (+ the 1 s aiohttp gives connections to close).
+SHUTDOWN_ANSWER_S = 3.0
 KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
 METRICS_KEY = web.AppKey("metrics", Metrics)
 SECRETS_KEY = web.AppKey("secrets", Secrets)  # every configured secret: what must not leave the process
@@ -224,6 +228,28 @@ def _cookie_session_id(value: str) -> str:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
+    """Every request in flight is known (``REQUESTS_KEY``) so that SIGTERM can wait for it: streamed
+    or not, answered by vLLM yet or not. When the grace period is over, what is still running is
+    cancelled and answered here: a stream that started ends with response.failed (in _stream), a
+    request not answered yet gets a 503 ``server_shutting_down``, never a bare disconnect."""
+    task = asyncio.current_task()
+    requests: set[asyncio.Task[Any]] = request.app[REQUESTS_KEY]
+    if task is not None:
+        requests.add(task)
+    try:
+        return await _create_response(request)
+    except asyncio.CancelledError:
+        if task is None or not request.app[SHUTDOWN_KEY].is_set() or request.transport is None \
+                or request.writer.output_size > 0:
+            raise  # the client left, or the answer has started: nothing more can be said
+        task.uncancel()
+        return error_response(503, "The gateway is shutting down; the request was not completed. Retry it.",
+                              type_="server_error", code="server_shutting_down", headers={"Retry-After": "1"})
+    finally:
+        requests.discard(task)  # type: ignore[arg-type]
+
+
+async def _create_response(request: web.Request) -> web.StreamResponse:
     gw = request.app[CONFIG_KEY].gateway
     try:
         raw = await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
@@ -766,6 +792,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app[SETTINGS_KEY] = conversion_settings(config)
     app[FOLDING_SETTINGS_KEY] = dataclasses.replace(app[SETTINGS_KEY], fold_developer_messages=True)
     app[STREAMS_KEY] = set()
+    app[REQUESTS_KEY] = set()
     app[SHUTDOWN_KEY] = asyncio.Event()
     app[KEYS_KEY] = client_keys(config)
     app[SECRETS_KEY] = secrets_of(config, [key.decode() for key in app[KEYS_KEY]])
@@ -794,26 +821,30 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     async def start_client(app: web.Application) -> None:
         await app[CLIENT_KEY].start()
 
-    async def drain_streams(app: web.Application) -> None:
-        """SIGTERM: the listening socket is closed already; open streams get the grace period to
-        finish, then are ended with response.failed."""
-        streams: set[asyncio.Task[Any]] = app[STREAMS_KEY]
-        deadline = time.monotonic() + config.gateway.shutdown_grace_s
-        if streams:
-            log.info("waiting up to %.0f s for %d open streams", config.gateway.shutdown_grace_s, len(streams))
-        while streams and time.monotonic() < deadline:
+    async def drain_requests(app: web.Application) -> None:
+        """SIGTERM: the listening socket is closed already; every request in flight (streamed or
+        not, waiting for vLLM or not, background runs) gets the grace period to finish; then each
+        is cancelled, which makes it answer (response.failed, or a 503) within ANSWER_S."""
+        running: set[asyncio.Task[Any]] = app[REQUESTS_KEY]
+        background: set[asyncio.Task[Any]] = app[STREAMS_KEY]  # relays, and background runs (no request)
+        grace = config.gateway.shutdown_grace_s
+        deadline = time.monotonic() + grace
+        if running or background:
+            log.info("waiting up to %.0f s for %d requests in flight", grace, len(running | background))
+        while (running or background) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         app[SHUTDOWN_KEY].set()
-        for task in list(streams):
+        for task in list(running | background):
             task.cancel()
-        while streams:
+        ends = time.monotonic() + SHUTDOWN_ANSWER_S
+        while (running or background) and time.monotonic() < ends:
             await asyncio.sleep(0.01)
 
     async def close_client(app: web.Application) -> None:
         await app[CLIENT_KEY].close()
 
     app.on_startup.append(start_client)
-    app.on_shutdown.append(drain_streams)
+    app.on_shutdown.append(drain_requests)
     app.on_cleanup.append(close_client)
     app.router.add_post("/v1/responses", create_response, expect_handler=expect_continue)
     app.router.add_get("/v1/models", list_models, expect_handler=expect_continue)

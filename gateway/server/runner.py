@@ -14,7 +14,7 @@ from aiohttp import http_exceptions, web, web_protocol, web_server
 
 from ..config import Config
 from ..upstream.client import VLLMClient
-from .app import CLIENT_KEY, create_app, error_response
+from .app import CLIENT_KEY, SHUTDOWN_ANSWER_S, create_app, error_response
 
 log = logging.getLogger("gateway.server")
 LISTEN_BACKLOG = 4096
@@ -73,11 +73,12 @@ async def start(
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes
     # the upstream request even while vLLM is silent (aiohttp would otherwise notice only at the
     # next write).
-    # shutdown_timeout: aiohttp's own wait for handlers, kept longer than our grace period so that
-    # streams are ended by us (with response.failed), not cut by aiohttp.
+    # shutdown_timeout: aiohttp's own wait for handlers, after ours (drain_requests), by which time
+    # every request has been answered: streams ended by us with response.failed, the others with
+    # a 503, none cut by aiohttp.
     # auto_decompress=False: request bodies are decoded by the handler, within limits (server/body.py).
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None, auto_decompress=False,
-                           shutdown_timeout=config.gateway.shutdown_grace_s + 5)
+                           shutdown_timeout=SHUTDOWN_ANSWER_S)
     await runner.setup()
     # backlog: aiohttp's default of 128 drops connections when hundreds of clients (an evaluation
     # harness starting its workers) connect at once; the kernel caps it at net.core.somaxconn.
