@@ -29,6 +29,7 @@ the end of the file.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import logging
@@ -103,8 +104,10 @@ class Harness:
         self._fake_runner = web.AppRunner(self.upstream.app, handler_cancellation=True, access_log=None)
         await self._fake_runner.setup()
         await web.TCPSite(self._fake_runner, "127.0.0.1", 0).start()
-        upstream_url = bound_url(self._fake_runner) + "/v1"
-        self.config = gateway_config(upstream_url, *self.overrides)
+        upstream_url = self.upstream_url = bound_url(self._fake_runner) + "/v1"
+        hostport = upstream_url.removeprefix("http://").removesuffix("/v1")
+        # an override may name the fake: "{hostport}" (policy_base_url with credentials, twice ...)
+        self.config = gateway_config(upstream_url, *(o.replace("{hostport}", hostport) for o in self.overrides))
         self._runner = await start(self.config, port=0)
         self.url = bound_url(self._runner) + "/v1/responses"
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
@@ -152,6 +155,20 @@ class Harness:
         self.errors.records.clear()
         self.loop_errors.clear()
         self.upstream.script.clear()
+
+    def serves_a_normal_request_with_key(self) -> None:
+        """The same, for a gateway that wants a client key (the section 4 harness)."""
+        self.reset()
+        for stream in (False, True):
+            self.upstream.queue(hello())
+            body = json.dumps({"input": "hi", "stream": stream}).encode()
+            request = http_post(body, [b"Content-Type: application/json",
+                                       b"Authorization: Bearer " + FUZZ_CLIENT_KEY.encode()])
+            status, ctype, raw = self.run(raw_exchange(self.url, request))
+            assert status == 200, raw[:300]
+            final = check_stream_body(ctype, raw) if stream else check_response(json.loads(raw))
+            assert final["status"] == "completed"
+        self.assert_healthy()
 
     def serves_a_normal_request(self) -> None:
         """After the fuzzing, the same gateway still answers a plain request, both ways."""
@@ -1393,3 +1410,296 @@ async def test_negative_upstream_usage_is_answered(gateway: Gateway, caplog: pyt
     status, ctype, raw = await answer(gateway, json.dumps({"input": "hi", "stream": stream}).encode())
     assert status == 200
     assert_answered(status, ctype, raw, caplog)
+
+
+# --- 4. hostile transport: compressed bodies, header bytes, upstream sizes, redirects, secrets ------
+# Each case goes over a real socket, as raw bytes where no client library would send them. The
+# gateway has client keys, an upstream api_key, credentials in its base URL and two servers (so that
+# session keys are hashed); every answer is a 200 or an OpenAI error object, never a 500, and never
+# holds a secret; the gateway keeps serving.
+
+FUZZ_UPSTREAM_KEY = "sk-fuzz-upstream-7f3a9c"
+FUZZ_CLIENT_KEY = "sk-fuzz-client-41d2"
+FUZZ_PASSWORD = "fuzz-url-password-8e1"
+FUZZ_SECRETS = (FUZZ_UPSTREAM_KEY, FUZZ_CLIENT_KEY, FUZZ_PASSWORD)
+DECODED_LIMIT = 64 * 1024  # the fuzzed gateway's max_request_bytes; the compressed limit is a quarter
+UPSTREAM_LIMIT = 256 * 1024  # its max_upstream_response_bytes; max_upstream_event_bytes is a quarter
+HOSTILE_OVERRIDES = (
+    f"gateway.api_keys=[{FUZZ_CLIENT_KEY}]", f"policy_api_key={FUZZ_UPSTREAM_KEY}", "gateway.max_retries=0",
+    f"policy_base_url=[http://fuzz:{FUZZ_PASSWORD}@{{hostport}}/v1,http://fuzz:{FUZZ_PASSWORD}@{{hostport}}/v1]",
+    f"gateway.max_request_bytes={DECODED_LIMIT}", f"gateway.max_compressed_request_bytes={DECODED_LIMIT // 4}",
+    f"gateway.max_upstream_response_bytes={UPSTREAM_LIMIT}", f"gateway.max_upstream_event_bytes={UPSTREAM_LIMIT // 4}",
+    "gateway.health_check_interval_s=0",
+)
+
+
+async def raw_exchange(url: str, request: bytes) -> tuple[int, str, bytes]:
+    """Send bytes as they are; (status, content type, body). The gateway always closes (Connection: close)."""
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        while head.startswith(b"HTTP/1.1 1"):  # an interim answer (100 Continue): the real one follows
+            head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        else:
+            body = await reader.read()
+        if headers.get("transfer-encoding") == "chunked":
+            body = _dechunk(body)
+        return int(lines[0].split()[1]), headers.get("content-type", ""), body
+    finally:
+        writer.close()
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, rest = b"", data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out, rest = out + rest[:size], rest[size + 2:]
+    return out
+
+
+def http_post(body: bytes, headers: list[bytes]) -> bytes:
+    head = [b"POST /v1/responses HTTP/1.1", b"Host: gateway", b"Connection: close",
+            b"Content-Length: %d" % len(body), *headers]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+def _compress(coding: str, data: bytes) -> bytes:
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    return {"gzip": lambda d: zlib.compress(d, wbits=31), "x-gzip": lambda d: zlib.compress(d, wbits=31),
+            "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress,
+            "identity": lambda d: d}[coding](data)
+
+
+def assert_no_secret(raw: bytes) -> None:
+    for secret in FUZZ_SECRETS:
+        assert secret.encode() not in raw, (secret, raw[:1000])
+
+
+def check_answer(status: int, ctype: str, raw: bytes) -> Optional[dict[str, Any]]:
+    """A 200 (a contract-keeping stream or a Response) or an OpenAI error object: never a 500."""
+    assert status != 500, raw[:500]
+    assert_no_secret(raw)
+    if status == 200:
+        if ctype.startswith("text/event-stream"):
+            return check_stream_body(ctype, raw)
+        return check_response(json.loads(raw))
+    check_error(status, ctype, raw)
+    return None
+
+
+@st.composite
+def compressed_requests(draw: st.DrawFn) -> tuple[bytes, str, str, int]:
+    """(wire bytes, Content-Encoding, what was done to them, decoded size)."""
+    stream = draw(st.booleans())
+    kind = draw(st.sampled_from(["valid", "valid", "large", "corrupt", "truncated", "unknown", "wrong_coding"]))
+    if kind == "large":  # around the decoded limit, compressible (a bomb in miniature) or not
+        size = draw(st.sampled_from([DECODED_LIMIT - 100, DECODED_LIMIT + 1, 4 * DECODED_LIMIT, 200 * DECODED_LIMIT]))
+        filler = b" " if draw(st.booleans()) else bytes(random.Random(size).choices(range(97, 123), k=64)) * 2
+        body = b'{"input": "' + (filler * (size // len(filler) + 1))[:size] + b'", "stream": %s}' % (
+            b"true" if stream else b"false")
+    else:
+        body = json.dumps({"input": draw(plain_text), "stream": stream}).encode()
+    codings = draw(st.lists(st.sampled_from(["gzip", "x-gzip", "deflate", "br", "zstd", "identity"]),
+                            min_size=1, max_size=3))
+    data = body
+    for coding in codings:
+        data = _compress(coding, data)
+    header = ", ".join(codings)
+    if kind == "corrupt" and data:
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+    elif kind == "truncated":
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    elif kind == "unknown":
+        header = draw(st.sampled_from(["compress", "x-bogus", "gzip;q=1", "br, bogus", "\u00e9", "*"]))
+    elif kind == "wrong_coding":
+        header = draw(st.sampled_from(["gzip", "deflate", "br", "zstd"]))
+    return data, header, kind, len(body)
+
+
+plain_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=20)
+
+
+def test_fuzz_compressed_request_bodies(caplog: pytest.LogCaptureFixture) -> None:
+    """Bodies compressed once or several times, valid, near and far over the limits, corrupt,
+    truncated, in unknown or wrong codings: a 200 only for what decodes to a valid request within
+    the limits, else a 4xx error object; a body over a limit always a 413, whatever it is."""
+    caplog.set_level(logging.ERROR, logger="gateway.server")
+    with Harness(*HOSTILE_OVERRIDES) as harness:
+        statuses: dict[int, int] = {}
+
+        def check(case: tuple[bytes, str, str, int]) -> None:
+            data, header, kind, decoded = case
+            harness.upstream.queue(hello())
+            request = http_post(data, [b"Content-Type: application/json", b"Content-Encoding: " + header.encode(),
+                                       b"Authorization: Bearer " + FUZZ_CLIENT_KEY.encode()])
+            status, ctype, raw = harness.run(raw_exchange(harness.url, request))
+            statuses[status] = statuses.get(status, 0) + 1
+            check_answer(status, ctype, raw)
+            assert status < 500, (status, raw[:300])
+            if len(data) > DECODED_LIMIT // 4 and kind != "unknown":
+                assert status in (413, 415), (len(data), status, raw[:300])  # over the wire limit: refused
+            elif kind in ("valid", "large") and decoded > DECODED_LIMIT:
+                assert status == 413, (decoded, status, raw[:300])
+            elif kind == "valid":
+                assert status == 200, raw[:300]
+            elif kind == "unknown":
+                assert status == 415, raw[:300]
+
+        count = run_fuzz(harness, compressed_requests(), check, max_examples=300)
+        harness.serves_a_normal_request_with_key()
+    print(f"{count} compressed bodies: statuses {statuses}")
+    assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
+
+
+_header_names = st.sampled_from([b"Authorization", b"X-Session-Id", b"Cookie", b"X-Request-Id", b"Content-Type",
+                                 b"Origin", b"Expect", b"Accept", b"User-Agent", b"X-Forwarded-For"])
+_header_values = st.one_of(
+    st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b),
+    st.sampled_from([b"Bearer \xff\xfe", b"Bearer " + FUZZ_CLIENT_KEY.encode() + b"\xc3\xa9", b"\xc3\xa9t\xc3\xa9",
+                     b"VLLMModel___policy_model=" + base64.b64encode(b"[" * 3000 + b"]" * 3000),
+                     b"VLLMModel___policy_model=\xff\xfe.1.sig", b"a" * 9000, b"\x00", b"\x1b[2J",
+                     b"100-continue", b"bogus", b"x\r\nInjected: 1", b"\tfolded"]),
+)
+
+
+@st.composite
+def header_cases(draw: st.DrawFn) -> tuple[list[bytes], bool, bool]:
+    headers = [name + b": " + value for name, value in
+               draw(st.lists(st.tuples(_header_names, _header_values), min_size=1, max_size=4))]
+    with_key = draw(st.booleans())
+    if with_key:
+        headers.append(b"Authorization: Bearer " + FUZZ_CLIENT_KEY.encode())
+    return headers, with_key, draw(st.booleans())
+
+
+def test_fuzz_header_bytes(caplog: pytest.LogCaptureFixture) -> None:
+    """Header values of any bytes (non-UTF-8, NUL, escapes, huge, injected lines), in the headers
+    the gateway reads (Authorization, X-Session-Id, NeMo Gym's cookie, X-Request-Id ...): a 200 or
+    a 4xx error object, never a 500; the request id it answers with is always a sane token."""
+    caplog.set_level(logging.ERROR, logger="gateway.server")
+    with Harness(*HOSTILE_OVERRIDES) as harness:
+        statuses: dict[int, int] = {}
+
+        def check(case: tuple[list[bytes], bool, bool]) -> None:
+            headers, with_key, stream = case
+            harness.upstream.queue(hello())
+            body = json.dumps({"input": "hi", "stream": stream}).encode()
+            status, ctype, raw = harness.run(raw_exchange(harness.url, http_post(body, headers)))
+            statuses[status] = statuses.get(status, 0) + 1
+            check_answer(status, ctype, raw)
+            assert status < 500, (status, raw[:300])
+
+        count = run_fuzz(harness, header_cases(), check, max_examples=300)
+        harness.serves_a_normal_request_with_key()
+    print(f"{count} header sets: statuses {statuses}")
+    assert statuses.get(200, 0) > 0 and len(statuses) > 1, statuses
+    assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
+
+
+_SSE_ROLE = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+_SSE_END = (b'data: {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}]}\n\n'
+            b"data: [DONE]\n\n")
+
+
+def _secret_forms(draw: st.DrawFn) -> str:
+    """A configured secret the way an upstream might echo it."""
+    secret = draw(st.sampled_from([FUZZ_UPSTREAM_KEY, FUZZ_PASSWORD]))
+    return draw(st.sampled_from([
+        f"Authorization: Bearer {secret}", f"{{'Authorization': 'Bearer {secret}'}}", secret,
+        f"http://fuzz:{secret}@upstream/v1", f'"api_key": "{secret}"', f"key={secret}; more",
+    ]))
+
+
+@st.composite
+def hostile_upstreams(draw: st.DrawFn) -> tuple[str, Generation]:
+    kind = draw(st.sampled_from(["redirect", "error_echo", "stream_error_echo", "big_stream", "long_event",
+                                 "big_completion", "gzip_completion", "usage"]))
+    if kind == "redirect":
+        return kind, Generation(raw_body=draw(st.sampled_from([b"", b"moved"])),
+                                raw_status=draw(st.sampled_from([301, 302, 303, 307, 308])),
+                                raw_headers={"Location": "{upstream}/chat/completions?followed=1"})
+    if kind == "error_echo":
+        message = _secret_forms(draw)
+        body = draw(st.sampled_from([json.dumps({"error": {"message": message, "type": "x", "code": 1}}).encode(),
+                                     json.dumps({"detail": message}).encode(), message.encode()]))
+        return kind, Generation(raw_body=body, raw_status=draw(st.sampled_from([400, 401, 403, 404, 422, 429, 500,
+                                                                               502, 503])),
+                                raw_content_type="application/json")
+    if kind == "stream_error_echo":
+        line = b"data: " + json.dumps({"error": {"message": _secret_forms(draw), "code": 500}}).encode() + b"\n\n"
+        return kind, Generation(raw_body=_SSE_ROLE + line + b"data: [DONE]\n\n")
+    if kind == "big_stream":
+        size = draw(st.sampled_from([UPSTREAM_LIMIT // 2, UPSTREAM_LIMIT + 1, 3 * UPSTREAM_LIMIT]))
+        chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "' + b"z" * 1000 + b'"}}]}\n\n'
+        return kind, Generation(raw_chunks=[_SSE_ROLE] + [chunk] * (size // len(chunk) + 1) + [_SSE_END])
+    if kind == "long_event":
+        size = draw(st.sampled_from([UPSTREAM_LIMIT // 8, UPSTREAM_LIMIT // 4 + 1, UPSTREAM_LIMIT]))
+        ends = draw(st.booleans())
+        start = b'data: {"choices": [{"index": 0, "delta": {"content": "'
+        pieces = [_SSE_ROLE, start] + [b"w" * 4096] * (size // 4096 + 1)
+        return kind, Generation(raw_chunks=pieces + ([b'"}}]}\n\n', _SSE_END] if ends else []))
+    if kind == "usage":
+        value = draw(st.sampled_from([b"-1", b"1" + b"0" * 400, b"18446744073709551616", b"9007199254740993", b"3"]))
+        usage = b'"usage": {"prompt_tokens": ' + value + b', "completion_tokens": 1, "total_tokens": 4}'
+        return kind, Generation(raw_body=_SSE_ROLE + b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, '
+                                b'"finish_reason": "stop"}]}\n\ndata: {"choices": [], ' + usage + b"}\n\ndata: [DONE]\n\n")
+    size = draw(st.sampled_from([UPSTREAM_LIMIT // 2, UPSTREAM_LIMIT + 1, 20 * UPSTREAM_LIMIT]))
+    completion = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "c" * size},
+                                          "finish_reason": "stop"}]}).encode()
+    if kind == "gzip_completion":
+        import gzip
+
+        return kind, Generation(raw_body=gzip.compress(completion), raw_content_type="application/json",
+                                raw_headers={"Content-Encoding": "gzip"})
+    return kind, Generation(raw_body=completion, raw_content_type="application/json")
+
+
+def test_fuzz_hostile_upstreams(caplog: pytest.LogCaptureFixture) -> None:
+    """Upstream redirects (never followed: the fake sees exactly one request per answer), error
+    texts and mid-stream errors echoing the api key or the base URL's password (never shown),
+    answers and SSE events around and far over the size limits (bounded: upstream_too_large),
+    absurd usage (never passed on), streamed and not."""
+    caplog.set_level(logging.ERROR, logger="gateway.server")
+    with Harness(*HOSTILE_OVERRIDES) as harness:
+        outcomes: dict[str, int] = {}
+
+        def check(case: tuple[str, Generation]) -> None:
+            kind, generation = case
+            for key, value in generation.raw_headers.items():
+                generation.raw_headers[key] = value.replace("{upstream}", harness.upstream_url)
+            for stream in (False, True):
+                before = len(harness.upstream.requests)
+                harness.upstream.queue(copy.copy(generation))
+                body = json.dumps({"input": "hi", "stream": stream}).encode()
+                request = http_post(body, [b"Content-Type: application/json",
+                                           b"Authorization: Bearer " + FUZZ_CLIENT_KEY.encode()])
+                status, ctype, raw = harness.run(raw_exchange(harness.url, request))
+                final = check_answer(status, ctype, raw)
+                assert len(harness.upstream.requests) == before + 1  # one request, no redirect followed
+                outcome = final["status"] if final else str(status)
+                outcomes[f"{kind} {outcome}"] = outcomes.get(f"{kind} {outcome}", 0) + 1
+                if kind == "redirect":
+                    assert status == 502 and json.loads(raw)["error"]["code"] == "upstream_redirect", raw[:300]
+                if final is not None:
+                    usage = final["usage"] or {}
+                    assert all(0 <= usage.get(k, 0) < 2**53 for k in ("input_tokens", "output_tokens")), usage
+
+        count = run_fuzz(harness, hostile_upstreams(), check, max_examples=200)
+        harness.serves_a_normal_request_with_key()
+    print(f"{count} hostile upstream answers x 2 requests: {outcomes}")
+    assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
