@@ -358,6 +358,31 @@ async def test_model_settings_reach_vllm(client: AsyncOpenAI, gateway: Gateway) 
     assert (body["top_k"], body["seed"]) == (20, 7)
 
 
+async def test_every_model_setting_the_sdk_forwards_is_accepted(client: AsyncOpenAI, gateway: Gateway) -> None:
+    """The newer ModelSettings the SDK passes to responses.create (prompt cache options and
+    retention, context management, top_logprobs, metadata, verbosity, extra_args, extra_body such
+    as Codex's client_metadata) are accepted, and the Response echoes what was used."""
+    settings = ModelSettings(store=False, prompt_cache_retention="24h",
+                             prompt_cache_options={"mode": "implicit", "ttl": "30m"},
+                             context_management=[{"type": "compaction", "compact_threshold": 50000}],
+                             top_logprobs=2, metadata={"run": "r1"}, verbosity="low", truncation="disabled",
+                             extra_args={"safety_identifier": "sid-1", "max_tool_calls": 2},
+                             extra_body={"client_metadata": {"x-client": "agents"}})
+    gateway.upstream.queue(Generation(deltas=content("Hi.")))
+    run = Runner.run_streamed(weather_agent(client, WeatherTool(), settings=settings), "hi", run_config=RUN_CONFIG)
+    completed = [event.data async for event in run.stream_events()
+                 if isinstance(event, RawResponsesStreamEvent) and event.data.type == "response.completed"]
+    assert run.final_output == "Hi."
+    echo = completed[0].response.model_dump(mode="json", exclude_unset=True)
+    assert (echo["temperature"], echo["top_p"], echo["presence_penalty"], echo["top_logprobs"]) == (1.0, 1.0, 0.0, 2)
+    assert (echo["safety_identifier"], echo["max_tool_calls"], echo["metadata"]) == ("sid-1", 2, {"run": "r1"})
+    assert (echo["store"], echo["truncation"]) == (False, "disabled")
+    body = gateway.upstream.last_body
+    assert (body["temperature"], body["top_p"]) == (1.0, 1.0)  # OpenAI's defaults, sent explicitly
+    for key in ("client_metadata", "context_management", "prompt_cache_options", "metadata", "store"):
+        assert key not in body, key
+
+
 class WeatherReport(BaseModel):
     city: str
     celsius: int

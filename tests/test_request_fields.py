@@ -265,6 +265,24 @@ async def test_sdk_create_with_every_field(client: AsyncOpenAI, gateway: Gateway
     assert_upstream_body(gateway.upstream.last_body)
 
 
+async def test_sync_sdk_create_with_every_field(gateway: Gateway) -> None:
+    """The sync client, from a worker thread (the gateway runs on this test's loop)."""
+    import asyncio
+
+    from openai import OpenAI
+
+    fields = {k: v for k, v in EVERY_FIELD.items() if v is not None}
+
+    def create() -> dict[str, Any]:
+        with OpenAI(base_url=gateway.url + "/v1", api_key="sk-anything", max_retries=0) as sdk:
+            return sdk.responses.with_raw_response.create(**fields).http_response.json()
+
+    wire = await asyncio.to_thread(create)
+    check_response(wire)
+    assert_echo(wire)
+    assert_upstream_body(gateway.upstream.last_body)
+
+
 async def test_sdk_stream_with_every_field_and_codex_metadata(client: AsyncOpenAI, gateway: Gateway) -> None:
     fields = {k: v for k, v in EVERY_FIELD.items() if v is not None}
     async with client.responses.stream(**fields, extra_body={"client_metadata": {"x-codex-turn": "1"}}) as stream:
