@@ -81,57 +81,54 @@ class ConfigError(Exception):
 # Schema
 # --------------------------------------------------------------------------
 
-# Keys NeMo Gym's VLLMModelConfig (and the server-instance config it inherits:
-# host/port/num_workers/entrypoint/domain/name, plus the per-type ``datasets``)
-# accepts but that mean nothing to the gateway. They are accepted so a NeMo Gym
-# config loads unchanged, and otherwise ignored.
-NEMO_GYM_IGNORED_KEYS = frozenset(
-    {
-        # Server placement/launch, decided by NeMo Gym's launcher, not by us.
-        "entrypoint",
-        "name",
-        "host",
-        "port",
-        "num_workers",
-        "domain",
-        "datasets",
-        # vllm_model behaviour the gateway does not implement (or implements
-        # through its own `gateway:` settings).
-        "uses_interleaved_reasoning",
-        "preserve_reasoning_in_assistant_content",
-        "sequential_reasoning_allowed",
-        "is_responses_native",
-        "audio_root",
-        "use_completions_api",
-        "render_chat_template",
-        "tokenizer",
-    }
+# NeMo Gym 0.7.0's VLLMModelConfig keys fall in three groups (README, "NeMo Gym"):
+#
+# * keys that act, as fields of ModelServerConfig below, with Gym's defaults;
+# * server-launch keys Gym's launcher reads (the gateway listens on gateway.host/port): accepted
+#   and ignored, the ones that look like they could matter with a warning;
+# * features the gateway does not provide: accepted at Gym's inert value (what the shipped
+#   configs write), refused with a message saying so at any other value.
+NEMO_GYM_LAUNCH_KEYS = frozenset(
+    {"entrypoint", "name", "host", "port", "num_workers", "domain", "datasets",
+     "token_id_capture_non_generating_requests"}
 )
-
-# Values of ignored keys that are NeMo Gym's defaults (or what its shipped
-# configs always set), so they do not deserve a warning. None means "absent".
-_IGNORED_KEY_INERT_VALUES: dict[str, tuple[Any, ...]] = {
-    "entrypoint": (None, "app.py"),
-    "uses_interleaved_reasoning": (None, True),
-    "preserve_reasoning_in_assistant_content": (None, False),
-    "sequential_reasoning_allowed": (None, True),
-    "is_responses_native": (None, False),
-    "use_completions_api": (None, False),
-    "render_chat_template": (None, False),
+# key -> (values that do nothing, why another value cannot be honoured)
+NEMO_GYM_REFUSED_KEYS: dict[str, tuple[tuple[Any, ...], str]] = {
+    "is_responses_native": ((None, False), "the gateway exists to translate for models that are not Responses-native; "
+                            "point NeMo Gym's own vllm_model at a Responses-native server instead"),
+    "use_completions_api": ((None, False), "the gateway talks to vLLM's /v1/chat/completions only; "
+                            "vLLM's /v1/completions (base models) is not supported"),
+    "render_chat_template": ((None, False), "client-side chat-template rendering goes with use_completions_api, "
+                             "which the gateway does not support"),
+    "tokenizer": ((None,), "a client-side tokenizer goes with use_completions_api, which the gateway does not support"),
+    "endpoint_file": ((None,), "the gateway does not re-read a published endpoint; list the servers in base_url "
+                      "(several are balanced, with health checks and failover)"),
 }
+# Tuning keys of a refused feature: accepted at any value, they do nothing without it.
+_NEMO_GYM_DEPENDENT_KEYS = {
+    "endpoint_stale_grace_s": "endpoint_file",
+    "endpoint_connection_retries": "endpoint_file",
+    "endpoint_check_interval_s": "endpoint_file",
+}
+NEMO_GYM_IGNORED_KEYS = NEMO_GYM_LAUNCH_KEYS | frozenset(NEMO_GYM_REFUSED_KEYS) | frozenset(_NEMO_GYM_DEPENDENT_KEYS)
+
+# Values of launch keys that do not deserve a warning. None means "absent".
+_IGNORED_KEY_INERT_VALUES: dict[str, tuple[Any, ...]] = {"entrypoint": (None, "app.py")}
+_IGNORED_KEY_WARNED = frozenset({"host", "port"})
 
 # Where to look instead, for ignored keys that have a gateway counterpart.
 _IGNORED_KEY_HINTS = {
     "host": "the gateway listens on gateway.host",
     "port": "the gateway listens on gateway.port",
-    "uses_interleaved_reasoning": "see gateway.reasoning_history",
-    "preserve_reasoning_in_assistant_content": "see gateway.reasoning_history",
 }
+
+_REASONING_FIELD_MODES = ("both", "reasoning", "reasoning_content")
 
 
 def _is_inert(key: str, value: Any) -> bool:
     # Compare type-aware: YAML's 1 must not count as True, nor 0 as False.
-    return any(type(value) is type(inert) and value == inert for inert in _IGNORED_KEY_INERT_VALUES.get(key, (None,)))
+    inert_values = NEMO_GYM_REFUSED_KEYS[key][0] if key in NEMO_GYM_REFUSED_KEYS else _IGNORED_KEY_INERT_VALUES.get(key, (None,))
+    return any(type(value) is type(inert) and value == inert for inert in inert_values)
 
 
 def _field_error(field: str, message: str) -> ValueError:
@@ -197,7 +194,34 @@ class ModelServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     sampling_overrides: dict[str, Any] | None = None
     default_headers: dict[str, str] = {}
 
-    # Accepted for NeMo Gym compatibility, ignored (see NEMO_GYM_IGNORED_KEYS).
+    # --- NeMo Gym 0.7.0 keys that act (same defaults and meaning as Gym's VLLMModelConfig) ---
+    # vLLM's 400 for an over-long prompt is passed on as is, instead of an empty response.
+    propagate_context_overflow_errors: bool = False
+    # Reasoning of earlier turns goes back to vLLM (as reasoning_field says); false: dropped.
+    uses_interleaved_reasoning: bool = True
+    # Which assistant-message key(s) carry that reasoning. Unset: the NEMO_GYM_REASONING_FIELD
+    # environment variable, then "both" (Gym's rule).
+    reasoning_field: Optional[Literal["both", "reasoning", "reasoning_content"]] = None
+    # History reasoning stays in the content as <think>...</think> instead of a field.
+    preserve_reasoning_in_assistant_content: bool = False
+    # false: a request whose last message is an empty assistant turn gets an empty answer
+    # (finish_reason content_filter) without calling vLLM.
+    sequential_reasoning_allowed: bool = True
+    # The request's own top-level chat_template_kwargs are merged (over the config's, under
+    # metadata's); false, Gym's default: dropped, with a warning once.
+    forward_request_chat_template_kwargs: bool = False
+    # A trailing assistant message is continued (continue_final_message) instead of a new turn.
+    continue_final_assistant_message: bool = False
+    # The session key goes to the backend as conversation_params.conversation_id.
+    forward_session_id_as_conversation_id: bool = False
+    # Prefix for relative metadata.audio_path / audio_paths.
+    audio_root: Optional[str] = None
+    # Needs Gym's token-capture lineage (a verified parent's tokens), which only Gym's own server
+    # records: accepted with a warning, requests go unchanged (Gym's behaviour without a parent).
+    supply_prefix_token_ids: bool = False
+
+    # Accepted for NeMo Gym compatibility (see NEMO_GYM_IGNORED_KEYS): launch keys, and features
+    # refused at any value other than their inert one.
     entrypoint: Any = None
     name: Any = None
     host: Any = None
@@ -205,14 +229,15 @@ class ModelServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     num_workers: Any = None
     domain: Any = None
     datasets: Any = None
-    uses_interleaved_reasoning: Any = None
-    preserve_reasoning_in_assistant_content: Any = None
-    sequential_reasoning_allowed: Any = None
+    token_id_capture_non_generating_requests: Any = None
     is_responses_native: Any = None
-    audio_root: Any = None
     use_completions_api: Any = None
     render_chat_template: Any = None
     tokenizer: Any = None
+    endpoint_file: Any = None
+    endpoint_stale_grace_s: Any = None
+    endpoint_connection_retries: Any = None
+    endpoint_check_interval_s: Any = None
 
     def __post_init__(self) -> None:
         # Runs both after msgspec.convert and on direct construction, so the
@@ -242,10 +267,12 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reasoning_presentation: Literal["summary", "raw"] = "summary"
     # How reasoning items found in input history are re-sent to vLLM: inlined
     # as <think>...</think> in the assistant content, as a separate message
-    # field, or dropped.
-    reasoning_history: Literal["think_tags", "field", "drop"] = "think_tags"
-    # Message field used when reasoning_history == "field".
-    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    # field, or dropped. Unset: as NeMo Gym's keys say (uses_reasoning_parser,
+    # uses_interleaved_reasoning, preserve_reasoning_in_assistant_content and
+    # the model server's reasoning_field), which is what Gym sends.
+    reasoning_history: Optional[Literal["think_tags", "field", "drop"]] = None
+    # Message field used when reasoning_history == "field" is set here.
+    reasoning_field: Literal["reasoning_content", "reasoning", "both"] = "reasoning_content"
     # The chat template already opens <think> in the prompt, so generated text
     # starts inside reasoning (relevant without a reasoning parser).
     reasoning_starts_open: bool = False
@@ -930,7 +957,8 @@ def _check_keys(
             if cls is ModelServerConfig:
                 # The ignored NeMo Gym keys are accepted too, but listing them would bury the useful ones.
                 listed = ", ".join(sorted(f for f in known if f not in NEMO_GYM_IGNORED_KEYS))
-                listed += f" (and NeMo Gym's {', '.join(sorted(NEMO_GYM_IGNORED_KEYS))}, which are ignored)"
+                listed += (f" (and NeMo Gym's launch and unsupported-feature keys "
+                           f"{', '.join(sorted(NEMO_GYM_IGNORED_KEYS))})")
             else:
                 listed = ", ".join(sorted(known))
             raise ConfigError(f"{full}: unknown key{suggestion}; known keys: {listed}", key=full)
@@ -1006,15 +1034,42 @@ def _build_gateway(root: dict[str, Any], resolver: _Resolver) -> GatewaySettings
     return _convert(data, GatewaySettings, path_of)
 
 
+def _check_nemo_gym_keys(model_server: ModelServerConfig, block: _Block, environ: Mapping[str, str]) -> None:
+    """Refuse the Gym features the gateway lacks, apply Gym's own cross-key rules, fill Gym's
+    environment default of ``reasoning_field``."""
+    for key, (_, reason) in NEMO_GYM_REFUSED_KEYS.items():
+        if not _is_inert(key, getattr(model_server, key)):
+            full = _join(block.path_of(key), key)
+            raise ConfigError(f"{full}: not supported by the gateway: {reason}", key=full)
+    if model_server.supply_prefix_token_ids and not model_server.return_token_id_information:
+        full = _join(block.path_of("supply_prefix_token_ids"), "supply_prefix_token_ids")
+        raise ConfigError(f"{full}: requires return_token_id_information: true (as in NeMo Gym)", key=full)
+    if model_server.reasoning_field is None:
+        value = environ.get("NEMO_GYM_REASONING_FIELD", "").strip() or "both"
+        if value not in _REASONING_FIELD_MODES:
+            raise ConfigError(
+                f"NEMO_GYM_REASONING_FIELD must be one of {', '.join(_REASONING_FIELD_MODES)}, got {value!r}",
+                key="reasoning_field",
+            )
+        model_server.reasoning_field = value  # type: ignore[assignment]
+
+
 def _warn_ignored(model_server: ModelServerConfig, block: _Block) -> None:
-    for key in sorted(NEMO_GYM_IGNORED_KEYS):
-        value = getattr(model_server, key)
-        if not _is_inert(key, value):
+    for key in sorted(NEMO_GYM_LAUNCH_KEYS & _IGNORED_KEY_WARNED):
+        if not _is_inert(key, getattr(model_server, key)):
             hint = f" ({_IGNORED_KEY_HINTS[key]})" if key in _IGNORED_KEY_HINTS else ""
             # The value itself is not logged: configs are not a safe place to assume non-secret.
             logger.warning(
-                "%s is a NeMo Gym setting the gateway does not use; ignoring it%s", _join(block.path_of(key), key), hint
+                "%s is a NeMo Gym launch setting the gateway does not use; ignoring it%s",
+                _join(block.path_of(key), key), hint,
             )
+    if model_server.supply_prefix_token_ids:
+        logger.warning(
+            "%s: true has no effect through the gateway: prefix supply needs NeMo Gym's token-capture "
+            "lineage (a verified parent's tokens), which only Gym's own server records; requests go to "
+            "vLLM unchanged, as Gym sends them when no parent is recorded",
+            _join(block.path_of("supply_prefix_token_ids"), "supply_prefix_token_ids"),
+        )
 
 
 # --------------------------------------------------------------------------
@@ -1136,6 +1191,7 @@ def load_config(
         block = _find_model_block(root, server_name, sources)
         resolver = _Resolver(root, environ)
         model_server = _build_model_server(block, resolver, secrets)
+        _check_nemo_gym_keys(model_server, block, environ)
         gateway = _build_gateway(root, resolver)
     except ConfigError as e:
         # Safety net: however a secret found its way into a message (say, an

@@ -139,7 +139,8 @@ def assistant_call_message(with_reasoning: bool) -> dict[str, Any]:
     return {"role": "assistant",
             "tool_calls": [{"id": CALL_ID, "type": "function",
                             "function": {"name": "get_weather", "arguments": ARGUMENTS}}],
-            **({"content": f"<think>{THOUGHT}</think>"} if with_reasoning else {})}
+            # NeMo Gym 0.7.0's default (reasoning_field: both): the reasoning rides in both fields.
+            **({"reasoning_content": THOUGHT, "reasoning": THOUGHT} if with_reasoning else {})}
 
 
 def without_empty_content(message: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +271,7 @@ async def test_multi_turn_history_from_to_input_list(client: AsyncOpenAI, gatewa
     assert messages == [
         {"role": "system", "content": INSTRUCTIONS},
         {"role": "user", "content": QUESTION},
-        {"role": "assistant", "content": f"<think>{THOUGHT}</think>",
+        {"role": "assistant", "content": "", "reasoning_content": THOUGHT, "reasoning": THOUGHT,
          "tool_calls": [{"id": CALL_ID, "type": "function",
                          "function": {"name": "get_weather", "arguments": ARGUMENTS}}]},
         {"role": "tool", "tool_call_id": CALL_ID, "content": WeatherTool.output("Paris")},
@@ -297,7 +298,7 @@ async def test_multi_turn_with_sdk_session(client: AsyncOpenAI, gateway: Gateway
     assert gateway.upstream.last_body["messages"] == [
         {"role": "system", "content": INSTRUCTIONS},
         {"role": "user", "content": QUESTION},
-        assistant_call_message(with_reasoning=True),
+        {**assistant_call_message(with_reasoning=True), "content": ""},
         {"role": "tool", "tool_call_id": CALL_ID, "content": WeatherTool.output("Paris")},
         {"role": "assistant", "content": FINAL},
         {"role": "user", "content": "Rain?"},

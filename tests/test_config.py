@@ -101,6 +101,16 @@ def test_shipped_seed_config_matches_nemo_gym_form():
                     "model": "${policy_model_name}",
                     "return_token_id_information": False,
                     "uses_reasoning_parser": True,
+                    # NeMo Gym 0.7.0's additions (test_nemo_gym.py compares with the wheel's file)
+                    "uses_interleaved_reasoning": True,
+                    "chat_template_kwargs": None,
+                    "sampling_overrides": None,
+                    "extra_body": None,
+                    "default_headers": {},
+                    "endpoint_file": None,
+                    "endpoint_stale_grace_s": 300.0,
+                    "endpoint_connection_retries": 8,
+                    "endpoint_check_interval_s": 10.0,
                 }
             }
         }
@@ -584,10 +594,36 @@ def test_ignored_keys_warn_only_when_not_default(caplog, env_file):
         load(VLLM_MODEL, env=env_file)  # entrypoint: app.py is NeMo Gym's normal value
     assert caplog.records == []
     with caplog.at_level(logging.WARNING, logger="gateway.config"):
-        load(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.is_responses_native=true", f"+{SHORT}.port=1234"])
+        load(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.num_workers=4", f"+{SHORT}.port=1234"])
     messages = [r.getMessage() for r in caplog.records]
-    assert any(f"{SHORT}.is_responses_native" in m for m in messages)
     assert any(f"{SHORT}.port" in m and "gateway.port" in m for m in messages)
+
+
+@pytest.mark.parametrize("override", ["is_responses_native=true", "use_completions_api=true",
+                                      "render_chat_template=true", "tokenizer=Qwen/Qwen3-8B",
+                                      "endpoint_file=/tmp/endpoint"])
+def test_nemo_gym_features_the_gateway_lacks_are_refused(env_file, override):
+    message = str(error_of(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.{override}"]))
+    key = override.split("=")[0]
+    assert message.startswith(f"{SHORT}.{key}: not supported by the gateway: ")
+
+
+def test_supply_prefix_token_ids_follows_gyms_rule_and_warns(caplog, env_file):
+    message = str(error_of(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.supply_prefix_token_ids=true"]))
+    assert "requires return_token_id_information: true" in message
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        load(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.supply_prefix_token_ids=true",
+                                                   f"+{SHORT}.return_token_id_information=true"])
+    assert any("supply_prefix_token_ids: true has no effect through the gateway" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_reasoning_field_defaults_as_in_nemo_gym(env_file):
+    assert load(VLLM_MODEL, env=env_file).model_server.reasoning_field == "both"
+    environ = {"NEMO_GYM_REASONING_FIELD": "reasoning"}
+    assert load(VLLM_MODEL, env=env_file, environ=environ).model_server.reasoning_field == "reasoning"
+    explicit = load(VLLM_MODEL, env=env_file, environ=environ, overrides=[f"+{SHORT}.reasoning_field=reasoning_content"])
+    assert explicit.model_server.reasoning_field == "reasoning_content"
 
 
 # --------------------------------------------------------------------------
@@ -598,7 +634,8 @@ def test_ignored_keys_warn_only_when_not_default(caplog, env_file):
 def test_gateway_defaults():
     settings_ = GatewaySettings()
     assert settings_.port not in (8000, 10240)
-    assert (settings_.reasoning_presentation, settings_.reasoning_history) == ("summary", "think_tags")
+    # reasoning_history unset: NeMo Gym's keys decide (see test_nemo_gym.py).
+    assert (settings_.reasoning_presentation, settings_.reasoning_history) == ("summary", None)
 
 
 def test_gateway_section_values(env_file):
@@ -713,7 +750,7 @@ def test_redacted_hides_api_key_and_auth_headers(env_file):
 
 def test_api_key_never_logged(caplog, env_file):
     with caplog.at_level(logging.DEBUG, logger="gateway.config"):
-        load(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.tokenizer={SECRET}"])
+        load(VLLM_MODEL, env=env_file, overrides=[f"+{SHORT}.host={SECRET}"])
     assert caplog.records  # something was logged
     assert all(SECRET not in r.getMessage() for r in caplog.records)
 

@@ -262,7 +262,7 @@ async def test_tool_round_trip_with_sdk_output_items_as_input(client: AsyncOpenA
     assert second.output_text == "Hello there, how can I help?"
     assert gateway.upstream.last_body["messages"] == [
         {"role": "user", "content": "weather in Lima?"},
-        {"role": "assistant", "content": "<think>Plan it.</think>Sure, checking.",
+        {"role": "assistant", "content": "Sure, checking.", "reasoning_content": "Plan it.", "reasoning": "Plan it.",
          "tool_calls": [{"id": "chatcmpl-tool-lima", "type": "function",
                          "function": {"name": "get_weather", "arguments": '{"city": "Lima"}'}}]},
         {"role": "tool", "tool_call_id": "chatcmpl-tool-lima", "content": "18C, cloudy"},
@@ -279,7 +279,8 @@ async def test_extra_body_sampling_reaches_vllm(client: AsyncOpenAI, gateway: Ga
     )
     body = gateway.upstream.last_body
     assert (body["top_k"], body["repetition_penalty"]) == (20, 1.05)
-    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    # NeMo Gym's forward_request_chat_template_kwargs defaults to false: the request's own are dropped.
+    assert "chat_template_kwargs" not in body
     assert body["reasoning_effort"] == "low" and body["temperature"] == 0.3
     assert body["messages"][0] == {"role": "system", "content": "Be brief."}
     assert response.instructions == "Be brief." and response.temperature == 0.3

@@ -392,11 +392,23 @@ def test_field_mode_joins_blocks_into_the_configured_field(field: str) -> None:
     }
 
 
-def test_field_mode_with_calls_only_has_null_content() -> None:
+def test_field_mode_with_calls_only_has_empty_content() -> None:
+    # NeMo Gym 0.7.0 takes the <think> block out of the content buffer, which leaves "" (not null).
     result = messages([reasoning("why"), call("c1")], reasoning_history="field")
     assert result == [
-        {"role": "assistant", "reasoning_content": "why", "content": None, "tool_calls": [tool_call("c1")]}
+        {"role": "assistant", "reasoning_content": "why", "content": "", "tool_calls": [tool_call("c1")]}
     ]
+
+
+def test_field_mode_both_sets_both_keys() -> None:
+    result = messages([reasoning("why"), assistant("a")], reasoning_history="field", reasoning_field="both")
+    assert result == [{"role": "assistant", "reasoning_content": "why", "reasoning": "why", "content": "a"}]
+
+
+def test_field_mode_takes_think_blocks_out_of_assistant_text_too() -> None:
+    # As NeMo Gym: reasoning a client left in the text as tags goes to the field as well.
+    result = messages([assistant("<think>r</think>answer")], reasoning_history="field")
+    assert result == [{"role": "assistant", "reasoning_content": "r", "content": "answer"}]
 
 
 def test_field_mode_without_reasoning_sets_no_field() -> None:
@@ -408,7 +420,7 @@ def test_drop_mode_forgets_reasoning() -> None:
     result = messages(MULTI_REASONING, reasoning_history="drop")
     assert result[1] == {"role": "assistant", "content": "answer", "tool_calls": [tool_call("c1")]}
     assert messages([reasoning("why"), call("c1")], reasoning_history="drop") == [
-        {"role": "assistant", "content": None, "tool_calls": [tool_call("c1")]}
+        {"role": "assistant", "content": "", "tool_calls": [tool_call("c1")]}
     ]
 
 
@@ -448,10 +460,13 @@ def test_think_tags_keep_reasoning_interleaved_with_text_in_item_order() -> None
     ],
     ids=["empty_reasoning", "blank_blocks", "empty_message", "field_empty_reasoning", "drop_reasoning_only"],
 )
-def test_an_empty_assistant_turn_produces_no_message(mode: str, empty_turn: list[dict[str, Any]]) -> None:
-    # NeMo Gym's flush_assistant sends no assistant message without text or tool calls.
+def test_an_empty_assistant_turn_is_sent_as_nemo_gym_sends_it(mode: str, empty_turn: list[dict[str, Any]]) -> None:
+    # NeMo Gym 0.7.0's flush_assistant sends an assistant turn that held any item; content null
+    # when its buffer is empty, "" when only a dropped <think> block was in it.
+    content = "" if mode == "drop" else None
     assert messages([user("q"), *empty_turn, user("again")], reasoning_history=mode) == [
         {"role": "user", "content": "q"},
+        {"role": "assistant", "content": content},
         {"role": "user", "content": "again"},
     ]
 
@@ -468,14 +483,15 @@ def test_an_empty_turn_carrying_token_ids_is_kept_for_training() -> None:
     result = messages([user("q"), assistant("", **TOKENS_A), user("again")], return_token_id_information=True)
     assert result == [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": "", **TOKENS_A},
+        {"role": "assistant", "content": None, **TOKENS_A},
         {"role": "user", "content": "again"},
     ]
 
 
-def test_an_empty_turn_with_token_ids_but_tracking_off_produces_no_message() -> None:
+def test_an_empty_turn_with_token_ids_but_tracking_off_has_no_token_keys() -> None:
     result = messages([user("q"), assistant("", **TOKENS_A), user("again")], return_token_id_information=False)
-    assert result == [{"role": "user", "content": "q"}, {"role": "user", "content": "again"}]
+    assert result == [{"role": "user", "content": "q"}, {"role": "assistant", "content": None},
+                      {"role": "user", "content": "again"}]
 
 
 # --- 5. instructions and roles ---------------------------------------------------------------------
@@ -511,14 +527,18 @@ def test_leading_system_messages_are_not_merged_without_instructions() -> None:
     ]
 
 
-def test_a_leading_system_message_with_several_parts_is_not_folded() -> None:
+def test_a_leading_developer_message_with_several_text_parts_is_folded() -> None:
+    # NeMo Gym folds the parts' text (joined as they are) into the one system message.
     parts = [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]
+    result = chat({"input": [{"role": "developer", "content": parts}, user("hi")], "instructions": "I"})["messages"]
+    assert result == [{"role": "system", "content": "I\n\nab"}, {"role": "user", "content": "hi"}]
+
+
+def test_a_leading_system_message_with_an_image_is_not_folded() -> None:
+    parts = [{"type": "input_text", "text": "a"}, {"type": "input_image", "image_url": "data:image/png;base64,AA"}]
     result = chat({"input": [{"role": "system", "content": parts}, user("hi")], "instructions": "I"})["messages"]
-    assert result == [
-        {"role": "system", "content": "I"},
-        {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        {"role": "user", "content": "hi"},
-    ]
+    assert result[0] == {"role": "system", "content": "I"}
+    assert result[1]["role"] == "system" and len(result[1]["content"]) == 2
 
 
 def test_replace_developer_role_with_system() -> None:
@@ -869,13 +889,21 @@ def test_chat_template_kwargs_precedence() -> None:
         },
         chat_template_kwargs={"enable_thinking": False, "a": "config", "b": "config"},
     )
+    # NeMo Gym's order: config < the request's own < metadata.
     assert body["chat_template_kwargs"] == {
         "enable_thinking": True,
         "a": "config",
         "b": "metadata",
-        "c": "request",
+        "c": "metadata",
         "d": "request",
     }
+
+
+def test_request_chat_template_kwargs_are_dropped_unless_forwarded() -> None:
+    # NeMo Gym's forward_request_chat_template_kwargs: false (its default) drops them.
+    body = chat({"input": "hi", "chat_template_kwargs": {"enable_thinking": True}},
+                forward_request_chat_template_kwargs=False, chat_template_kwargs={"a": 1})
+    assert body["chat_template_kwargs"] == {"a": 1}
 
 
 @pytest.mark.parametrize(

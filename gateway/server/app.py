@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -742,12 +743,54 @@ async def health(request: web.Request) -> web.Response:
 # --- the application ------------------------------------------------------------------------------
 
 
+# NeMo Gym's table: vLLM's decoders pick a backend by this subtype, so an unknown one is refused.
+_AUDIO_MIME = {".wav": "wav", ".flac": "flac", ".mp3": "mpeg", ".m4a": "mp4", ".ogg": "ogg", ".opus": "opus"}
+
+
+def load_audio(audio_root: Optional[str], path: str) -> str:
+    """``metadata.audio_path`` -> a ``data:audio/<subtype>;base64,`` URL, as NeMo Gym inlines it
+    (relative paths only under ``audio_root``)."""
+    if not os.path.isabs(path):
+        if not audio_root:
+            raise InvalidRequest(f"metadata audio path {path!r} is relative and the model server sets no "
+                                 "audio_root.", param="metadata.audio_path")
+        path = os.path.join(audio_root, path)
+    subtype = _AUDIO_MIME.get(os.path.splitext(path)[1].lower())
+    if subtype is None:
+        raise InvalidRequest(f"metadata audio path {path!r}: unsupported extension; supported: "
+                             f"{', '.join(sorted(_AUDIO_MIME))}.", param="metadata.audio_path")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise InvalidRequest(f"metadata audio path {path!r} cannot be read: {exc.strerror}.",
+                             param="metadata.audio_path") from None
+    return f"data:audio/{subtype};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def reasoning_history_mode(config: Config) -> str:
+    """How reasoning in history goes back to vLLM: ``gateway.reasoning_history`` when set, else
+    what NeMo Gym 0.7.0 does with its keys (tags stay in the content without a reasoning parser
+    or with preserve_reasoning_in_assistant_content; a field with interleaved reasoning; else
+    dropped)."""
+    model, gw = config.model_server, config.gateway
+    if gw.reasoning_history is not None:
+        return gw.reasoning_history
+    if not model.uses_reasoning_parser or model.preserve_reasoning_in_assistant_content:
+        return "think_tags"
+    return "field" if model.uses_interleaved_reasoning else "drop"
+
+
 def conversion_settings(config: Config) -> ConversionSettings:
     model, gw = config.model_server, config.gateway
     return ConversionSettings(
         model=model.model,
-        reasoning_history=gw.reasoning_history,
-        reasoning_field=gw.reasoning_field,
+        reasoning_history=reasoning_history_mode(config),
+        reasoning_field=model.reasoning_field if gw.reasoning_history is None else gw.reasoning_field,
+        forward_request_chat_template_kwargs=model.forward_request_chat_template_kwargs,
+        continue_final_assistant_message=model.continue_final_assistant_message,
+        send_sampling_defaults=gw.response_conventions == "openai",
+        load_audio=functools.partial(load_audio, model.audio_root),
         replace_developer_role_with_system=model.replace_developer_role_with_system,
         reject_hosted_tools=gw.hosted_tools == "reject",
         return_token_id_information=model.return_token_id_information,

@@ -12,8 +12,9 @@ developer message, or a ``function_call_output``, ends that assistant turn.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import msgspec
 import orjson
@@ -75,7 +76,15 @@ class ConversionSettings:
 
     model: str
     reasoning_history: str = "think_tags"  # "think_tags" | "field" | "drop"
-    reasoning_field: str = "reasoning_content"
+    reasoning_field: str = "reasoning_content"  # "reasoning_content" | "reasoning" | "both"
+    # OpenAI's sampling defaults sent explicitly (openai conventions); NeMo Gym sends none.
+    send_sampling_defaults: bool = True
+    # NeMo Gym's forward_request_chat_template_kwargs: the request's own chat_template_kwargs count.
+    forward_request_chat_template_kwargs: bool = True
+    # NeMo Gym's continue_final_assistant_message: a trailing assistant message is continued.
+    continue_final_assistant_message: bool = False
+    # NeMo Gym's metadata.audio_path(s): a path -> a data: URL (the server reads the file).
+    load_audio: Optional[Callable[[str], str]] = None
     replace_developer_role_with_system: bool = False
     # Developer messages go into the system message: the chat template does not render them.
     fold_developer_messages: bool = False
@@ -153,16 +162,23 @@ def plan_chat_request(
         body["user"] = req.user
 
     metadata = req.metadata or {}
+    _add_audio(messages, metadata, settings)
+    # NeMo Gym's precedence: config < the request's own (when forwarded) < metadata.
     template_kwargs = {
         **(settings.chat_template_kwargs or {}),
+        **((req.chat_template_kwargs or {}) if settings.forward_request_chat_template_kwargs else {}),
         **_json_object_from_metadata(metadata, "chat_template_kwargs"),
-        **(req.chat_template_kwargs or {}),
     }
     if template_kwargs:
         body["chat_template_kwargs"] = template_kwargs
     # NeMo Gym's precedence: config extra_body < metadata extra_body < request < sampling_overrides.
     extra = {**copy.deepcopy(settings.extra_body or {}), **_json_object_from_metadata(metadata, "extra_body")}
-    body = {**SAMPLING_DEFAULTS, **extra, **body}
+    # NeMo Gym sends no sampling value the caller did not: vLLM then applies the model's own
+    # generation_config, the distribution a policy is trained under (response_conventions nemo_gym).
+    body = {**(SAMPLING_DEFAULTS if settings.send_sampling_defaults else {}), **extra, **body}
+    if settings.continue_final_assistant_message and messages[-1]["role"] == "assistant":
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
     if settings.sampling_overrides:
         body.update(copy.deepcopy(settings.sampling_overrides))
     text_logprobs = (req.top_logprobs or 0) if req.include and LOGPROBS_INCLUDE in req.include else None
@@ -176,7 +192,8 @@ def plan_chat_request(
         if body.get("n", 1) != 1:
             raise InvalidRequest("token tracking needs one choice per request: n must be 1.", param="n")
         body["logprobs"] = True
-        body.setdefault("top_logprobs", min_top)
+        # Pinned (as NeMo Gym does): a null from metadata.extra_body would make vLLM return no logprobs.
+        body["top_logprobs"] = max(body.get("top_logprobs") or 0, min_top)
         # The client reading the logprobs too wants readable tokens: then the ids come inline.
         inline_ids = settings.request_prompt_and_generation_token_ids or text_logprobs is not None
         if settings.upstream_flavour == "vllm" and text_logprobs is None:
@@ -185,6 +202,8 @@ def plan_chat_request(
             body["return_token_ids"] = True
         else:
             tokenize = tokenize_body(body)
+    if "top_logprobs" in body and body["top_logprobs"] is None:
+        del body["top_logprobs"]  # vLLM reads null as "no logprobs", absent as its default
     body["stream"] = req.stream
     if req.stream:
         body["stream_options"] = {"include_usage": True}
@@ -335,30 +354,39 @@ def _check_json(value: Any, where: str) -> None:
 # --- input items -> messages ----------------------------------------------------------------------
 
 
-class _AssistantTurn:
-    """Consecutive assistant-side items, gathered into one Chat Completions message."""
+_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
-    __slots__ = ("pieces", "tool_calls", "token_fields")
+
+class _AssistantTurn:
+    """Consecutive assistant-side items, gathered into one Chat Completions message.
+
+    Built as NeMo Gym 0.7.0 builds it: one content buffer in item order, reasoning as
+    ``<think>…</think>``; then, unless reasoning stays in the content, every ``<think>`` block is
+    taken out of the content into the reasoning field(s). Where Gym errs the gateway does not:
+    all blocks are kept (Gym keeps the first), a reasoning item with an empty summary gives its
+    ``content`` (Gym drops it), and a refusal part stays in the content (Gym moves it to
+    ``refusal``, which chat templates do not render).
+    """
+
+    __slots__ = ("buffer", "tool_calls", "token_fields")
 
     def __init__(self) -> None:
-        self.pieces: list[tuple[bool, str]] = []  # (is_reasoning, text), in item order
+        self.buffer: list[str] = []  # content as the model wrote it, reasoning in <think> tags
         self.tool_calls: list[dict[str, Any]] = []
         self.token_fields: Optional[dict[str, Any]] = None
 
-    def to_message(self, settings: ConversionSettings) -> Optional[dict[str, Any]]:
-        mode = settings.reasoning_history
-        if mode == "think_tags":  # one content buffer in item order, as the model wrote it
-            text = "".join(f"<think>{t}</think>" if is_reasoning else t for is_reasoning, t in self.pieces)
-        else:
-            text = "".join(t for is_reasoning, t in self.pieces if not is_reasoning)
-        reasoning = [t for is_reasoning, t in self.pieces if is_reasoning]
-        carries_tokens = self.token_fields is not None and settings.return_token_id_information
-        if not text and not self.tool_calls and not (mode == "field" and reasoning) and not carries_tokens:
-            return None  # nothing to send (NeMo Gym sends no empty assistant turn)
-        message: dict[str, Any] = {"role": "assistant"}
-        if mode == "field" and reasoning:
-            message[settings.reasoning_field] = "\n\n".join(reasoning)
-        message["content"] = text if text or not self.tool_calls else None
+    def to_message(self, settings: ConversionSettings) -> dict[str, Any]:
+        text = "".join(self.buffer)
+        message: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if text and settings.reasoning_history != "think_tags":
+            blocks = _THINK_BLOCK.findall(text)
+            message["content"] = _THINK_BLOCK.sub("", text)
+            if blocks and settings.reasoning_history == "field":
+                reasoning = "\n\n".join(blocks)
+                if settings.reasoning_field in ("both", "reasoning_content"):
+                    message["reasoning_content"] = reasoning
+                if settings.reasoning_field in ("both", "reasoning"):
+                    message["reasoning"] = reasoning
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         if self.token_fields is not None and settings.return_token_id_information:
@@ -377,10 +405,8 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings, offered: Of
 
     def end_turn() -> None:
         nonlocal turn
-        if turn is not None:
-            message = turn.to_message(settings)
-            if message is not None:
-                messages.append(message)
+        if turn is not None:  # an empty turn too: NeMo Gym sends {"role": "assistant", "content": null}
+            messages.append(turn.to_message(settings))
             turn = None
 
     for i, raw in enumerate(raw_items):
@@ -399,7 +425,7 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings, offered: Of
         if turn is None:
             turn = _AssistantTurn()
         if isinstance(item, r.MessageItem):
-            turn.pieces.append((False, _assistant_text(item.content, where)))
+            turn.buffer.append(_assistant_text(item.content, where))
         elif isinstance(item, r.FunctionCallInput):
             name = offered.offered_name(item.name, item.namespace)
             turn.tool_calls.append({"id": item.call_id, "type": "function",
@@ -410,23 +436,22 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings, offered: Of
                                     "function": {"name": name, "arguments": custom_arguments(item.input)}})
         elif isinstance(item, r.ReasoningInput):
             blocks = [p.text for p in item.summary if p.text] or [p.text for p in item.content or [] if p.text]
-            turn.pieces.extend((True, block) for block in blocks if block)
+            turn.buffer.extend(f"<think>{block}</think>" for block in blocks)
         token_fields = _token_fields(item, where)
         if token_fields is not None:
             turn.token_fields = token_fields  # the last item carrying them wins (NeMo Gym)
     end_turn()
-    if not messages:
-        raise InvalidRequest(
-            "'input' holds no message to send: nothing in it becomes a chat message (an empty assistant "
-            "turn or a reasoning item alone is dropped).",
-            param="input",
-        )
 
     if req.instructions:
-        # One system message first: instructions, then any leading system/developer messages.
+        # One system message first: instructions, then the text of any leading system/developer
+        # messages (NeMo Gym's folding; one with an image ends the run rather than lose the image).
         leading: list[str] = [req.instructions]
-        while messages and messages[0]["role"] in ("system", "developer") and isinstance(messages[0]["content"], str):
-            leading.append(messages.pop(0)["content"])
+        while messages and messages[0]["role"] in ("system", "developer"):
+            text = _plain_text(messages[0]["content"])
+            if text is None:
+                break
+            leading.append(text)
+            messages.pop(0)
         messages.insert(0, {"role": "system", "content": "\n\n".join(leading)})
     if settings.replace_developer_role_with_system:
         for message in messages:
@@ -468,6 +493,46 @@ def _plain_text(content: Any) -> Optional[str]:
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
         return "".join(p["text"] for p in content)
     return None
+
+
+_AUDIO_KEYS = ("audio_data", "audio_path", "audio_paths")
+
+
+def _add_audio(messages: list[dict[str, Any]], metadata: dict[str, str], settings: ConversionSettings) -> None:
+    """NeMo Gym's audio side channel: ``metadata.audio_data`` (a data: URL), ``audio_path`` or
+    ``audio_paths`` (files, read by the server) become ``audio_url`` parts at the start of the last
+    user message."""
+    present = [key for key in _AUDIO_KEYS if metadata.get(key)]
+    if not present:
+        return
+    if len(present) > 1:
+        raise InvalidRequest(f"metadata audio keys are mutually exclusive, got {', '.join(present)}: "
+                             "set one of audio_data, audio_path, audio_paths.", param=f"metadata.{present[1]}")
+    key = present[0]
+    if key == "audio_data":
+        urls = [metadata[key]]
+    else:
+        if settings.load_audio is None:
+            raise InvalidRequest(f"metadata.{key} is not supported here: no audio loader.", param=f"metadata.{key}")
+        paths: Any = [metadata[key]]
+        if key == "audio_paths":
+            try:
+                paths = orjson.loads(metadata[key])
+            except orjson.JSONDecodeError:
+                paths = None
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise InvalidRequest("metadata.audio_paths must be a JSON list of paths encoded as a string.",
+                                     param="metadata.audio_paths")
+        urls = [settings.load_audio(path) for path in paths]
+    parts = [{"type": "audio_url", "audio_url": {"url": url}} for url in urls]
+    for message in reversed(messages):
+        if message["role"] == "user":
+            content = message["content"]
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            message["content"] = parts + list(content or [])
+            return
+    messages.append({"role": "user", "content": parts})
 
 
 def _decode_item(raw: Any, i: int) -> r.InputItem:

@@ -108,7 +108,12 @@ def parse_token_id(token: str) -> int:
 def tokenize_body(chat_body: dict[str, Any]) -> dict[str, Any]:
     """The /tokenize request for a generation request: its prompt-affecting fields only."""
     body = {key: chat_body[key] for key in PROMPT_FIELDS if chat_body.get(key) is not None}
-    body["add_generation_prompt"] = True
+    if chat_body.get("continue_final_message"):
+        # The prompt ends inside the assistant turn being continued, not at a new one.
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    else:
+        body["add_generation_prompt"] = True
     return body
 
 
