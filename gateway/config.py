@@ -273,6 +273,11 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reasoning_history: Optional[Literal["think_tags", "field", "drop"]] = None
     # Message field used when reasoning_history == "field" is set here.
     reasoning_field: Literal["reasoning_content", "reasoning", "both"] = "reasoning_content"
+    # Where NeMo Gym's Response and OpenAI's disagree, which to follow. "nemo_gym" (Gym's config
+    # gets Gym's behaviour): items of a response cut by length stay "completed", a stray </think>
+    # stays in the text, nothing generated gives one empty message, text is not trimmed,
+    # reasoning blocks in a row are summary parts of one item. "openai": the Responses API's.
+    response_conventions: Literal["nemo_gym", "openai"] = "nemo_gym"
     # The chat template already opens <think> in the prompt, so generated text
     # starts inside reasoning (relevant without a reasoning parser).
     reasoning_starts_open: bool = False

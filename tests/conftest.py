@@ -52,9 +52,11 @@ STORE_DIR = tempfile.mkdtemp(prefix="gateway-tests-store-")
 
 
 def gateway_config(base_url: str, *overrides: str, model: str = MODEL) -> Config:
+    # The suite checks the Responses contract with OpenAI's conventions; test_nemo_gym.py checks
+    # NeMo Gym's (the shipped default) by overriding this back.
     return load_config(
         [ROOT / "config" / "vllm_model.yaml"],
-        overrides=shortcut_overrides(base_url, model, "") + [f"gateway.data_dir={STORE_DIR}", *overrides],
+        overrides=shortcut_overrides(base_url, model, "") + [f"gateway.data_dir={STORE_DIR}", "gateway.response_conventions=openai", *overrides],
         environ={},
     )
 

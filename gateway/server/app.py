@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from ..config import Config
 from ..redact import Secrets, secrets_of
 from ..observe import Outcome, RequestObserver, join, observe
+from ..schema import chat
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan, ConversionSettings, decode_request, has_developer_messages, plan_chat_request
@@ -314,6 +315,14 @@ async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Op
         _note_left_out(plan.tools.left_out)
         request[LOG_FIELDS]["tools_left_out"] = plan.tools.left_out
     key = session_key(request, req.prompt_cache_key)
+    model = request.app[CONFIG_KEY].model_server
+    plan.overflow_is_empty_answer = not model.propagate_context_overflow_errors
+    if model.forward_session_id_as_conversation_id and key:
+        # NeMo Gym's rank-affine routing: the session as the backend's conversation id.
+        plan.body["conversation_params"] = {"conversation_id": key}
+        plan.payload = orjson.dumps(plan.body)
+    if not model.sequential_reasoning_allowed and _ends_with_empty_assistant_turn(plan.body["messages"]):
+        return await _local_answer(request, plan, "content_filter")
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
     new_cookie = None
@@ -422,6 +431,27 @@ async def _background_run(request: web.Request, client: VLLMClient, plan: ChatPl
         call.observer.ended(call.outcome)  # type: ignore[arg-type]
 
 
+def _ends_with_empty_assistant_turn(messages: list[dict[str, Any]]) -> bool:
+    last = messages[-1]
+    return last["role"] == "assistant" and not (last.get("content") or last.get("tool_calls"))
+
+
+async def _local_answer(request: web.Request, plan: ChatPlan, finish_reason: str) -> web.StreamResponse:
+    """An answer made here without calling vLLM (NeMo Gym's sequential_reasoning_allowed: false,
+    for a request that ends in an empty assistant turn): nothing generated, this finish_reason."""
+    machine = ResponseStateMachine(plan.response, plan.options)
+    events = machine.start()
+    events += machine.feed(chat.ChatChunk(choices=[chat.ChunkChoice(delta=chat.Delta(), finish_reason=finish_reason)]))
+    events += machine.finish()
+    if not plan.stream:
+        return _json(machine.final)
+    response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
+    await response.prepare(request)
+    await response.write(encode_events(events))
+    await response.write_eof()
+    return response
+
+
 class UpstreamCall:
     """What one request did upstream, for its log line, the metrics and the transport log."""
 
@@ -526,7 +556,7 @@ async def _complete(client: VLLMClient, plan: ChatPlan, backend: Backend, key: O
                                                     call.observer)
         except UpstreamHTTPError as exc:
             call.error = exc
-            if not exc.is_context_overflow:
+            if not plan.overflow_is_empty_answer or not exc.is_context_overflow:
                 return _upstream_error_response(exc)
             machine.context_overflow(exc.upstream_message)
             call.final = machine.final
@@ -572,7 +602,7 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             call.server = upstream.backend.url
         except UpstreamHTTPError as exc:
             call.error = exc
-            if not exc.is_context_overflow:
+            if not plan.overflow_is_empty_answer or not exc.is_context_overflow:
                 return _upstream_error_response(exc)
             overflow = exc.upstream_message
         except UpstreamError as exc:
@@ -781,6 +811,14 @@ def reasoning_history_mode(config: Config) -> str:
     return "field" if model.uses_interleaved_reasoning else "drop"
 
 
+# gateway.response_conventions -> the state machine's switches (README, "NeMo Gym").
+NEMO_GYM_STREAM_CONVENTIONS: dict[str, dict[str, bool]] = {
+    "openai": {},
+    "nemo_gym": dict(trim_whitespace=False, keep_stray_close_tag=True, empty_output_message=True,
+                     cut_items_completed=True, reasoning_blocks_as_parts=True),
+}
+
+
 def conversion_settings(config: Config) -> ConversionSettings:
     model, gw = config.model_server, config.gateway
     return ConversionSettings(
@@ -803,6 +841,7 @@ def conversion_settings(config: Config) -> ConversionSettings:
             parse_think_tags=model.uses_reasoning_parser,
             reasoning_starts_open=gw.reasoning_starts_open,
             reasoning_presentation=gw.reasoning_presentation,
+            **NEMO_GYM_STREAM_CONVENTIONS[gw.response_conventions],
         ),
     )
 

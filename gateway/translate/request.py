@@ -114,6 +114,9 @@ class ChatPlan:
     tokenize: Optional[dict[str, Any]] = None
     payload: bytes = b""  # ``body`` encoded once, as it goes to vLLM
     tools: OfferedTools = field(default_factory=OfferedTools)  # offered names -> declared tools
+    # vLLM's 400 for an over-long prompt becomes an empty incomplete Response (NeMo Gym's default;
+    # its propagate_context_overflow_errors passes the 400 on instead).
+    overflow_is_empty_answer: bool = True
 
 
 _request_decoder = msgspec.json.Decoder(r.ResponsesRequest)

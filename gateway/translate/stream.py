@@ -19,7 +19,9 @@ depends only on which output item is open (at most one is, ever):
     tool call, closed index  | fail: the upstream interleaved calls (vLLM never does)
     finish_reason / usage    | remembered; the terminal event comes from finish()
     silence (keepalive())    | a ``keepalive`` event, never held
-    (*) switch to a new R when the open one's <think> block has ended
+    (*) switch to a new R when the open one's <think> block has ended (with
+        ``reasoning_blocks_as_parts``: a new summary part of the same R, and a reasoning
+        field's block ends when content starts)
     (**) and hold: see "Tool calls of unfinished responses"
 
 A terminal event comes from ``finish()`` (completed / incomplete), ``fail()`` or ``cancel()`` (a
@@ -91,6 +93,14 @@ class StreamOptions:
     reasoning_starts_open: bool = False
     # "summary": summary_text parts (NeMo Gym, Codex); "raw": reasoning_text content.
     reasoning_presentation: str = "summary"
+    # Where NeMo Gym's Response differs from OpenAI's (``gateway.response_conventions``; the
+    # defaults here are OpenAI's, ``nemo_gym`` turns each one over):
+    trim_whitespace: bool = True  # blocks trimmed, whitespace opens no item; else text as generated
+    keep_stray_close_tag: bool = False  # a </think> outside reasoning stays in the answer text
+    empty_output_message: bool = False  # nothing generated: one empty message rather than output []
+    cut_items_completed: bool = False  # items of a response cut by length/content_filter: "completed"
+    # reasoning blocks in a row: one reasoning item, a summary part each (else one item each)
+    reasoning_blocks_as_parts: bool = False
 
 
 class Kind(enum.Enum):
@@ -105,7 +115,7 @@ _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content
 class _OpenItem:
     """The item currently streaming: its final Struct and the text gathered so far."""
 
-    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index", "ended", "logprobs", "decoder")
+    __slots__ = ("kind", "item", "index", "parts", "pending_ws", "call_index", "ended", "logprobs", "decoder", "done_parts")
 
     def __init__(self, kind: Kind, item: r.OutputItem, index: int, call_index: int = -1) -> None:
         self.kind = kind
@@ -118,6 +128,7 @@ class _OpenItem:
         self.logprobs: list[Any] = []  # client-requested logprobs of a message's text
         # a custom tool call's input, decoded from its arguments as they stream
         self.decoder = CustomInputDecoder() if isinstance(item, r.CustomToolCallItem) else None
+        self.done_parts: list[str] = []  # a reasoning item's finished summary (or content) parts
 
 
 class _HeldCall:
@@ -147,7 +158,8 @@ class ResponseStateMachine:
         self._options = options
         self._new_id = new_id
         self._clock = clock
-        self._splitter = ThinkSplitter(options.reasoning_starts_open) if options.parse_think_tags else None
+        self._splitter = (ThinkSplitter(options.reasoning_starts_open, options.keep_stray_close_tag)
+                          if options.parse_think_tags else None)
         self._seq = 0
         self._events: list[r.StreamEvent] = []
         self._output: list[r.OutputItem] = []
@@ -250,6 +262,8 @@ class ResponseStateMachine:
         self._flush_splitter()
         if self._held_call is not None:
             return self.fail("upstream_protocol_error", "the upstream sent a tool call without a function name")
+        if self._open is None and not self._output and self._options.empty_output_message:
+            self._open_text_item(Kind.MESSAGE)
         if self.tokens is not None:
             try:
                 info = self.tokens.assemble(prompt_token_ids, self._usage.completion_tokens if self._usage else None)
@@ -275,10 +289,13 @@ class ResponseStateMachine:
         note = f"Nothing was generated: {message}"
         if self.tokens is not None:
             note += " No token information exists for this response."
+        if self._options.empty_output_message:
+            self._open_text_item(Kind.MESSAGE)
         return self._terminal("incomplete", r.IncompleteDetails(reason="max_output_tokens", message=note))
 
     def _terminal(self, status: str, details: Optional[r.IncompleteDetails]) -> list[r.StreamEvent]:
-        final = self._end(status, status, usage=self._response_usage(), incomplete_details=details,
+        item_status = "completed" if self._options.cut_items_completed else status
+        final = self._end(item_status, status, usage=self._response_usage(), incomplete_details=details,
                           completed_at=self._clock() if status == "completed" else None)
         self._emit(r.ResponseIncomplete(response=final) if details else r.ResponseCompleted(response=final))
         return self._take()
@@ -343,12 +360,16 @@ class ResponseStateMachine:
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
-            if not self._seen_reasoning_field and self._splitter is not None:
+            if not self._seen_reasoning_field:
                 # The server runs a reasoning parser: content will carry no open <think>.
                 self._seen_reasoning_field = True
-                self._splitter.inside = False
+                if self._splitter is not None:
+                    self._splitter.inside = False
             self._text(Kind.REASONING, reasoning)
         if delta.content:
+            if (self._options.reasoning_blocks_as_parts and self._seen_reasoning_field
+                    and self._open is not None and self._open.kind is Kind.REASONING):
+                self._open.ended = True  # the reasoning field's block is over once content comes
             if self._splitter is None:
                 self._text(Kind.MESSAGE, delta.content)
             else:
@@ -372,11 +393,19 @@ class ResponseStateMachine:
     def _text(self, kind: Kind, text: str) -> None:
         open_item = self._open
         if open_item is None or open_item.kind is not kind or open_item.ended:
-            text = text.lstrip()
-            if not text:
-                return  # whitespace never opens an item
-            self._switch()
-            open_item = self._open_text_item(kind)
+            if self._options.trim_whitespace:
+                text = text.lstrip()
+                if not text:
+                    return  # whitespace never opens an item
+            if open_item is not None and open_item.kind is kind and self._options.reasoning_blocks_as_parts:
+                self._next_reasoning_part(open_item)
+            else:
+                self._switch()
+                open_item = self._open_text_item(kind)
+        if not self._options.trim_whitespace:
+            open_item.parts.append(text)
+            self._emit_text_delta(open_item, text)
+            return
         body = text.rstrip()
         if not body:
             open_item.pending_ws += text
@@ -487,6 +516,25 @@ class ResponseStateMachine:
             )
         return open_item
 
+    def _next_reasoning_part(self, open_item: _OpenItem) -> None:
+        """The open reasoning item's block ended and another follows: close its part, open the next."""
+        item_id, index, done = open_item.item.id, open_item.index, len(open_item.done_parts)
+        text = "".join(open_item.parts)
+        open_item.done_parts.append(text)
+        open_item.parts, open_item.pending_ws, open_item.ended = [], "", False
+        if self._options.reasoning_presentation == "raw":
+            self._emit(r.ReasoningTextDone(item_id=item_id, output_index=index, content_index=done, text=text))
+            self._emit(r.ContentPartDone(item_id=item_id, output_index=index, content_index=done,
+                                         part=r.ReasoningText(text=text)))
+            self._emit(r.ContentPartAdded(item_id=item_id, output_index=index, content_index=done + 1,
+                                          part=r.ReasoningText(text="")))
+        else:
+            self._emit(r.ReasoningSummaryTextDone(item_id=item_id, output_index=index, summary_index=done, text=text))
+            self._emit(r.ReasoningSummaryPartDone(item_id=item_id, output_index=index, summary_index=done,
+                                                  part=r.SummaryText(text=text)))
+            self._emit(r.ReasoningSummaryPartAdded(item_id=item_id, output_index=index, summary_index=done + 1,
+                                                   part=r.SummaryText(text="")))
+
     def _emit_text_delta(self, open_item: _OpenItem, text: str) -> None:
         item_id, index = open_item.item.id, open_item.index
         if open_item.kind is Kind.MESSAGE:
@@ -500,9 +548,11 @@ class ResponseStateMachine:
             return
         self._skip_tokens(text)
         if self._options.reasoning_presentation == "raw":
-            self._emit(r.ReasoningTextDelta(item_id=item_id, output_index=index, content_index=0, delta=text))
+            self._emit(r.ReasoningTextDelta(item_id=item_id, output_index=index, content_index=len(open_item.done_parts),
+                                            delta=text))
         else:
-            self._emit(r.ReasoningSummaryTextDelta(item_id=item_id, output_index=index, summary_index=0, delta=text))
+            self._emit(r.ReasoningSummaryTextDelta(item_id=item_id, output_index=index,
+                                                   summary_index=len(open_item.done_parts), delta=text))
 
     def _skip_tokens(self, text: str) -> None:
         """Text that is not message text: the tokens that wrote it get no client logprobs."""
@@ -526,16 +576,18 @@ class ResponseStateMachine:
             )
             self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=0, part=part))
         elif isinstance(item, r.ReasoningItem):
+            last = len(open_item.done_parts)
             if self._options.reasoning_presentation == "raw":
                 raw_part = r.ReasoningText(text=text)
-                item.content = [raw_part]
-                self._emit(r.ReasoningTextDone(item_id=item.id, output_index=index, content_index=0, text=text))
-                self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=0, part=raw_part))
+                item.content = [*(r.ReasoningText(text=t) for t in open_item.done_parts), raw_part]
+                self._emit(r.ReasoningTextDone(item_id=item.id, output_index=index, content_index=last, text=text))
+                self._emit(r.ContentPartDone(item_id=item.id, output_index=index, content_index=last, part=raw_part))
             else:
                 summary = r.SummaryText(text=text)
-                item.summary = [summary]
-                self._emit(r.ReasoningSummaryTextDone(item_id=item.id, output_index=index, summary_index=0, text=text))
-                self._emit(r.ReasoningSummaryPartDone(item_id=item.id, output_index=index, summary_index=0, part=summary))
+                item.summary = [*(r.SummaryText(text=t) for t in open_item.done_parts), summary]
+                self._emit(r.ReasoningSummaryTextDone(item_id=item.id, output_index=index, summary_index=last, text=text))
+                self._emit(r.ReasoningSummaryPartDone(item_id=item.id, output_index=index, summary_index=last,
+                                                      part=summary))
         elif isinstance(item, r.CustomToolCallItem):
             assert open_item.decoder is not None
             tail, item.input = open_item.decoder.finish()

@@ -9,7 +9,8 @@ Output is a list of ``(is_reasoning, text)`` segments. A closing tag also yields
 reasoning items even with nothing between them.
 
 A ``</think>`` outside reasoning (a template that opened thinking in the prompt while the gateway
-was told it did not) is dropped rather than leaked into the answer. Symmetrically, when told the
+was told it did not) is dropped rather than leaked into the answer, unless ``keep_stray_close``
+(NeMo Gym keeps it, and its verifiers split answers on it). Symmetrically, when told the
 output starts inside reasoning, a ``<think>`` the model writes anyway before any text is dropped.
 """
 
@@ -23,10 +24,11 @@ Segment = tuple[bool, str]
 
 
 class ThinkSplitter:
-    __slots__ = ("inside", "_held", "_fresh")
+    __slots__ = ("inside", "_held", "_fresh", "_keep_stray_close")
 
-    def __init__(self, starts_inside: bool = False) -> None:
+    def __init__(self, starts_inside: bool = False, keep_stray_close: bool = False) -> None:
         self.inside = starts_inside
+        self._keep_stray_close = keep_stray_close
         self._held = ""
         # Started inside and nothing but whitespace seen: a leading <think> is redundant.
         self._fresh = starts_inside
@@ -51,6 +53,8 @@ class ThinkSplitter:
                 if self.inside:
                     self.inside = False
                     out.append((False, ""))
+                elif self._keep_stray_close:
+                    out.append((False, CLOSE_TAG))
                 # else: a stray </think> outside reasoning is dropped
             else:
                 self.inside = True
