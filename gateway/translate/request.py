@@ -657,8 +657,10 @@ def _sampling(req: r.ResponsesRequest, body: dict[str, Any]) -> None:
 
 
 def _sent_number(body: dict[str, Any], key: str) -> float:
-    """A sampling value as sent to vLLM, for the Response's echo (the schema wants a number)."""
-    value = body[key]
+    """A sampling value as sent to vLLM, for the Response's echo (the schema wants a number).
+    Not sent (NeMo Gym's conventions send none the caller did not): OpenAI's default is echoed,
+    though vLLM then applies the model's generation_config."""
+    value = body.get(key, SAMPLING_DEFAULTS[key])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"Invalid '{key}': expected a number, got {value!r} (from extra_body or "
                              "sampling_overrides).", param=key, code="invalid_type")
