@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, load_config, shortcut_overrides
 from gateway.server.runner import bound_url, start
+from gateway.upstream.developer_role import WITH_DEVELOPER, WITHOUT_DEVELOPER
 from tests import nemo_gym_reference as gym
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,7 +383,13 @@ class ScriptedVLLM:
         return web.json_response(answer)
 
     async def _tokenize(self, request: web.Request) -> web.Response:
-        self.tokenize.append(await request.json())
+        body = await request.json()
+        if body.get("messages") in (WITH_DEVELOPER, WITHOUT_DEVELOPER):
+            # The gateway asks once whether the chat template renders developer messages (it folds
+            # them into the system message where the template would drop them, a fix Gym lacks):
+            # this template renders them, as the templates Gym's developer messages rely on do.
+            return web.json_response({"tokens": list(range(10 * len(body["messages"]))), "count": 0})
+        self.tokenize.append(body)
         return web.json_response(self.case["tokenize"])
 
 

@@ -183,7 +183,7 @@ async def test_previous_response_id_prefixes_earlier_input_and_output(client: An
     assert gateway.upstream.last_body["messages"] == [
         {"role": "system", "content": "Be brief."},  # the first request's instructions are not carried over
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "<think>Greet.</think>Hi! What is up?"},
+        {"role": "assistant", "content": "Hi! What is up?", "reasoning_content": "Greet.", "reasoning": "Greet."},
         {"role": "user", "content": "Where is Paris?"},
     ]
     third = await create(client, streamed, input=[{"role": "user", "content": "Sure?"}],
@@ -191,7 +191,7 @@ async def test_previous_response_id_prefixes_earlier_input_and_output(client: An
     assert third.output_text == "Yes."
     assert gateway.upstream.last_body["messages"] == [
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "<think>Greet.</think>Hi! What is up?"},
+        {"role": "assistant", "content": "Hi! What is up?", "reasoning_content": "Greet.", "reasoning": "Greet."},
         {"role": "user", "content": "Where is Paris?"},
         {"role": "assistant", "content": "Paris is in France."},
         {"role": "user", "content": "Sure?"},
@@ -379,7 +379,7 @@ async def test_agents_sdk_tool_conversation_on_previous_response_id(gateway: Gat
     history = [
         {"role": "system", "content": INSTRUCTIONS},
         {"role": "user", "content": QUESTION},
-        assistant_call_message(with_reasoning=True),
+        {**assistant_call_message(with_reasoning=True), "content": ""},
         {"role": "tool", "tool_call_id": CALL_ID, "content": WeatherTool.output("Paris")},
     ]
     assert gateway.upstream.requests[1]["body"]["messages"] == history
