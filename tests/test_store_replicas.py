@@ -158,7 +158,7 @@ async def test_create_on_one_retrieve_and_continue_on_the_other(replicas: Replic
     assert second.output_text == "Paris is in France."
     assert upstream.last_body["messages"] == [
         {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "<think>Greet.</think>Hi! What is up?"},
+        {"role": "assistant", "content": "Hi! What is up?", "reasoning_content": "Greet.", "reasoning": "Greet."},
         {"role": "user", "content": "Where is Paris?"},
     ]
     items = await a.client.responses.input_items.list(second.id, order="asc")
