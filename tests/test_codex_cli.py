@@ -193,7 +193,9 @@ async def test_reasoning_is_echoed_back_and_accepted(gateway: Gateway, codex: An
     # rebuilt into the assistant turn that made the call.
     second = gateway.upstream.requests[1]["body"]
     turn = next(m for m in second["messages"] if m["role"] == "assistant")
-    assert turn["content"] == f"<think>{thought}</think>" and turn["tool_calls"]
+    # As NeMo Gym 0.7.0 sends it (reasoning_field: both): in the fields, not in the content.
+    assert (turn["content"], turn["reasoning"], turn["reasoning_content"]) == ("", thought, thought)
+    assert turn["tool_calls"]
 
 
 async def test_exec_resume(gateway: Gateway, codex: Any) -> None:
