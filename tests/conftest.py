@@ -6,7 +6,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, NoReturn
 
 import aiohttp
 import pytest
@@ -122,6 +122,14 @@ async def gateway(make_gateway: GatewayFactory) -> Gateway:
 # --- the real inference server (llama.cpp + a small Qwen2.5 model) -----------------------------------
 
 
+def not_installed(message: str) -> NoReturn:
+    """A real dependency is missing: skip, except in CI (GATEWAY_REQUIRE_REAL_BACKEND=1), where the
+    tests that need it must run, so it is a failure."""
+    if os.environ.get("GATEWAY_REQUIRE_REAL_BACKEND") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator[str]:
     """Base URL of a real llama-server: GATEWAY_REAL_UPSTREAM if set, else one started here from
@@ -133,10 +141,7 @@ def llama_server() -> Iterator[str]:
     from gateway.backends import llama_cpp
 
     if not llama_cpp.installed():
-        message = "the llama.cpp backend is not installed: python -m gateway.backends.llama_cpp install"
-        if os.environ.get("GATEWAY_REQUIRE_REAL_BACKEND") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        not_installed("the llama.cpp backend is not installed: python -m gateway.backends.llama_cpp install")
     with llama_cpp.LlamaServer() as server:
         yield server.url
 

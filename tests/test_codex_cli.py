@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests import codex_cli
-from tests.conftest import Gateway, GatewayFactory
+from tests.conftest import Gateway, GatewayFactory, not_installed
 from tests.fake_vllm import Generation, content, reasoning, tool_call
 
 CODEX_DEADLINE_S = 180.0  # for one `codex exec`: far beyond what any run here takes
@@ -33,10 +33,7 @@ CODEX_DEADLINE_S = 180.0  # for one `codex exec`: far beyond what any run here t
 def codex_binary() -> Path:
     found = codex_cli.binary()
     if found is None:
-        message = f"the Codex CLI is not installed: python -m tests.codex_cli install (npm, {codex_cli.VERSION})"
-        if os.environ.get("GATEWAY_REQUIRE_REAL_BACKEND") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        not_installed(f"the Codex CLI is not installed: python -m tests.codex_cli install (npm, {codex_cli.VERSION})")
     return found
 
 

@@ -338,6 +338,43 @@ async def test_client_disconnect_aborts_the_generation(gateway: Gateway, vllm: V
     await eventually(lambda: running_requests(vllm) == 0)
 
 
+async def test_developer_messages_reach_the_prompt(make_gateway: GatewayFactory, vllm: VLLMServer,
+                                                  tmp_path: Path) -> None:
+    """Qwen2.5's chat template has no developer branch; whether the message reaches the prompt then
+    depends on vLLM (0.32 renders the role as system). The gateway's probe (``/tokenize`` with and
+    without one) must tell what the prompt shows (``/detokenize``), and what the gateway sends puts
+    the text in the prompt either way (folded into the system message where it would be dropped)."""
+    from gateway.upstream.client import VLLMClient
+    from gateway.upstream.developer_role import probe_developer_role
+
+    secret = "The codeword is PAPAYA-17."
+    as_sent = [{"role": "developer", "content": secret}, {"role": "user", "content": "Say hi."}]
+    root = vllm.url[: -len("/v1")]
+
+    async def prompt_of(messages: list[dict[str, Any]]) -> str:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(root + "/tokenize", json={"model": MODEL_ALIAS, "messages": messages,
+                                                               "add_generation_prompt": True}) as answer:
+                tokens = (await answer.json())["tokens"]
+            async with session.post(root + "/detokenize", json={"model": MODEL_ALIAS, "tokens": tokens}) as answer:
+                return (await answer.json())["prompt"]
+
+    client = VLLMClient([vllm.url])
+    await client.start()
+    try:
+        renders = await probe_developer_role(client, vllm.url, MODEL_ALIAS)
+    finally:
+        await client.close()
+    assert renders is (secret in await prompt_of(as_sent))
+    transport = tmp_path / "transport.jsonl"
+    gateway = await make_gateway(f"gateway.transport_log={transport}", base_url=vllm.url, model=MODEL_ALIAS)
+    response = await gateway.create({"input": as_sent, "max_output_tokens": 4, **GREEDY})
+    assert response["status"] in ("completed", "incomplete")
+    sent = json.loads(transport.read_text().splitlines()[-1])["request"]["messages"]
+    assert sent[0] == {"role": "developer" if renders else "system", "content": secret}
+    assert secret in await prompt_of(sent)
+
+
 async def test_dead_engine_ends_the_stream(make_gateway: GatewayFactory, vllm_servers: VLLMServers) -> None:
     """vLLM's engine process killed mid-stream: the stream ends with response.failed well before
     idle_timeout_s (vLLM writes an error line, closes, or leaves it silent while /health fails).

@@ -430,3 +430,41 @@ def test_fold_keeps_system_first_and_order() -> None:
     renamed = chat_body({"input": items}, fold_developer_messages=True,
                         replace_developer_role_with_system=True)["messages"]
     assert [m["role"] for m in renamed] == ["system", "system", "user", "system", "assistant"]
+
+
+@pytest.mark.real_model
+async def test_real_server_developer_messages_reach_the_prompt(make_gateway: GatewayFactory, llama_server: str,
+                                                              tmp_path: Any) -> None:
+    """Whatever the real server's template does with a developer message (llama-server maps the
+    role to system itself; Qwen's templates behind vLLM drop it), the probe tells it right and the
+    text the client sent ends up in the prompt the model reads."""
+    import aiohttp
+
+    from gateway.backends.llama_cpp import MODEL_ALIAS
+    from gateway.upstream.client import VLLMClient
+    from gateway.upstream.developer_role import probe_developer_role
+
+    secret = "The codeword is PAPAYA-17."
+    root = llama_server[: -len("/v1")] if llama_server.endswith("/v1") else llama_server
+    as_sent = [{"role": "developer", "content": secret}, {"role": "user", "content": "Say hi."}]
+    async with aiohttp.ClientSession() as session:
+        async def rendered(messages: list[dict[str, Any]]) -> str:
+            async with session.post(root + "/apply-template", json={"messages": messages}) as answer:
+                assert answer.status == 200, await answer.text()
+                return (await answer.json())["prompt"]
+
+        client = VLLMClient([llama_server], flavour="llama.cpp")
+        await client.start()
+        try:
+            renders = await probe_developer_role(client, llama_server, MODEL_ALIAS)
+        finally:
+            await client.close()
+        assert renders == (secret in await rendered(as_sent))
+        transport = tmp_path / "transport.jsonl"
+        gateway = await make_gateway("gateway.upstream_flavour=llama.cpp", f"gateway.transport_log={transport}",
+                                     base_url=llama_server, model=MODEL_ALIAS)
+        response = await gateway.create({"input": as_sent, "max_output_tokens": 4})
+        assert response["status"] in ("completed", "incomplete")
+        sent = json.loads(transport.read_text().splitlines()[-1])["request"]["messages"]
+        assert sent[0]["role"] == ("developer" if renders else "system")
+        assert secret in await rendered(sent)

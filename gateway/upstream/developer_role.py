@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.upstream")
 
 PROBE_TEXT = "Developer probe: answer in English."
+# Both chats have a system message: a template that adds a default one when there is none (Qwen2.5:
+# "You are Qwen, created by Alibaba Cloud...") would otherwise make the counts say nothing, since a
+# server that renders the developer message as the system one (vLLM 0.32 maps the role) drops that
+# default. So the developer message is the only difference.
+_SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 _USER = {"role": "user", "content": "Hi"}
-WITHOUT_DEVELOPER = [_USER]
-WITH_DEVELOPER = [{"role": "developer", "content": PROBE_TEXT}, _USER]
+WITHOUT_DEVELOPER = [_SYSTEM, _USER]
+WITH_DEVELOPER = [_SYSTEM, {"role": "developer", "content": PROBE_TEXT}, _USER]
 RETRY_UNKNOWN_S = 30.0  # a server that could not say is asked again after this long
 
 
