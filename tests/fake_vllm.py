@@ -34,6 +34,8 @@ class Generation:
     stall_headers: float = 0.0  # seconds before even the response headers
     delay: float = 0.0  # seconds between chunks
     pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
+    hold_at: Optional[int] = None  # wait for ``hold`` before delta i (a test decides when it goes on)
+    hold: Optional[asyncio.Event] = None
     # before delta gate_before, wait until the test sets ``gate`` (no timing assumptions)
     gate_before: Optional[int] = None
     gate: Optional[asyncio.Event] = None
@@ -210,6 +212,8 @@ class FakeVLLM:
                     return response
                 if gen.delay or i in gen.pauses:
                     await asyncio.sleep(gen.delay + gen.pauses.get(i, 0.0))
+                if gen.hold_at == i and gen.hold is not None:
+                    await gen.hold.wait()
                 if gen.gate is not None and gen.gate_before == i:
                     await gen.gate.wait()
                 await self._send(response, self._chunk(chunk_id, delta))

@@ -291,7 +291,7 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
             req = stored.request
         plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
     except InvalidRequest as exc:
-        return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+        return invalid_request_response(exc)
     recorder = stored.adopt(plan) if stored is not None else None  # None unless the response is kept
     if observer is not None:
         observer.planned(req, plan)
@@ -367,7 +367,16 @@ async def _start_background(request: web.Request, req: Any, plan: ChatPlan,
     backend = client.choose(key)
     call = UpstreamCall(request, plan, recorder, Outcome(status=200))
     run = _background_run(request, client, plan, backend, key, call)
-    return await request.app[STORE_KEY].run_in_background(request, run, plan, recorder)
+    try:
+        return await request.app[STORE_KEY].run_in_background(request, run, plan, recorder)
+    except InvalidRequest as exc:  # the store cannot take it (unavailable): nothing was started
+        return invalid_request_response(exc)
+
+
+def invalid_request_response(exc: InvalidRequest) -> web.Response:
+    """A 4xx naming the field; or a 5xx (the response store unavailable) that is no client's fault."""
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
 
 
 class _NoClient:

@@ -27,14 +27,13 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _errors(handler: Handler) -> Handler:
     """InvalidRequest (and its 404 / 503 kinds) become OpenAI-style errors."""
-    from ..server.app import error_response
+    from ..server.app import invalid_request_response
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except InvalidRequest as exc:
-            return error_response(exc.status, exc.message, param=exc.param, code=exc.code,
-                                  type_="server_error" if exc.status >= 500 else "invalid_request_error")
+            return invalid_request_response(exc)
 
     return wrapped
 

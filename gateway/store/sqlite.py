@@ -256,6 +256,11 @@ class _transaction:
                 self.conn.execute("COMMIT")
                 return
             except sqlite3.Error:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
-        self.conn.execute("ROLLBACK")
+        self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back by itself (SQLITE_FULL does): the first error is the one to tell.
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
