@@ -200,7 +200,10 @@ async def test_a_replica_killed_during_a_background_run(replicas: ReplicaFactory
     upstream.queue(stalling())
     queued = await a.client.responses.create(model="m", input="count", background=True)
     await until(lambda: upstream.requests and upstream.requests[-1]["sent"] >= 3, "the generation to stall")
-    assert (await b.client.responses.retrieve(queued.id)).status == "in_progress"
+    deadline = time.monotonic() + DEADLINE_S  # its first events are stored: in progress, as B sees it
+    while (await b.client.responses.retrieve(queued.id)).status != "in_progress":
+        assert time.monotonic() < deadline, "the run never showed as in_progress"
+        await asyncio.sleep(0.05)
     a.kill()
     done = await terminal(b.client, queued.id)  # once its lease (1 s here) ran out
     assert done.status == "failed" and done.error.code == "response_lost"

@@ -106,7 +106,8 @@ class Procs:
         port = free_port()
         log = self.dir / f"{name}-{port}.log"
         cmd = [sys.executable, "-m", "gateway", "serve", "--base-url", base_url, "--model", "bench", "--api-key=",
-               "--host", HOST, "--port", str(port), "gateway.log_level=WARNING", *overrides]
+               "--host", HOST, "--port", str(port), "gateway.log_level=WARNING",
+               f"gateway.data_dir={self.dir / 'store'}", *overrides]  # stored responses: not in $HOME
         if CONFIG.exists():
             cmd[4:4] = ["--config", str(CONFIG)]
         if workers is not None:

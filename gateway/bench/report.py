@@ -387,13 +387,19 @@ def targets_text(rows: list[dict[str, Any]]) -> str:
                                             for r in rows])
 
 
+def _store_text(res: dict[str, Any]) -> str:
+    from .store import store_text  # gateway/bench/store.py, which uses this module's helpers
+
+    return store_text(res)
+
+
 SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text,
-                "inspect": inspect_text, "soak": soak_text}
+                "inspect": inspect_text, "store": _store_text, "soak": soak_text}
 
 
 def render(info: dict[str, Any], results: dict[str, Any], wall_s: float) -> str:
     parts = [header(info)]
-    for name in ("relay", "workers", "memory", "inspect", "soak", "machine"):
+    for name in ("relay", "workers", "memory", "inspect", "store", "soak", "machine"):
         if name in results:
             parts.append(SECTION_TEXT[name](results[name]))
     parts.append(targets_text(targets(results)))

@@ -25,6 +25,7 @@ from . import procstat
 from . import soak as soak_plan
 from .loadgen import LoadGen, Spec
 from .procs import BenchError, Child, Procs, workers_supported
+from .store import store as store_section
 from .workload import Workload
 
 
@@ -629,6 +630,7 @@ SECTIONS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
     "workers": workers,
     "memory": memory,
     "inspect": inspect,
+    "store": store_section,  # gateway/bench/store.py: store: false / SQLite / Redis
     "soak": soak,  # only when asked for (--only soak): it takes minutes
 }
-DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory", "inspect"]
+DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory", "inspect", "store"]

@@ -41,6 +41,9 @@ log = logging.getLogger("gateway.store")
 # A flush that does not finish in this long (a hung disk, an unreachable Redis) gives up: the
 # client gets its answer, the response is not stored.
 STORE_WAIT_S = 10.0
+# A batch waits this long for the next ones before it is written: a fast stream's reads share one
+# store write (followers of a running response see its events this much later, at most).
+FLUSH_DELAY_S = 0.05
 # Frames waiting for the store beyond this: it fell behind; stop storing this response.
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 # How often this process looks for cancel requests of its background runs made on other replicas.
@@ -389,6 +392,7 @@ class Recorder(RequestObserver):
         self._body = b""  # without streaming: the Response JSON the client gets
         self._next_seq = 0
         self._flushing: Optional[asyncio.Task[None]] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
         self._created = False
         self._ending = False
         self._done = False
@@ -411,7 +415,12 @@ class Recorder(RequestObserver):
         self._pending += data
         if len(self._pending) > MAX_PENDING_BYTES:
             self._fail("the store fell behind the stream")
-        elif self._flushing is None:
+        elif self._flushing is None and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._timer = None
+        if self._flushing is None and not self._ending and not self._broken:
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def ending(self) -> None:
@@ -420,6 +429,7 @@ class Recorder(RequestObserver):
         if self._broken or self._done:
             return
         self._ending = True
+        self._cancel_timer()
         try:
             await asyncio.wait_for(self._finish(), STORE_WAIT_S)
         except (StoreError, asyncio.TimeoutError, ValueError) as exc:
@@ -428,10 +438,11 @@ class Recorder(RequestObserver):
     def ended(self, outcome: Outcome) -> None:
         if self._done or self._broken:
             return
-        if not self._created and self._flushing is None:
+        if not self._created and self._flushing is None and not self._pending:
             return  # nothing was stored (vLLM failed before the stream; the client got an HTTP error)
         # The client left before the end: the response ends for the store as failed.
         self._ending = True
+        self._cancel_timer()
         self.service.spawn(self._end_unfinished())
 
     # --- writing -----------------------------------------------------------------------------------
@@ -480,10 +491,16 @@ class Recorder(RequestObserver):
         except (StoreError, asyncio.TimeoutError) as exc:
             self._fail(exc)
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _fail(self, exc: Any) -> None:
         if self._broken:
             return
         self._broken = True
+        self._cancel_timer()
         self._pending.clear()
         self.service.stopped(self)
         log.error("response %s will not be stored: %s", self.record.id, exc or "the store did not answer in time")
