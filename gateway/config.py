@@ -364,8 +364,9 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # false: nothing is stored, and previous_response_id, background and conversation are refused.
     store: bool = True
     store_backend: Literal["sqlite", "redis"] = "sqlite"
-    # The SQLite file lives here (created if missing).
-    data_dir: str = "~/.local/share/vllm-gateway"
+    # The SQLite file lives here (created if missing); empty: $XDG_DATA_HOME/vllm-gateway, else
+    # ~/.local/share/vllm-gateway.
+    data_dir: str = ""
     redis_url: Optional[str] = None  # redis://host:port/db, for store_backend: redis
     # Seconds a stored response is kept (OpenAI keeps them 30 days).
     store_ttl: float = 30 * 24 * 3600.0

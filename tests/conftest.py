@@ -47,8 +47,10 @@ async def upstream2() -> AsyncIterator[FakeVLLM]:
     await runner.cleanup()
 
 
-# Stored responses of the tests' gateways go here, never into the user's data directory.
+# Stored responses of the tests' gateways go here, never into the user's data directory (also for
+# the gateway processes tests start: their default data directory is under XDG_DATA_HOME).
 STORE_DIR = tempfile.mkdtemp(prefix="gateway-tests-store-")
+os.environ["XDG_DATA_HOME"] = STORE_DIR
 
 
 def gateway_config(base_url: str, *overrides: str, model: str = MODEL) -> Config:

@@ -504,3 +504,89 @@ async def test_background_run_that_vllm_refuses_ends_failed(aclient: AsyncOpenAI
     queued = await aclient.responses.create(model="m", input="x", background=True)
     done = await wait_terminal(aclient, queued.id)
     assert done.status == "failed" and "temperature must be positive" in done.error.message
+
+
+# --- the Conversations API ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
+async def test_conversation_turns(client: Any, gateway: Gateway, streamed: bool) -> None:
+    """A response in a conversation starts from its items; its input and output join it."""
+    conv = await call_conv(client, "create", items=[{"type": "message", "role": "user", "content": "My name is Ada."}],
+                           metadata={"topic": "names"})
+    assert conv.id.startswith("conv_") and conv.metadata == {"topic": "names"}
+    gateway.upstream.queue(answer("Hello Ada."), answer("You are Ada."))
+    first = await create(client, streamed, input="Hi!", conversation=conv.id)
+    assert first.conversation.id == conv.id
+    assert gateway.upstream.last_body["messages"] == [{"role": "user", "content": "My name is Ada."},
+                                                      {"role": "user", "content": "Hi!"}]
+    second = await create(client, streamed, input="Who am I?", conversation={"id": conv.id}, store=False)
+    assert second.output_text == "You are Ada."
+    assert gateway.upstream.last_body["messages"] == [
+        {"role": "user", "content": "My name is Ada."}, {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello Ada."}, {"role": "user", "content": "Who am I?"}]
+    items = await call_conv(client, "items.list", conv.id, order="asc")
+    texts = [(i.role, i.content[0].text) for i in items.data]
+    assert texts == [("user", "My name is Ada."), ("user", "Hi!"), ("assistant", "Hello Ada."),
+                     ("user", "Who am I?"), ("assistant", "You are Ada.")]  # store: false still joins it
+    assert items.data[2].id == first.output[0].id
+
+
+async def test_conversation_api(aclient: AsyncOpenAI, gateway: Gateway) -> None:
+    conv = await aclient.conversations.create()
+    assert (await aclient.conversations.retrieve(conv.id)).metadata == {}
+    updated = await aclient.conversations.update(conv.id, metadata={"a": "b"})
+    assert updated.metadata == {"a": "b"}
+    added = await aclient.conversations.items.create(conv.id, items=[
+        {"type": "message", "role": "user", "content": "one"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "two"}]}])
+    assert [i.content[0].text for i in added.data] == ["one", "two"]
+    second = added.data[1].id
+    got = await aclient.conversations.items.retrieve(second, conversation_id=conv.id)
+    assert got.content[0].text == "two"
+    listed = [i.content[0].text async for i in aclient.conversations.items.list(conv.id, limit=1)]
+    assert listed == ["two", "one"]  # desc by default, page by page
+    after = await aclient.conversations.items.delete(second, conversation_id=conv.id)
+    assert after.id == conv.id
+    assert [i.content[0].text async for i in aclient.conversations.items.list(conv.id)] == ["one"]
+    with pytest.raises(openai.NotFoundError):
+        await aclient.conversations.items.retrieve(second, conversation_id=conv.id)
+    deleted = await aclient.conversations.delete(conv.id)
+    assert deleted.deleted is True and deleted.id == conv.id
+    with pytest.raises(openai.NotFoundError):
+        await aclient.conversations.retrieve(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        await aclient.responses.create(model="m", input="x", conversation=conv.id)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.conversations.items.create(conv.id, items=[{"type": "nonsense"}])
+    assert caught.value.param == "items[0]"
+    other = await aclient.conversations.create()
+    with pytest.raises(openai.BadRequestError) as caught:
+        await aclient.responses.create(model="m", input="x", conversation=other.id, previous_response_id="resp_1")
+    assert caught.value.param == "conversation"
+    assert gateway.upstream.requests == []
+
+
+async def test_conversations_are_per_key(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.api_keys=[key-a,key-b]")
+    a = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="key-a", max_retries=0)
+    b = AsyncOpenAI(base_url=gateway.url + "/v1", api_key="key-b", max_retries=0)
+    conv = await a.conversations.create(items=[{"type": "message", "role": "user", "content": "secret"}])
+    for attempt in (lambda: b.conversations.retrieve(conv.id), lambda: b.conversations.items.list(conv.id),
+                    lambda: b.conversations.delete(conv.id),
+                    lambda: b.conversations.items.create(conv.id, items=[{"role": "user", "content": "x"}]),
+                    lambda: b.responses.create(model="m", input="x", conversation=conv.id)):
+        with pytest.raises(openai.NotFoundError):
+            await attempt()
+    assert [i.content[0].text async for i in a.conversations.items.list(conv.id)] == ["secret"]
+    await a.close()
+    await b.close()
+
+
+async def call_conv(client: AsyncOpenAI | OpenAI, method: str, *args: Any, **kwargs: Any) -> Any:
+    resource: Any = client.conversations
+    for part in method.split("."):
+        resource = getattr(resource, part)
+    if isinstance(client, OpenAI):
+        return await asyncio.to_thread(resource, *args, **kwargs)
+    return await resource(*args, **kwargs)

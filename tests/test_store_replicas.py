@@ -212,3 +212,20 @@ async def test_a_replica_killed_during_a_background_run(replicas: ReplicaFactory
     events = [e.model_dump(mode="json", exclude_unset=True) async for e in stream]
     assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+async def test_a_conversation_across_replicas(replicas: ReplicaFactory, upstream: FakeVLLM) -> None:
+    a, b = await replicas(), await replicas()
+    conv = await a.client.conversations.create(items=[{"type": "message", "role": "user", "content": "I am Ada."}])
+    upstream.queue(Generation(deltas=content("Hello Ada.")))
+    response = await b.client.responses.create(model="m", input="Hi", conversation=conv.id)
+    assert response.conversation.id == conv.id
+    assert upstream.last_body["messages"] == [{"role": "user", "content": "I am Ada."}, {"role": "user", "content": "Hi"}]
+    items = await a.client.conversations.items.list(conv.id, order="asc")
+    assert [i.content[0].text for i in items.data] == ["I am Ada.", "Hi", "Hello Ada."]
+    deleted = await a.client.conversations.items.delete(items.data[1].id, conversation_id=conv.id)
+    assert deleted.id == conv.id
+    assert [i.content[0].text async for i in b.client.conversations.items.list(conv.id)] == ["Hello Ada.", "I am Ada."]
+    await b.client.conversations.delete(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        await a.client.conversations.retrieve(conv.id)

@@ -291,6 +291,7 @@ class Response(msgspec.Struct, gc=False, kw_only=True):
     reasoning: dict[str, Any] = msgspec.field(default_factory=lambda: {"effort": None, "summary": None})
     store: bool = False
     background: bool = False
+    conversation: Union[dict[str, Any], UnsetType] = UNSET  # {"id": ...} of a response in a conversation
     service_tier: str = "default"
     temperature: float = 1.0
     top_p: float = 1.0

@@ -50,6 +50,15 @@ class Record:
 
 
 @dataclass
+class Conversation:
+    id: str
+    owner: str
+    metadata: bytes  # JSON object
+    created_at: float
+    expires_at: float
+
+
+@dataclass
 class History:
     """One earlier response of a chain, as the next request's input needs it."""
 
@@ -118,6 +127,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def events_after(self, response_id: str, after_seq: int) -> list[tuple[int, bytes]]:
         """Stored batches holding events with ``sequence_number > after_seq``, in order."""
+
+    # --- conversations (the Conversations API): items in order, under an owner -------------------
+
+    @abc.abstractmethod
+    async def create_conversation(self, conversation: "Conversation", items: list[tuple[str, bytes]]) -> None:
+        """A new conversation with its first items (``(item id, item JSON)``)."""
+
+    @abc.abstractmethod
+    async def get_conversation(self, owner: str, conversation_id: str) -> Optional["Conversation"]:
+        """The conversation, or None (absent, expired, or another owner's)."""
+
+    @abc.abstractmethod
+    async def update_conversation(self, owner: str, conversation_id: str, metadata: bytes) -> bool:
+        """Replace its metadata; False when there is no such conversation for this owner."""
+
+    @abc.abstractmethod
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """The conversation and its items; False when there is no such conversation."""
+
+    @abc.abstractmethod
+    async def add_items(self, owner: str, conversation_id: str, items: list[tuple[str, bytes]]) -> bool:
+        """Append items, atomically (two responses of one conversation may end at once)."""
+
+    @abc.abstractmethod
+    async def conversation_items(self, owner: str, conversation_id: str) -> list[bytes]:
+        """Every item's JSON, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        """Remove one item; False when the conversation or the item does not exist."""
 
     # --- housekeeping ----------------------------------------------------------------------------
 

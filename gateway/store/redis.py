@@ -6,7 +6,9 @@ Layout, under the prefix ``vgw:``:
 - ``vgw:r:{id}``: a hash, the record (``owner``, ``status``, ``response``, ``input``, ``chain``,
   ``created_at``, ``expires_at``, ``background``, ``lease_until``, ``cancel``, ``last_seq``, ``size``);
 - ``vgw:e:{id}``: a list, the event batches, each ``b"<first_seq>\\n" + frames``;
-- ``vgw:index``: a sorted set of ids by creation time and ``vgw:sizes`` their sizes, for the size bound.
+- ``vgw:index``: a sorted set of ids by creation time and ``vgw:sizes`` their sizes, for the size bound;
+- ``vgw:c:{id}``: a hash, a conversation (``owner``, ``metadata``, ``created_at``, ``expires_at``), and
+  ``vgw:ci:{id}`` a list of its items, each ``b"<item id>\n" + item JSON``.
 
 Both keys of a response expire with ``store_ttl`` (Redis drops them itself). Every write that must
 be atomic (a batch with its record, the end, a compare-and-set) is one Lua script. A Redis that is
@@ -20,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import orjson
 
-from .base import History, Record, Store, StoreError
+from .base import Conversation, History, Record, Store, StoreError
 
 try:
     import redis.asyncio as aioredis
@@ -87,6 +89,30 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 """
+# KEYS: conversation, its items. ARGV: owner, then the items. Appends only to an existing one.
+_ADD_ITEMS = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+return 1
+"""
+# KEYS: conversation, its items. ARGV: owner, item id.
+_DELETE_ITEM = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+local prefix = ARGV[2] .. '\\n'
+for _, entry in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if string.sub(entry, 1, string.len(prefix)) == prefix then
+    redis.call('LREM', KEYS[2], 1, entry)
+    return 1
+  end
+end
+return 0
+"""
+# KEYS: conversation, its items. ARGV: owner.
+_DELETE_CONVERSATION = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
 _FIELDS = ("owner", "status", "response", "input", "chain", "created_at", "expires_at", "background", "lease_until",
            "cancel", "last_seq")
 
@@ -120,6 +146,9 @@ class RedisStore(Store):
         self._delete = self._redis.register_script(_DELETE)
         self._cancel = self._redis.register_script(_REQUEST_CANCEL)
         self._renew = self._redis.register_script(_RENEW)
+        self._add_items = self._redis.register_script(_ADD_ITEMS)
+        self._delete_item = self._redis.register_script(_DELETE_ITEM)
+        self._delete_conversation = self._redis.register_script(_DELETE_CONVERSATION)
 
     def _keys(self, rid: str) -> list[str]:
         return [_record_key(rid), _events_key(rid), INDEX, SIZES]
@@ -216,6 +245,55 @@ class RedisStore(Store):
             if first + frames.count(b"\n\n") - 1 > after_seq:
                 batches.append((first, frames))
         return batches
+
+    # --- conversations ---------------------------------------------------------------------------
+
+    async def create_conversation(self, conversation: Conversation, items: list[tuple[str, bytes]]) -> None:
+        c = conversation
+        key, items_key = f"{PREFIX}c:{c.id}", f"{PREFIX}ci:{c.id}"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"owner": c.owner, "metadata": c.metadata, "created_at": repr(c.created_at),
+                                "expires_at": repr(c.expires_at)})
+        pipe.pexpire(key, self.ttl_ms)
+        if items:
+            pipe.rpush(items_key, *[item_id.encode() + b"\n" + item for item_id, item in items])
+            pipe.pexpire(items_key, self.ttl_ms)
+        await self._do(pipe.execute())
+
+    async def get_conversation(self, owner: str, conversation_id: str) -> Optional[Conversation]:
+        who, metadata, created, expires = await self._do(self._redis.hmget(
+            f"{PREFIX}c:{conversation_id}", ("owner", "metadata", "created_at", "expires_at")))
+        if who is None or who.decode() != owner or float(expires) <= self._clock():
+            return None
+        return Conversation(conversation_id, owner, metadata, float(created), float(expires))
+
+    async def update_conversation(self, owner: str, conversation_id: str, metadata: bytes) -> bool:
+        if await self.get_conversation(owner, conversation_id) is None:
+            return False
+        await self._do(self._redis.hset(f"{PREFIX}c:{conversation_id}", "metadata", metadata))
+        return True
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        return bool(await self._do(self._delete_conversation(
+            keys=[f"{PREFIX}c:{conversation_id}", f"{PREFIX}ci:{conversation_id}"], args=[owner])))
+
+    async def add_items(self, owner: str, conversation_id: str, items: list[tuple[str, bytes]]) -> bool:
+        items_key = f"{PREFIX}ci:{conversation_id}"
+        done = await self._do(self._add_items(keys=[f"{PREFIX}c:{conversation_id}", items_key],
+                                              args=[owner, *[i.encode() + b"\n" + item for i, item in items]]))
+        if done:
+            await self._do(self._redis.pexpire(items_key, self.ttl_ms))
+        return bool(done)
+
+    async def conversation_items(self, owner: str, conversation_id: str) -> list[bytes]:
+        if await self.get_conversation(owner, conversation_id) is None:
+            return []
+        entries = await self._do(self._redis.lrange(f"{PREFIX}ci:{conversation_id}", 0, -1))
+        return [entry.partition(b"\n")[2] for entry in entries]
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        return bool(await self._do(self._delete_item(
+            keys=[f"{PREFIX}c:{conversation_id}", f"{PREFIX}ci:{conversation_id}"], args=[owner, item_id])))
 
     # --- housekeeping ----------------------------------------------------------------------------
 

@@ -4,6 +4,17 @@
     DELETE /v1/responses/{id}
     GET    /v1/responses/{id}/input_items     ``after``, ``before``, ``limit`` (1-100, 20), ``order`` (desc)
     POST   /v1/responses/{id}/cancel          background responses only
+
+and the Conversations API:
+
+    POST   /v1/conversations                  ``items`` (up to 20), ``metadata``
+    GET    /v1/conversations/{id}
+    POST   /v1/conversations/{id}             ``metadata``
+    DELETE /v1/conversations/{id}
+    POST   /v1/conversations/{id}/items       ``items`` (up to 20)
+    GET    /v1/conversations/{id}/items       ``after``, ``limit`` (1-100, 20), ``order`` (desc)
+    GET    /v1/conversations/{id}/items/{item_id}
+    DELETE /v1/conversations/{id}/items/{item_id}
 """
 
 from __future__ import annotations
@@ -14,8 +25,12 @@ import orjson
 from aiohttp import web
 
 from ..translate.errors import InvalidRequest
-from .items import page
-from .service import StoreService
+from .items import normalize_input, page
+from .service import StoreService, conversation_json, not_found
+
+MAX_ITEMS_PER_CALL = 20  # OpenAI's bound on items added at once
+MAX_METADATA_KEYS = 16
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,6 +73,45 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return body
+
+
+def _metadata(body: dict[str, Any]) -> dict[str, str]:
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or len(metadata) > MAX_METADATA_KEYS or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512 for k, v in metadata.items()):
+        raise InvalidRequest("Invalid 'metadata': at most 16 string keys (64 characters) with string values "
+                             "(512 characters).", param="metadata")
+    return metadata
+
+
+def _items(body: dict[str, Any], required: bool) -> list[dict[str, Any]]:
+    items = body.get("items")
+    if items is None and not required:
+        return []
+    if not isinstance(items, list) or (required and not items) or len(items) > MAX_ITEMS_PER_CALL:
+        raise InvalidRequest(f"Invalid 'items': expected a list of 1 to {MAX_ITEMS_PER_CALL} items.", param="items")
+    for i, item in enumerate(items):
+        kind = item.get("type", "message" if isinstance(item, dict) and "role" in item else None) \
+            if isinstance(item, dict) else None
+        if kind not in _ITEM_TYPES:
+            raise InvalidRequest(f"Invalid 'items[{i}]': expected an item of type {', '.join(_ITEM_TYPES)}.",
+                                 param=f"items[{i}]")
+    try:
+        normalized = normalize_input(items)
+        orjson.dumps(normalized)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"Invalid 'items': {exc}.", param="items") from None
+    return normalized
+
+
 def add_routes(app: web.Application, service: StoreService) -> None:
     @_errors
     async def retrieve(request: web.Request) -> web.StreamResponse:
@@ -96,6 +150,82 @@ def add_routes(app: web.Application, service: StoreService) -> None:
         record = await service.cancel(service.owner(request), request.match_info["response_id"])
         return _json(service.snapshot(record))
 
+    # --- conversations -----------------------------------------------------------------------------
+
+    @_errors
+    async def create_conversation(request: web.Request) -> web.StreamResponse:
+        body = await _body(request)
+        return _json(await service.create_conversation(service.owner(request), _metadata(body), _items(body, False)))
+
+    @_errors
+    async def get_conversation(request: web.Request) -> web.StreamResponse:
+        found = await service.conversation(service.owner(request), request.match_info["conversation_id"])
+        return _json(conversation_json(found))
+
+    @_errors
+    async def update_conversation(request: web.Request) -> web.StreamResponse:
+        owner, cid = service.owner(request), request.match_info["conversation_id"]
+        metadata = _metadata(await _body(request))
+        if not await service._call(service.store.update_conversation(owner, cid, orjson.dumps(metadata))):
+            raise not_found("Conversation", cid)
+        return _json(conversation_json(await service.conversation(owner, cid)))
+
+    @_errors
+    async def delete_conversation(request: web.Request) -> web.StreamResponse:
+        owner, cid = service.owner(request), request.match_info["conversation_id"]
+        if not await service._call(service.store.delete_conversation(owner, cid)):
+            raise not_found("Conversation", cid)
+        return _json({"id": cid, "object": "conversation.deleted", "deleted": True})
+
+    @_errors
+    async def add_items(request: web.Request) -> web.StreamResponse:
+        owner, cid = service.owner(request), request.match_info["conversation_id"]
+        items = _items(await _body(request), True)
+        if not await service._call(service.store.add_items(owner, cid, [(i["id"], orjson.dumps(i)) for i in items])):
+            raise not_found("Conversation", cid)
+        return _json({"object": "list", "data": items, "first_id": items[0]["id"], "last_id": items[-1]["id"],
+                      "has_more": False})
+
+    @_errors
+    async def list_items(request: web.Request) -> web.StreamResponse:
+        items = await service.conversation_items(service.owner(request), request.match_info["conversation_id"])
+        order = request.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
+        try:
+            body = page(items, after=request.query.get("after"), before=request.query.get("before"),
+                        limit=_int(request, "limit", 20, 1, 100), order=order)
+        except KeyError as exc:
+            name = exc.args[0]
+            raise InvalidRequest(f"Invalid '{name}': no item with id {request.query[name]!r} in this conversation.",
+                                 param=name) from None
+        return _json(body)
+
+    @_errors
+    async def get_item(request: web.Request) -> web.StreamResponse:
+        item_id = request.match_info["item_id"]
+        items = await service.conversation_items(service.owner(request), request.match_info["conversation_id"])
+        for item in items:
+            if item.get("id") == item_id:
+                return _json(item)
+        raise not_found("Item", item_id)
+
+    @_errors
+    async def delete_item(request: web.Request) -> web.StreamResponse:
+        owner, cid, item_id = service.owner(request), request.match_info["conversation_id"], request.match_info["item_id"]
+        found = await service.conversation(owner, cid)
+        if not await service._call(service.store.delete_item(owner, cid, item_id)):
+            raise not_found("Item", item_id)
+        return _json(conversation_json(found))
+
+    app.router.add_post("/v1/conversations", create_conversation)
+    app.router.add_get("/v1/conversations/{conversation_id}", get_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id}", update_conversation)
+    app.router.add_delete("/v1/conversations/{conversation_id}", delete_conversation)
+    app.router.add_post("/v1/conversations/{conversation_id}/items", add_items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items", list_items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items/{item_id}", get_item)
+    app.router.add_delete("/v1/conversations/{conversation_id}/items/{item_id}", delete_item)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)
     app.router.add_get("/v1/responses/{response_id}/input_items", input_items)

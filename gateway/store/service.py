@@ -33,8 +33,8 @@ from ..schema.responses import Response, ResponsesRequest
 from ..observe import Outcome, RequestObserver
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan
-from .base import Record, Store, StoreError
-from .items import history_items, normalize_input
+from .base import Conversation, Record, Store, StoreError
+from .items import history_items, new_id, normalize_input
 
 log = logging.getLogger("gateway.store")
 
@@ -77,6 +77,7 @@ class StoredRequest:
     keep: bool
     background: bool
     client_stream: bool = False
+    conversation_id: Optional[str] = None  # its items were prepended; input and output are appended
     previous_response_id: Optional[str] = None
     chain: list[str] = field(default_factory=list)
     own_input: bytes = b"[]"
@@ -88,7 +89,9 @@ class StoredRequest:
         plan.response.store = self.keep
         plan.response.background = self.background
         plan.response.previous_response_id = self.previous_response_id
-        if not self.keep or self.service is None:
+        if self.conversation_id is not None:
+            plan.response.conversation = {"id": self.conversation_id}
+        if self.service is None or not (self.keep or self.conversation_id):
             return None  # store: false costs nothing from here on
         self.recorder = self.service.recorder(self, plan)
         return self.recorder
@@ -149,11 +152,18 @@ class StoreService:
         if background and not keep:
             raise InvalidRequest("background responses are stored: 'store' cannot be false with 'background'.",
                                  param="store", code="invalid_value")
-        if req.conversation is not None:
-            raise InvalidRequest("'conversation' is not supported by this gateway yet.", param="conversation",
-                                 code="unsupported_parameter")
         owner = self.owner(request)
         stored = StoredRequest(request=req, owner=owner, keep=keep, background=background, service=self)
+        prefix: list[dict[str, Any]] = []
+        if req.conversation is not None:
+            if req.previous_response_id is not None:
+                raise InvalidRequest("'previous_response_id' and 'conversation' cannot be used together.",
+                                     param="conversation", code="invalid_value")
+            stored.conversation_id = conversation_id(req.conversation)
+            if await self._call(self.store.get_conversation(owner, stored.conversation_id)) is None:
+                raise not_found("Conversation", stored.conversation_id, "conversation")
+            prefix = [orjson.loads(item) for item in
+                      await self._call(self.store.conversation_items(owner, stored.conversation_id))]
         if req.previous_response_id is not None:
             previous = await self._get(owner, req.previous_response_id)
             if previous is None:
@@ -165,7 +175,7 @@ class StoreService:
             stored.chain = previous.chain + [previous.id]
             stored.previous_response_id = previous.id
         own = normalize_input(req.input)
-        if keep:
+        if keep or stored.conversation_id:
             try:
                 stored.own_input = orjson.dumps(own)
             except orjson.JSONEncodeError as exc:  # e.g. an unknown key nested hundreds of levels deep
@@ -179,11 +189,14 @@ class StoreService:
                                f"'{stored.previous_response_id}', was deleted or expired.",
                                param="previous_response_id", code="not_found")
             own = history_items(histories) + own  # type: ignore[arg-type]
-        if stored.chain or req.background is not None or req.store is not None:
+        if prefix:
+            own = prefix + own
+        if stored.chain or prefix or req.background is not None or req.store is not None \
+                or req.conversation is not None:
             # A background run always streams from vLLM (its events are stored as they come);
             # whether its client gets a stream is ``client_stream``.
-            stored.request = msgspec.structs.replace(req, input=own if stored.chain else req.input,
-                                                     previous_response_id=None, background=None,
+            stored.request = msgspec.structs.replace(req, input=own if stored.chain or prefix else req.input,
+                                                     previous_response_id=None, background=None, conversation=None,
                                                      stream=req.stream or background)
         stored.client_stream = req.stream
         return stored
@@ -194,7 +207,8 @@ class StoreService:
                         response=_encoder.encode(plan.response), input=stored.own_input, chain=stored.chain,
                         created_at=now, expires_at=now + self.ttl, background=stored.background,
                         lease_until=now + self.lease)
-        return Recorder(self, record, frames=plan.stream, client_stream=stored.client_stream)
+        return Recorder(self, record, frames=plan.stream, client_stream=stored.client_stream, keep=stored.keep,
+                        conversation_id=stored.conversation_id)
 
     async def run_in_background(self, request: web.Request, run: Coroutine[Any, Any, None], plan: ChatPlan,
                                 recorder: "Recorder") -> web.StreamResponse:
@@ -235,6 +249,39 @@ class StoreService:
             return False
         task.cancel()
         return True
+
+    async def add_to_conversation(self, recorder: "Recorder", response: bytes) -> None:
+        """A response of a conversation ended: its input and its output join the conversation
+        (not when it failed: the next turn would build on nothing)."""
+        final = orjson.loads(response)
+        if final.get("status") not in ("completed", "incomplete"):
+            return
+        items = orjson.loads(recorder.record.input) + (final.get("output") or [])
+        entries = [(str(item.get("id")), orjson.dumps(item)) for item in items if isinstance(item, dict)]
+        assert recorder.conversation_id is not None
+        if not await self.store.add_items(recorder.record.owner, recorder.conversation_id, entries):
+            log.warning("conversation %s is gone: response %s was not added to it", recorder.conversation_id,
+                        recorder.record.id)
+
+    # --- the Conversations API -------------------------------------------------------------------
+
+    async def create_conversation(self, owner: str, metadata: dict[str, str], items: list[dict[str, Any]]) -> bytes:
+        now = self.clock()
+        conversation = Conversation(id=new_id("conv"), owner=owner, metadata=orjson.dumps(metadata),
+                                    created_at=now, expires_at=now + self.ttl)
+        await self._call(self.store.create_conversation(
+            conversation, [(item["id"], orjson.dumps(item)) for item in items]))
+        return conversation_json(conversation)
+
+    async def conversation(self, owner: str, cid: str) -> Conversation:
+        found = await self._call(self.store.get_conversation(owner, cid))
+        if found is None:
+            raise not_found("Conversation", cid)
+        return found
+
+    async def conversation_items(self, owner: str, cid: str) -> list[dict[str, Any]]:
+        await self.conversation(owner, cid)
+        return [orjson.loads(item) for item in await self._call(self.store.conversation_items(owner, cid))]
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -374,6 +421,21 @@ class StoreService:
                 log.warning("store housekeeping failed: %s", exc or "timed out")
 
 
+def conversation_id(value: Any) -> str:
+    """``conversation`` on a request: its id, or ``{"id": ...}``."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str) and value["id"]:
+        return value["id"]
+    raise InvalidRequest("Invalid 'conversation': expected a conversation id or an object with an 'id'.",
+                         param="conversation", code="invalid_type")
+
+
+def conversation_json(conversation: Conversation) -> bytes:
+    return orjson.dumps({"id": conversation.id, "object": "conversation", "created_at": int(conversation.created_at),
+                         "metadata": orjson.loads(conversation.metadata)})
+
+
 def _frame(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -382,9 +444,13 @@ class Recorder(RequestObserver):
     """Records one response as it streams (see the module docstring). ``frames``: the client gets
     SSE frames (stored as events); otherwise it gets one JSON body, the final Response."""
 
-    def __init__(self, service: StoreService, record: Record, *, frames: bool, client_stream: bool) -> None:
+    def __init__(self, service: StoreService, record: Record, *, frames: bool, client_stream: bool, keep: bool = True,
+                 conversation_id: Optional[str] = None) -> None:
         self.service = service
         self.client_stream = client_stream
+        # keep False: a store: false response in a conversation, only added to the conversation
+        self.keep = keep
+        self.conversation_id = conversation_id
         self.store = service.store
         self.record = record
         self._frames = frames
@@ -412,6 +478,9 @@ class Recorder(RequestObserver):
         if not self._frames:
             self._body = data
             return
+        if not self.keep:
+            self._pending[:] = data  # only the terminal batch matters: it carries the final Response
+            return
         self._pending += data
         if len(self._pending) > MAX_PENDING_BYTES:
             self._fail("the store fell behind the stream")
@@ -436,7 +505,7 @@ class Recorder(RequestObserver):
             self._fail(exc)
 
     def ended(self, outcome: Outcome) -> None:
-        if self._done or self._broken:
+        if self._done or self._broken or not self.keep:
             return
         if not self._created and self._flushing is None and not self._pending:
             return  # nothing was stored (vLLM failed before the stream; the client got an HTTP error)
@@ -472,6 +541,11 @@ class Recorder(RequestObserver):
         self._pending.clear()
         if response is None:
             response = _terminal_response(frames)
+        if self.conversation_id is not None:
+            await self.service.add_to_conversation(self, response)
+        if not self.keep:
+            self._done = True
+            return
         await self.create()
         first = self._next_seq
         self._next_seq += frames.count(b"\n\n")

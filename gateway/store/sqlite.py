@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import orjson
 
-from .base import History, Record, Store, StoreError
+from .base import Conversation, History, Record, Store, StoreError
 
 T = TypeVar("T")
 
@@ -47,9 +47,29 @@ CREATE TABLE IF NOT EXISTS events (
     frames BLOB NOT NULL,
     PRIMARY KEY (response_id, first_seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    metadata BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    position INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    item BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conversation_items_by_conversation ON conversation_items (conversation_id, position);
 """
 _COLUMNS = "id, owner, status, response, input, chain, created_at, expires_at, background, lease_until, " \
            "cancel_requested, last_seq"
+
+
+def default_data_dir() -> str:
+    """$XDG_DATA_HOME/vllm-gateway, else ~/.local/share/vllm-gateway."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "vllm-gateway")
 
 
 def _frame_count(frames: bytes) -> int:
@@ -60,7 +80,7 @@ class SQLiteStore(Store):
     name = "sqlite"
 
     def __init__(self, data_dir: str, *, max_bytes: int, clock: Callable[[], float]) -> None:
-        self.path = os.path.join(os.path.expanduser(data_dir), FILE_NAME)
+        self.path = os.path.join(os.path.expanduser(data_dir or default_data_dir()), FILE_NAME)
         self.max_bytes = max_bytes
         self._clock = clock
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
@@ -207,6 +227,71 @@ class SQLiteStore(Store):
                                 "ORDER BY first_seq", (response_id, after_seq)).fetchall()
         return await self._read(events)
 
+    # --- conversations ---------------------------------------------------------------------------
+
+    async def create_conversation(self, conversation: Conversation, items: list[tuple[str, bytes]]) -> None:
+        def create(conn: sqlite3.Connection) -> None:
+            c = conversation
+            with _transaction(conn):
+                conn.execute("INSERT INTO conversations VALUES (?,?,?,?,?)",
+                             (c.id, c.owner, c.metadata, c.created_at, c.expires_at))
+                conn.executemany("INSERT INTO conversation_items (conversation_id, item_id, item) VALUES (?,?,?)",
+                                 [(c.id, item_id, item) for item_id, item in items])
+        await self._write(create)
+
+    async def get_conversation(self, owner: str, conversation_id: str) -> Optional[Conversation]:
+        def get(conn: sqlite3.Connection) -> Optional[Conversation]:
+            row = conn.execute("SELECT id, owner, metadata, created_at, expires_at FROM conversations "
+                               "WHERE id = ? AND owner = ? AND expires_at > ?",
+                               (conversation_id, owner, self._clock())).fetchone()
+            return Conversation(*row) if row else None
+        return await self._read(get)
+
+    async def update_conversation(self, owner: str, conversation_id: str, metadata: bytes) -> bool:
+        def update(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute("UPDATE conversations SET metadata = ? WHERE id = ? AND owner = ?",
+                                     (metadata, conversation_id, owner)).rowcount)
+        return await self._write(update)
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                gone = conn.execute("DELETE FROM conversations WHERE id = ? AND owner = ?",
+                                    (conversation_id, owner)).rowcount
+                if gone:
+                    conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+                return bool(gone)
+        return await self._write(delete)
+
+    async def add_items(self, owner: str, conversation_id: str, items: list[tuple[str, bytes]]) -> bool:
+        def add(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                if conn.execute("SELECT 1 FROM conversations WHERE id = ? AND owner = ?",
+                                (conversation_id, owner)).fetchone() is None:
+                    return False
+                conn.executemany("INSERT INTO conversation_items (conversation_id, item_id, item) VALUES (?,?,?)",
+                                 [(conversation_id, item_id, item) for item_id, item in items])
+                return True
+        return await self._write(add)
+
+    async def conversation_items(self, owner: str, conversation_id: str) -> list[bytes]:
+        def items(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute("SELECT i.item FROM conversation_items i JOIN conversations c "
+                                "ON c.id = i.conversation_id WHERE c.id = ? AND c.owner = ? ORDER BY i.position",
+                                (conversation_id, owner)).fetchall()
+            return [row[0] for row in rows]
+        return await self._read(items)
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                if conn.execute("SELECT 1 FROM conversations WHERE id = ? AND owner = ?",
+                                (conversation_id, owner)).fetchone() is None:
+                    return False
+                return bool(conn.execute("DELETE FROM conversation_items WHERE conversation_id = ? AND item_id = ?",
+                                         (conversation_id, item_id)).rowcount)
+        return await self._write(delete)
+
     # --- housekeeping ----------------------------------------------------------------------------
 
     async def sweep(self, now: float) -> None:
@@ -215,6 +300,9 @@ class SQLiteStore(Store):
                 conn.execute("DELETE FROM events WHERE response_id IN (SELECT id FROM responses WHERE expires_at <= ?)",
                              (now,))
                 conn.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+                conn.execute("DELETE FROM conversation_items WHERE conversation_id IN "
+                             "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
+                conn.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
                 total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM responses").fetchone()[0]
                 if total <= self.max_bytes:
                     return
