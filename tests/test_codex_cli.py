@@ -177,6 +177,23 @@ async def test_apply_patch_custom_tool_round_trip(gateway: Gateway, codex: Any) 
     assert tool_messages(second) and len(answers(events)) == 1  # the custom_tool_call_output came back
 
 
+async def test_namespace_call_round_trip(gateway: Gateway, codex: Any) -> None:
+    # Codex's multi_agent_v1 namespace: the model calls one member by its offered name; Codex gets a
+    # function_call with namespace, routes it to its own tool, and sends the call back in history.
+    arguments = json.dumps({"target": "agent-that-does-not-exist"})
+    gateway.upstream.queue(Generation(deltas=tool_call(0, "multi_agent_v1__close_agent", arguments,
+                                                       call_id="call-ns"), finish_reason="tool_calls"))
+    gateway.upstream.responder = quote_tool_output
+    events = await codex(gateway).run("Close the agent.")
+    assert errors(events) == [] and len(answers(events)) == 1
+    second = gateway.upstream.requests[1]["body"]
+    call = next(m for m in second["messages"] if m["role"] == "assistant")["tool_calls"][0]
+    assert call == {"id": "call-ns", "type": "function",
+                    "function": {"name": "multi_agent_v1__close_agent", "arguments": arguments}}
+    # Codex's close_agent got the call (it checks the id it was given): the namespace routed it
+    assert len(tool_messages(second)) == 1 and "invalid agent id agent-that-does-not-exist" in tool_messages(second)[0]
+
+
 async def test_reasoning_is_echoed_back_and_accepted(gateway: Gateway, codex: Any) -> None:
     thought = "I should run a command to see the date."
     gateway.upstream.queue(
