@@ -138,7 +138,7 @@ class ClientSettings:
     max_event_bytes: int = 4 * 1024 * 1024  # the most held of one SSE event still incomplete
 
 
-KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write an SSE comment
+KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write a keepalive (event or comment)
 Streamed = Optional[chat.ChatChunk]  # a chunk, or None for [DONE]
 
 
