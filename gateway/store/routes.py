@@ -73,6 +73,21 @@ def _int(request: web.Request, name: str, default: int, low: int, high: int) -> 
     return value
 
 
+def _page(request: web.Request, items: list[dict[str, Any]], what: str, where: str) -> web.Response:
+    """OpenAI's cursor list of ``items`` as the query asks: ``after``, ``before``, ``limit``, ``order``."""
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
+    try:
+        body = page(items, after=request.query.get("after"), before=request.query.get("before"),
+                    limit=_int(request, "limit", 20, 1, 100), order=order)
+    except KeyError as exc:
+        name = exc.args[0]
+        raise InvalidRequest(f"Invalid '{name}': no {what} with id {request.query[name]!r} in {where}.",
+                             param=name) from None
+    return _json(body)
+
+
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await request.read() or b"{}")
@@ -131,19 +146,7 @@ def add_routes(app: web.Application, service: StoreService) -> None:
     @_errors
     async def input_items(request: web.Request) -> web.StreamResponse:
         record = await service.get(service.owner(request), request.match_info["response_id"])
-        order = request.query.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest(f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
-        limit = _int(request, "limit", 20, 1, 100)
-        items = await service.input_items(record)
-        try:
-            body = page(items, after=request.query.get("after"), before=request.query.get("before"), limit=limit,
-                        order=order)
-        except KeyError as exc:
-            name = exc.args[0]
-            raise InvalidRequest(f"Invalid '{name}': no input item with id {request.query[name]!r} in this response.",
-                                 param=name) from None
-        return _json(body)
+        return _page(request, await service.input_items(record), "input item", "this response")
 
     @_errors
     async def cancel(request: web.Request) -> web.StreamResponse:
@@ -189,17 +192,7 @@ def add_routes(app: web.Application, service: StoreService) -> None:
     @_errors
     async def list_items(request: web.Request) -> web.StreamResponse:
         items = await service.conversation_items(service.owner(request), request.match_info["conversation_id"])
-        order = request.query.get("order", "desc")
-        if order not in ("asc", "desc"):
-            raise InvalidRequest(f"Invalid 'order': expected 'asc' or 'desc', got {order!r}.", param="order")
-        try:
-            body = page(items, after=request.query.get("after"), before=request.query.get("before"),
-                        limit=_int(request, "limit", 20, 1, 100), order=order)
-        except KeyError as exc:
-            name = exc.args[0]
-            raise InvalidRequest(f"Invalid '{name}': no item with id {request.query[name]!r} in this conversation.",
-                                 param=name) from None
-        return _json(body)
+        return _page(request, items, "item", "this conversation")
 
     @_errors
     async def get_item(request: web.Request) -> web.StreamResponse:
