@@ -148,12 +148,14 @@ def scripted_answer(body: dict[str, Any]) -> Any:
 
 
 async def against_gateway(checkout: Path, upstream: str, model: Optional[str] = None, *,
-                          llama_cpp_flavour: bool = False, only: Optional[list[str]] = None) -> SuiteResult:
+                          llama_cpp_flavour: bool = False, greedy: bool = False,
+                          only: Optional[list[str]] = None) -> SuiteResult:
     """Start the gateway in front of ``upstream`` and run the suite against it.
 
     ``upstream``: ``scripted`` (the vLLM-shaped fake, answering from ``scripted_answer``),
     ``llama.cpp`` (the real CPU model, started here), or the base URL of a running server
-    (``llama_cpp_flavour`` when it is a llama-server)."""
+    (``llama_cpp_flavour`` when it is a llama-server). ``greedy``: the deployment's default
+    sampling is temperature 0 (always with llama.cpp's tiny model)."""
     from aiohttp import web
 
     from gateway.config import load_config, shortcut_overrides
@@ -181,11 +183,12 @@ async def against_gateway(checkout: Path, upstream: str, model: Optional[str] = 
             base_url, model = upstream, model or "model"
         overrides = shortcut_overrides(base_url, model, "")
         if llama_cpp_flavour:
+            overrides.append("gateway.upstream_flavour=llama.cpp")
+        if greedy or llama_cpp_flavour:
             # The suite's requests set no sampling values, so the deployment's defaults apply: for
-            # the 0.5B CPU model greedy decoding, set where an operator sets defaults (extra_body),
+            # a 0.5B CPU model greedy decoding, set where an operator sets defaults (extra_body),
             # so the run is reproducible (at OpenAI's default temperature 1 it can ramble for minutes).
-            overrides += ["gateway.upstream_flavour=llama.cpp",
-                          "+policy_model.responses_api_models.vllm_model.extra_body={temperature: 0, seed: 7}"]
+            overrides.append("+policy_model.responses_api_models.vllm_model.extra_body={temperature: 0, seed: 7}")
         config = load_config([root / "config" / "vllm_model.yaml"], overrides=overrides, environ={})
         gateway = await start(config, port=0)
         cleanups.append(gateway.cleanup)
@@ -206,12 +209,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--model", help="the model name (with a vLLM base URL)")
     run.add_argument("--json", type=Path, help="also write the suite's results here")
     run.add_argument("--only", help="comma-separated test ids (default: every HTTP test)")
+    run.add_argument("--llama-cpp", action="store_true", help="the --upstream URL is a llama-server")
+    run.add_argument("--greedy", action="store_true", help="deployment default temperature 0 (small models)")
     args = parser.parse_args(argv)
     if args.command == "install":
         print(install())
         return 0
     only = args.only.split(",") if args.only else None
-    outcome = asyncio.run(against_gateway(args.checkout.resolve(), args.upstream, args.model, only=only))
+    outcome = asyncio.run(against_gateway(args.checkout.resolve(), args.upstream, args.model,
+                                          llama_cpp_flavour=args.llama_cpp, greedy=args.greedy, only=only))
     if args.json:
         args.json.write_text(json.dumps(outcome.results, indent=2))
     print(outcome.summary())
