@@ -63,11 +63,14 @@ def browser() -> Iterator[Any]:
 
 async def until(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
     """Wait (in a thread: selenium blocks) until ``condition(driver)`` is truthy."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The page re-renders as the feed arrives: an element found a moment ago may be gone when its
+    # text is read; that is "not yet", so the condition is asked again.
+    wait = WebDriverWait(driver, WAIT_S, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return await asyncio.to_thread(WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until, condition)
+        return await asyncio.to_thread(wait.until, condition)
     except TimeoutException:
         raise AssertionError(f"the page never showed {what}") from None
 
