@@ -136,7 +136,8 @@ class StreamChecker:
             check(item.get("namespace", "x") != "", "namespace, when present, is a name", event)
         else:
             check(item["summary"] == [], "added reasoning must have an empty summary", event)
-        self.open = {"index": event["output_index"], "item": item, "text": [], "part": None, "part_done": False}
+        self.open = {"index": event["output_index"], "item": item, "text": [], "part": None, "part_done": False,
+                     "parts": []}
 
     def _expect_open(self, event: dict, item_type: str) -> dict:
         check(self.open is not None, "event for no open item", event)
@@ -150,8 +151,11 @@ class StreamChecker:
         check(self.open is not None, "content part for no open item", event)
         item_type = self.open["item"]["type"]
         open_ = self._expect_open(event, item_type)
-        check(open_["part"] is None, "a second content part", event)
-        check(event["content_index"] == 0, "content_index should be 0", event)
+        if item_type == "reasoning":  # several blocks in a row may be parts of one item (NeMo Gym's form)
+            self._next_reasoning_part(open_, event, event["content_index"])
+        else:
+            check(open_["part"] is None, "a second content part", event)
+            check(event["content_index"] == 0, "content_index should be 0", event)
         part = event["part"]
         if item_type == "message":
             check(part == {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
@@ -177,7 +181,9 @@ class StreamChecker:
         open_ = self._expect_open(event, self.open["item"]["type"] if self.open else "?")
         check("done_text" in open_, "content_part.done before the text's done event", event)
         check(event["part"]["text"] == open_["done_text"], "content_part.done text differs", event)
+        check(not open_["part_done"], "content_part.done twice", event)
         open_["part_done"] = True
+        open_["parts"].append(open_["done_text"])
         open_["final_part"] = event["part"]
 
     def _on_response_reasoning_text_delta(self, event: dict) -> None:
@@ -193,9 +199,16 @@ class StreamChecker:
 
     def _on_response_reasoning_summary_part_added(self, event: dict) -> None:
         open_ = self._expect_open(event, "reasoning")
-        check(open_["part"] is None and event["summary_index"] == 0, "one summary part, index 0", event)
+        self._next_reasoning_part(open_, event, event["summary_index"])
         check(event["part"] == {"type": "summary_text", "text": ""}, "summary part must start empty", event)
         open_["part"] = "summary"
+
+    def _next_reasoning_part(self, open_: dict, event: dict, index: int) -> None:
+        """A reasoning item's parts come one at a time, indices 0, 1, ..., each done before the next."""
+        check(open_["part"] is None or open_["part_done"], "a reasoning part opened while one is open", event)
+        check(index == len(open_["parts"]), f"reasoning part index should be {len(open_['parts'])}", event)
+        open_["text"], open_["part_done"] = [], False
+        open_.pop("done_text", None)
 
     def _on_response_reasoning_summary_text_delta(self, event: dict) -> None:
         open_ = self._expect_open(event, "reasoning")
@@ -211,7 +224,9 @@ class StreamChecker:
     def _on_response_reasoning_summary_part_done(self, event: dict) -> None:
         open_ = self._expect_open(event, "reasoning")
         check(event["part"] == {"type": "summary_text", "text": open_.get("done_text")}, "summary part.done", event)
+        check(not open_["part_done"], "summary part.done twice", event)
         open_["part_done"] = True
+        open_["parts"].append(open_["done_text"])
 
     def _on_response_function_call_arguments_delta(self, event: dict) -> None:
         open_ = self._expect_open(event, "function_call")
@@ -253,7 +268,7 @@ class StreamChecker:
         else:
             check(open_["part_done"], "reasoning closed without its part done", event)
             texts = [p["text"] for p in item["summary"]] + [p["text"] for p in item.get("content") or []]
-            check(texts == [open_["done_text"]], "reasoning item text differs from its deltas", event)
+            check(texts == open_["parts"], "reasoning item text differs from its deltas", event)
         self.done_items.append(item)
         self.open = None
 

@@ -203,6 +203,7 @@ def _config(rng: random.Random) -> dict[str, Any]:
         "continue_final_assistant_message": [True],
         "propagate_context_overflow_errors": [True, False],
         "request_prompt_and_generation_token_ids": [True],
+        "sequential_reasoning_allowed": [False],
     }
     for key, values in options.items():
         if rng.random() < 0.35:
@@ -238,6 +239,8 @@ def _history_turn(rng: random.Random, tags: set[str], tracking: bool) -> list[di
                       "arguments": '{"city": "Paris"}', "status": "completed"})
         if tracking and rng.random() < 0.7:
             items[-1].update(prompt_token_ids=[1, 2], generation_token_ids=[7, 8], generation_log_probs=[-0.1, -0.2])
+            if rng.random() < 0.3:
+                items[-1]["routed_experts"] = [[[3, 5]], [[1, 2]]]
         items.append({"type": "function_call_output", "call_id": "call_h1", "output": "18C"})
     elif items and tracking and rng.random() < 0.7:
         items[-1].update(prompt_token_ids=[1, 2, 3], generation_token_ids=[9], generation_log_probs=[-0.5])
@@ -328,6 +331,8 @@ def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any],
         ids = [rng.randint(0, 150000) for _ in range(n_tokens)]
         completion["choices"][0]["logprobs"] = {"content": [
             {"token": f"token_id:{t}", "logprob": -rng.random(), "bytes": None, "top_logprobs": []} for t in ids]}
+        if rng.random() < 0.3:  # vLLM --enable-return-routed-experts (NeMo RL's router replay)
+            message["routed_experts"] = [[[rng.randint(0, 63), rng.randint(0, 63)]] for _ in ids]
         if config.get("request_prompt_and_generation_token_ids"):
             completion["prompt_token_ids"] = list(range(100, 111))
             completion["choices"][0]["token_ids"] = ids
@@ -525,3 +530,102 @@ async def test_differential_against_nemo_gym(gym_python: Path, scripted: tuple[S
     tracked = sum(1 for case in cases if case["config"].get("return_token_id_information"))
     assert 0 < tracked < len(cases)  # both tracking modes are in the corpus
     assert not failures, f"{len(failures)} of {len(cases)} cases differ:\n\n" + "\n\n".join(failures[:8])
+
+
+# --- 5. the Gym behaviours the differential cannot see (streams, sessions, files) -------------------
+
+from tests.conftest import Gateway, GatewayFactory  # noqa: E402
+from tests.fake_vllm import Generation, content, reasoning  # noqa: E402
+
+NEMO_GYM = "gateway.response_conventions=nemo_gym"
+BLOCK = "+policy_model.responses_api_models.vllm_model"
+
+
+def _comparable(response: dict[str, Any]) -> dict[str, Any]:
+    return {"status": response["status"], "output": [
+        {k: v for k, v in item.items() if k != "id"} for item in response["output"]]}
+
+
+@pytest.mark.parametrize("deltas", [
+    reasoning("I reason.") + content("<think>more</think>\n\nstray</think> kept  "),
+    content("<think>a</think><think>b</think>\n\ntext"),
+    content("  \n"),
+], ids=["field_then_tags", "two_blocks", "whitespace_only"])
+async def test_nemo_gym_conventions_stream_the_same_response(make_gateway: GatewayFactory,
+                                                              deltas: list[dict[str, Any]]) -> None:
+    """Summary parts, kept tags and untrimmed text stream by the contract, and the streamed Response
+    is the one the non-streaming request returns."""
+    gateway = await make_gateway(NEMO_GYM)
+    gateway.upstream.queue(Generation(deltas=deltas, finish_reason="length"),
+                           Generation(deltas=deltas, finish_reason="length"))
+    _, streamed = await gateway.stream({"input": "hi"})
+    created = await gateway.create({"input": "hi"})
+    assert _comparable(streamed) == _comparable(created)
+    assert created["status"] == "incomplete"
+    assert all(item["status"] == "completed" for item in created["output"])  # Gym's item status
+
+
+async def test_two_summaries_for_a_reasoning_field_and_think_tags(gateway_nemo: Gateway) -> None:
+    gateway_nemo.upstream.queue(Generation(deltas=reasoning("R") + content("<think>a</think>B")))
+    response = await gateway_nemo.create({"input": "hi"})
+    assert [part["text"] for part in response["output"][0]["summary"]] == ["R", "a"]
+    assert response["output"][1]["content"][0]["text"] == "B"
+
+
+async def test_openai_conventions_differ_where_gym_and_openai_disagree(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway("gateway.response_conventions=openai")
+    gateway.upstream.queue(Generation(deltas=content("stray</think>  answer  "), finish_reason="length"),
+                           Generation(deltas=[]))
+    cut = await gateway.create({"input": "hi"})
+    assert cut["output"][0]["status"] == "incomplete"
+    assert cut["output"][0]["content"][0]["text"] == "stray  answer"  # tag dropped, block trimmed
+    assert (await gateway.create({"input": "hi"}))["output"] == []
+
+
+@pytest.fixture
+async def gateway_nemo(make_gateway: GatewayFactory) -> Gateway:
+    return await make_gateway(NEMO_GYM)
+
+
+async def test_nothing_generated_gives_one_empty_message(gateway_nemo: Gateway) -> None:
+    gateway_nemo.upstream.queue(Generation(deltas=[]))
+    response = await gateway_nemo.create({"input": "hi"})
+    assert [item["type"] for item in response["output"]] == ["message"]
+    assert response["output"][0]["content"][0]["text"] == ""
+
+
+async def test_session_forwarded_as_conversation_id(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(NEMO_GYM, f"{BLOCK}.forward_session_id_as_conversation_id=true")
+    gateway.upstream.queue(Generation(deltas=content("ok")))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi"},
+                                    headers={"X-Session-Id": "rollout-7"}) as response:
+        assert response.status == 200
+    assert gateway.upstream.last_body["conversation_params"] == {"conversation_id": "rollout-7"}
+
+
+async def test_sequential_reasoning_not_allowed_answers_without_vllm(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(NEMO_GYM, f"{BLOCK}.sequential_reasoning_allowed=false")
+    items = [{"role": "user", "content": "hi"}, {"type": "reasoning", "summary": [{"type": "summary_text", "text": "t"}]}]
+    events, final = await gateway.stream({"input": items})
+    assert not gateway.upstream.requests
+    assert final["status"] == "incomplete" and final["incomplete_details"]["reason"] == "content_filter"
+
+
+async def test_audio_path_under_audio_root(make_gateway: GatewayFactory, tmp_path: Path) -> None:
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    gateway = await make_gateway(NEMO_GYM, f"{BLOCK}.audio_root={tmp_path}")
+    gateway.upstream.queue(Generation(deltas=content("ok")))
+    await gateway.create({"input": "what is said?", "metadata": {"audio_path": "clip.wav"}})
+    assert gateway.upstream.last_body["messages"][-1]["content"] == [
+        {"type": "audio_url", "audio_url": {"url": "data:audio/wav;base64,UklGRg=="}},
+        {"type": "text", "text": "what is said?"}]
+    response = await gateway.post({"input": "x", "metadata": {"audio_path": "missing.wav"}})
+    assert response.status == 400 and "cannot be read" in (await response.json())["error"]["message"]
+
+
+async def test_context_overflow_passed_on_when_gym_says_so(make_gateway: GatewayFactory) -> None:
+    gateway = await make_gateway(NEMO_GYM, f"{BLOCK}.propagate_context_overflow_errors=true")
+    gateway.upstream.queue(Generation(status=400, error_message="This model's maximum context length is 10 tokens."))
+    response = await gateway.post({"input": "hi"})
+    assert response.status == 400
+    assert "maximum context length" in (await response.json())["error"]["message"]

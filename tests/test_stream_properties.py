@@ -201,6 +201,34 @@ def test_any_chunking_gives_the_reference_response(output: Output, options: Stre
                        for e in events)
 
 
+# NeMo Gym's conventions (gateway.response_conventions: nemo_gym): untrimmed text, kept stray tags,
+# reasoning blocks in a row as summary parts of one item, an empty message for nothing generated.
+_nemo_gym_options = st.builds(StreamOptions, parse_think_tags=st.booleans(), reasoning_starts_open=st.booleans(),
+                              reasoning_presentation=st.sampled_from(["summary", "raw"]), trim_whitespace=st.just(False),
+                              keep_stray_close_tag=st.just(True), empty_output_message=st.just(True),
+                              cut_items_completed=st.just(True), reasoning_blocks_as_parts=st.just(True))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(output=outputs, options=_nemo_gym_options, field_name=st.sampled_from(["reasoning", "reasoning_content"]),
+       data=st.data())
+def test_nemo_gym_conventions_do_not_depend_on_chunking(output: Output, options: StreamOptions, field_name: str,
+                                                        data: st.DataObject) -> None:
+    whole = [msgspec.convert({"choices": [{"index": 0, "delta": {
+        field_name: output.reasoning or None, "content": output.content or None,
+        "tool_calls": [{"index": i, "id": f"call-{i}", "type": "function",
+                        "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(output.calls)] or None,
+    }, "finish_reason": output.finish}], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}},
+        chat.ChatChunk)]
+    _, one_chunk = run(whole, options)
+    _, cut_up = run(chunk_stream(output, data, field_name), options)
+    assert cut_up == one_chunk
+    assert cut_up["output"]  # never output: []
+    # Every character of the text that is not a recognised tag is in the output, untrimmed.
+    if not options.parse_think_tags:
+        assert "".join(t for kind, t in output_texts(cut_up) if kind == "message") == output.content
+
+
 @settings(max_examples=200, deadline=None)
 @given(output=outputs, options=_options)
 def test_non_streaming_is_the_completed_event(output: Output, options: StreamOptions) -> None:

@@ -8,7 +8,7 @@ fields still decodes. Only what the gateway reads is declared. Requests are buil
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Union, Any, Optional
 
 import msgspec
 
@@ -126,6 +126,8 @@ class Message(msgspec.Struct, gc=False):
     prompt_token_ids: Optional[list[int]] = None
     generation_token_ids: Optional[list[int]] = None
     generation_log_probs: Optional[list[float]] = None
+    # vLLM's MoE routing record (--enable-return-routed-experts), passed on with the token ids.
+    routed_experts: Union[str, list[list[list[int]]], None] = None
 
 
 class CompletionChoice(msgspec.Struct, gc=False):

@@ -97,6 +97,8 @@ class TokenFields(msgspec.Struct, gc=False, kw_only=True):
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
+    # NeMo RL's MoE router replay: the experts vLLM routed each token to (NeMo Gym passes it through).
+    routed_experts: Union[str, list[list[list[int]]], UnsetType] = UNSET
 
 
 class InputTextPart(msgspec.Struct, gc=False, tag="input_text", tag_field="type"):
@@ -193,6 +195,8 @@ class OutputMessage(msgspec.Struct, gc=False, tag="message", tag_field="type", k
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
+    # NeMo RL's MoE router replay: the experts vLLM routed each token to (NeMo Gym passes it through).
+    routed_experts: Union[str, list[list[list[int]]], UnsetType] = UNSET
 
 
 class ReasoningItem(msgspec.Struct, gc=False, tag="reasoning", tag_field="type", kw_only=True):
@@ -207,6 +211,8 @@ class ReasoningItem(msgspec.Struct, gc=False, tag="reasoning", tag_field="type",
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
+    # NeMo RL's MoE router replay: the experts vLLM routed each token to (NeMo Gym passes it through).
+    routed_experts: Union[str, list[list[list[int]]], UnsetType] = UNSET
 
 
 class FunctionCallItem(msgspec.Struct, gc=False, tag="function_call", tag_field="type", kw_only=True):
@@ -219,6 +225,8 @@ class FunctionCallItem(msgspec.Struct, gc=False, tag="function_call", tag_field=
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
+    # NeMo RL's MoE router replay: the experts vLLM routed each token to (NeMo Gym passes it through).
+    routed_experts: Union[str, list[list[list[int]]], UnsetType] = UNSET
 
 
 class CustomToolCallItem(msgspec.Struct, gc=False, tag="custom_tool_call", tag_field="type", kw_only=True):
@@ -233,6 +241,8 @@ class CustomToolCallItem(msgspec.Struct, gc=False, tag="custom_tool_call", tag_f
     prompt_token_ids: Union[list[int], UnsetType] = UNSET
     generation_token_ids: Union[list[int], UnsetType] = UNSET
     generation_log_probs: Union[list[float], UnsetType] = UNSET
+    # NeMo RL's MoE router replay: the experts vLLM routed each token to (NeMo Gym passes it through).
+    routed_experts: Union[str, list[list[list[int]]], UnsetType] = UNSET
 
 
 OutputItem = Union[OutputMessage, ReasoningItem, FunctionCallItem, CustomToolCallItem]

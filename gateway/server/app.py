@@ -322,7 +322,7 @@ async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Op
         plan.body["conversation_params"] = {"conversation_id": key}
         plan.payload = orjson.dumps(plan.body)
     if not model.sequential_reasoning_allowed and _ends_with_empty_assistant_turn(plan.body["messages"]):
-        return await _local_answer(request, plan, "content_filter")
+        return await _local_answer(request, plan, "content_filter", observer)
     client = request.app[CLIENT_KEY]
     backend = client.choose(key)
     new_cookie = None
@@ -445,18 +445,23 @@ def _ends_with_empty_assistant_turn(messages: list[dict[str, Any]]) -> bool:
     return last["role"] == "assistant" and not (last.get("content") or last.get("tool_calls"))
 
 
-async def _local_answer(request: web.Request, plan: ChatPlan, finish_reason: str) -> web.StreamResponse:
+async def _local_answer(request: web.Request, plan: ChatPlan, finish_reason: str,
+                        observer: Optional[RequestObserver]) -> web.StreamResponse:
     """An answer made here without calling vLLM (NeMo Gym's sequential_reasoning_allowed: false,
     for a request that ends in an empty assistant turn): nothing generated, this finish_reason."""
-    machine = ResponseStateMachine(plan.response, plan.options)
+    machine = ResponseStateMachine(plan.response, plan.options, tools=plan.tools.targets)
     events = machine.start()
     events += machine.feed(chat.ChatChunk(choices=[chat.ChunkChoice(delta=chat.Delta(), finish_reason=finish_reason)]))
     events += machine.finish()
     if not plan.stream:
-        return _json(machine.final)
+        return await _json_end(machine.final, observer)
     response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
     await response.prepare(request)
-    await response.write(encode_events(events))
+    data = encode_events(events)
+    if observer is not None:
+        observer.sent(data)
+        await observer.ending()
+    await response.write(data)
     await response.write_eof()
     return response
 

@@ -561,8 +561,13 @@ def _decode_item(raw: Any, i: int) -> r.InputItem:
 def _token_fields(item: r.InputItem, where: str) -> Optional[dict[str, Any]]:
     present = {key: getattr(item, key, msgspec.UNSET) for key in _TOKEN_KEYS}
     present = {key: value for key, value in present.items() if value is not msgspec.UNSET}
+    routed = getattr(item, "routed_experts", msgspec.UNSET)
     if not present:
+        if routed is not msgspec.UNSET:
+            raise InvalidRequest(f"'{where}' carries routed_experts without its token ids.",
+                                 param=f"{where}.routed_experts")
         return None
+
     if len(present) != len(_TOKEN_KEYS):
         missing = [key for key in _TOKEN_KEYS if key not in present]
         raise InvalidRequest(
@@ -575,6 +580,8 @@ def _token_fields(item: r.InputItem, where: str) -> Optional[dict[str, Any]]:
             f"'{where}': generation_token_ids and generation_log_probs differ in length.",
             param=f"{where}.generation_log_probs",
         )
+    if routed is not msgspec.UNSET:  # NeMo RL's router replay: goes back with the ids (as NeMo Gym)
+        present["routed_experts"] = routed
     return present
 
 

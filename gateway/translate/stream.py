@@ -167,6 +167,7 @@ class ResponseStateMachine:
         self._held_call: Optional[tuple[int, _HeldCall]] = None
         self._closed_calls: set[int] = set()
         self._seen_reasoning_field = False
+        self._field_block_open = False  # reasoning-field text came last (reasoning_blocks_as_parts)
         self._finish_reason: Optional[str] = None
         self._usage: Optional[chat.Usage] = None
         self._started = False
@@ -178,6 +179,7 @@ class ResponseStateMachine:
         self._hold_start: Optional[_OpenItem] = None
         # Token tracking for RL (ids of the whole generation) and logprobs a client asked for.
         self.tokens: Optional[GenerationTokens] = GenerationTokens() if track_tokens else None
+        self._routed_experts: Any = None  # vLLM's MoE routing of the generation, kept with the token ids
         # Logprobs on output_text (with ``text_logprobs`` alternatives per token), or None: off.
         # Tokens are matched to the text they wrote, whatever the chunking (see translate.logprobs).
         self._aligner = LogprobAligner(text_logprobs) if text_logprobs is not None else None
@@ -250,6 +252,7 @@ class ResponseStateMachine:
                 self.tokens.bundle = bundle_from_message(completion.choices[0].message)
             except TokenInfoError as exc:
                 return self.fail("token_information_invalid", str(exc))
+            self._routed_experts = completion.choices[0].message.routed_experts
         return self.feed(chunk_from_completion(completion))
 
     def finish(self, prompt_token_ids: Optional[list[int]] = None) -> list[r.StreamEvent]:
@@ -279,6 +282,8 @@ class ResponseStateMachine:
             item.prompt_token_ids = info.prompt_token_ids
             item.generation_token_ids = info.generation_token_ids
             item.generation_log_probs = info.generation_log_probs
+            if self._routed_experts is not None:
+                item.routed_experts = self._routed_experts
         return events
 
     def context_overflow(self, message: str) -> list[r.StreamEvent]:
@@ -365,11 +370,12 @@ class ResponseStateMachine:
                 self._seen_reasoning_field = True
                 if self._splitter is not None:
                     self._splitter.inside = False
+            self._field_block_open = self._options.reasoning_blocks_as_parts
             self._text(Kind.REASONING, reasoning)
         if delta.content:
-            if (self._options.reasoning_blocks_as_parts and self._seen_reasoning_field
-                    and self._open is not None and self._open.kind is Kind.REASONING):
+            if self._field_block_open and self._open is not None and self._open.kind is Kind.REASONING:
                 self._open.ended = True  # the reasoning field's block is over once content comes
+            self._field_block_open = False
             if self._splitter is None:
                 self._text(Kind.MESSAGE, delta.content)
             else:
