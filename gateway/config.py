@@ -1136,6 +1136,8 @@ def redacted(config: Config) -> dict[str, Any]:
     data["gateway"]["api_keys"] = [_REDACTED for _ in data["gateway"]["api_keys"]]
     if data["gateway"].get("inspect_admin_key"):
         data["gateway"]["inspect_admin_key"] = _REDACTED
+    if data["gateway"].get("redis_url"):
+        data["gateway"]["redis_url"] = _display_url(data["gateway"]["redis_url"])
     # The key could also have been pasted into some other value (an ignored
     # NeMo Gym key, extra_body...): mask it wherever it occurs.
     secrets = {config.model_server.api_key, *config.gateway.api_keys, config.gateway.inspect_admin_key or ""}

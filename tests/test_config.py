@@ -732,10 +732,12 @@ def test_redacted_hides_api_key_and_auth_headers(env_file):
             f"+{SHORT}.default_headers.x-api-key='{SECRET}'",
             f"+{SHORT}.default_headers.X-Request-Source=gateway",
             "policy_base_url=http://user:hunter2pass@h:1/v1",
+            "gateway.store_backend=redis", "gateway.redis_url=redis://:redispass99@h:6379/0",
         ],
     )
     data = redacted(config)
-    assert SECRET not in repr(data) and "hunter2pass" not in repr(data)
+    assert SECRET not in repr(data) and "hunter2pass" not in repr(data) and "redispass99" not in repr(data)
+    assert data["gateway"]["redis_url"] == "redis://:***@h:6379/0"
     assert data["model_server"]["api_key"] == "***"
     assert data["model_server"]["default_headers"] == {
         "Authorization": "***",

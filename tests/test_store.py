@@ -450,11 +450,22 @@ async def test_background_stream_and_the_client_leaving(aclient: AsyncOpenAI, ga
 async def test_background_resume_follows_a_running_response(gateway: Gateway, aclient: AsyncOpenAI) -> None:
     """GET ?stream=true&starting_after=N on a running response: the stored events after N, then the
     rest as they come, to the terminal event."""
-    gateway.upstream.queue(Generation(deltas=content("one two three four five six", size=4), pauses={3: 1.0}))
+    release = asyncio.Event()  # vLLM holds the fourth delta until the test lets it go
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six", size=4), hold_at=3,
+                                      hold=release))
     queued = await aclient.responses.create(model="m", input="count", background=True)
-    await until(lambda: gateway.upstream.requests and gateway.upstream.requests[-1]["sent"] >= 2, "two deltas")
+    await until(lambda: gateway.upstream.requests and gateway.upstream.requests[-1]["sent"] >= 3, "three deltas")
+    deadline = time.monotonic() + 60  # its first events are stored: GET shows the output so far
+    while not (running := await aclient.responses.retrieve(queued.id)).output:
+        assert time.monotonic() < deadline, "no output was shown while running"
+        await asyncio.sleep(0.05)
+    assert running.status == "in_progress" and running.output[0].status == "in_progress"
     resumed = await aclient.responses.retrieve(queued.id, stream=True, starting_after=2)
-    events = [e.model_dump(mode="json", exclude_unset=True) async for e in resumed]
+    events: list[dict[str, Any]] = []
+    async for event in resumed:
+        events.append(event.model_dump(mode="json", exclude_unset=True))
+        if event.type == "response.output_text.delta":
+            release.set()  # the resumed stream is following a response still running: let it end
     assert events[0]["sequence_number"] == 3 and events[-1]["type"] == "response.completed"
     async with gateway.session.get(gateway.url + f"/v1/responses/{queued.id}?stream=true&starting_after=-1") as r:
         whole = parse_sse(await r.read())

@@ -229,3 +229,41 @@ async def test_a_conversation_across_replicas(replicas: ReplicaFactory, upstream
     await b.client.conversations.delete(conv.id)
     with pytest.raises(openai.NotFoundError):
         await a.client.conversations.retrieve(conv.id)
+
+
+async def test_redis_retention_and_size_bound(redis_url: str) -> None:
+    """store_ttl: Redis expires both keys of a response itself; store_max_bytes: the sweep drops
+    the oldest responses until the total is under the bound."""
+    from gateway.store.base import Record
+    from gateway.store.redis import RedisStore
+
+    now = [time.time()]
+    store = RedisStore(redis_url, max_bytes=2500, ttl=3600, clock=lambda: now[0])
+    await store.start()
+    for i in range(5):
+        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}" * 200, input=b"[]",
+                                  created_at=now[0] + i, expires_at=now[0] + 3600, lease_until=now[0] + 30))
+        await store.finish(f"r{i}", "completed", b"x" * 500, 0, b"event: e\ndata: {}\n\n" * 10)
+    await store.sweep(now[0])
+    assert [i for i in range(5) if await store.get("", f"r{i}") is not None] == [2, 3, 4]
+    assert await store.events_after("r1", -1) == []  # its events went with it
+    await store.close()
+
+    short = RedisStore(redis_url, max_bytes=10**9, ttl=0.3, clock=time.time)
+    await short.start()
+    await short.create(Record(id="brief", owner="", status="in_progress", response=b"{}", input=b"[]",
+                              created_at=time.time(), expires_at=time.time() + 0.3, lease_until=time.time() + 30))
+    await short.append("brief", 0, b"event: e\ndata: {}\n\n")
+    deadline = time.time() + 0.3
+    while time.time() < deadline + 0.1:
+        await asyncio.sleep(0.05)
+    assert await short.get("", "brief") is None
+    import redis.asyncio as aioredis
+
+    raw = aioredis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + DEADLINE_S  # Redis drops expired keys lazily or within its cycle
+    while await raw.exists("vgw:r:brief", "vgw:e:brief"):
+        assert time.monotonic() < deadline, "Redis kept expired keys"
+        await asyncio.sleep(0.05)
+    await raw.aclose()
+    await short.close()

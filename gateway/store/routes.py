@@ -135,7 +135,7 @@ def add_routes(app: web.Application, service: StoreService) -> None:
         if _bool(request, "stream"):
             after = _int(request, "starting_after", -1, -1, 2**62)
             return await service.follow(request, owner, rid, after)
-        return _json(service.snapshot(record))
+        return _json(await service.snapshot(record))
 
     @_errors
     async def delete(request: web.Request) -> web.StreamResponse:
@@ -151,7 +151,7 @@ def add_routes(app: web.Application, service: StoreService) -> None:
     @_errors
     async def cancel(request: web.Request) -> web.StreamResponse:
         record = await service.cancel(service.owner(request), request.match_info["response_id"])
-        return _json(service.snapshot(record))
+        return _json(await service.snapshot(record))
 
     # --- conversations -----------------------------------------------------------------------------
 

@@ -317,15 +317,23 @@ class StoreService:
         except StoreUnavailable:
             log.warning("could not mark abandoned response %s as failed", record.id)
 
-    def snapshot(self, record: Record) -> bytes:
-        """The Response JSON as stored; a running one shows its current status."""
+    async def snapshot(self, record: Record) -> bytes:
+        """The Response JSON as stored; a running one with its current status and the output
+        items stored so far (finished ones whole, the open one as ``output_item.added`` showed it)."""
         if record.terminal:
             return record.response
         snapshot = orjson.loads(record.response)
-        if snapshot.get("status") != record.status:
-            snapshot["status"] = record.status
-            return orjson.dumps(snapshot)
-        return record.response
+        snapshot["status"] = record.status
+        if record.last_seq >= 0:
+            output: dict[int, Any] = {}
+            for _, frames in await self._call(self.store.events_after(record.id, -1)):
+                for frame in frames.split(b"\n\n")[:-1]:
+                    kind, _, data = frame.partition(b"\ndata: ")
+                    if kind in (b"event: response.output_item.added", b"event: response.output_item.done"):
+                        event = orjson.loads(data)
+                        output[event["output_index"]] = event["item"]
+            snapshot["output"] = [output[i] for i in sorted(output)]
+        return orjson.dumps(snapshot)
 
     async def input_items(self, record: Record) -> list[dict[str, Any]]:
         histories = await self._call(self.store.history(record.owner, record.chain)) if record.chain else []
