@@ -5,6 +5,7 @@ gateway keeps serving others."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
@@ -390,3 +391,81 @@ async def test_shutdown_lets_streams_finish_then_ends_the_rest(make_gateway: Gat
     final = check_stream(await slow)
     assert final["status"] == "failed" and final["error"]["code"] == "server_shutting_down"
     assert gateway.upstream.requests[-1]["closed_early"]
+
+
+# --- hostile upstreams and bodies (issue 12): answered, closed, nothing leaked, still serving -------
+
+SECRET_KEY = "sk-fault-upstream-9d1e"
+_LINE = b'data: {"choices": [{"index": 0, "delta": {"content": "'
+
+
+def _fault(name: str, upstream_url: str) -> tuple[Generation, tuple[str, ...], bool]:
+    """(what vLLM does, gateway overrides, whether the gateway must close the upstream itself)."""
+    echo = f"bad request, headers: {{'Authorization': 'Bearer {SECRET_KEY}'}}"
+    return {
+        "redirect": (Generation(raw_body=b"", raw_status=307,
+                                raw_headers={"Location": upstream_url + "/chat/completions?again"}), (), False),
+        "secret_in_error": (Generation(status=500, error_message=echo), (), False),
+        "secret_mid_stream": (Generation(deltas=content("a b c"), stream_error_after=1, error_message=echo), (), False),
+        "too_large": (Generation(deltas=[{"content": "q" * 1000}] * 3000),
+                      ("gateway.max_upstream_response_bytes=500000",), True),
+        "endless_line": (Generation(raw_chunks=[_LINE] + [b"e" * 4096] * 1000), ("gateway.max_upstream_event_bytes=65536",),
+                         True),
+        "longer_than_total": (Generation(deltas=content("t" * 3000, size=1), delay=0.01),
+                              ("gateway.request_timeout_s=1",), True),
+        "absurd_usage": (Generation(deltas=content("ok"), prompt_tokens=-3), (), False),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["redirect", "secret_in_error", "secret_mid_stream", "too_large", "endless_line",
+                                  "longer_than_total", "absurd_usage"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+async def test_hostile_upstream_is_answered_and_closed(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                       name: str, stream: bool) -> None:
+    generation, overrides, must_close = _fault(name, upstream.url)  # type: ignore[attr-defined]
+    gateway = await make_gateway(f"policy_api_key={SECRET_KEY}", "gateway.max_retries=0", *overrides)
+    upstream.queue(generation)
+    async with asyncio.timeout(60):  # answered, not hung
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": stream}) as r:
+            raw = await r.read()
+            status, ctype = r.status, r.headers["Content-Type"]
+    assert SECRET_KEY.encode() not in raw
+    if status == 200 and ctype.startswith("text/event-stream"):
+        final = check_stream(parse_sse(raw))
+    elif status == 200:
+        final = json.loads(raw)
+    else:
+        final = None
+        assert 400 <= status < 600 and status != 500 and set(json.loads(raw)) == {"error"}, raw[:300]
+    if final is not None and final["usage"] is not None:
+        assert all(final["usage"][k] >= 0 for k in ("input_tokens", "output_tokens", "total_tokens"))
+    assert len(upstream.requests) == 1  # a redirect is not followed, nothing is retried here
+    if must_close and stream:
+        await asyncio.wait_for(upstream.closed_early.wait(), 10)
+    text = await (await gateway.session.get(gateway.url + "/metrics")).text()
+    assert f'gateway_upstream_in_flight{{server="{upstream.url}"}} 0.0' in text  # type: ignore[attr-defined]
+    await still_serves(gateway)
+
+
+@pytest.mark.parametrize("headers", [{"Content-Encoding": "br"}, {"Content-Encoding": "gzip, zstd"},
+                                     {"Content-Encoding": "snappy"}, {"X-Session-Id": "s\u00e9ssion"}])
+async def test_hostile_request_bytes_are_answered(gateway: Gateway, headers: dict[str, str]) -> None:
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    body = json.dumps({"input": "q" * 100}).encode()
+    coding = headers.get("Content-Encoding", "")
+    if coding == "br":
+        body = brotli.compress(b'{"input": "' + b" " * 20_000_000 + b'"}', quality=1)  # 20 MB of spaces: over the limit
+    elif coding == "gzip, zstd":
+        body = zstd.compress(zlib.compress(body, wbits=31))
+    async with gateway.session.post(gateway.url + "/v1/responses", data=body,
+                                    headers={"Content-Type": "application/json", **headers}) as r:
+        answer = await r.read()
+        expected = {"br": 413, "gzip, zstd": 200, "snappy": 415}.get(coding, 200)
+        assert r.status == expected, answer[:300]
+        if expected != 200:
+            assert set(json.loads(answer)["error"]) == {"message", "type", "param", "code"}
+    await still_serves(gateway)
