@@ -8,6 +8,7 @@ when it started, and whether the client closed it before the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -241,17 +242,23 @@ class FakeVLLM:
     async def _raw_chunks(self, request: web.Request, gen: Generation, record: dict[str, Any]) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        try:
+        with self._noting_early_close(record):
             for piece in gen.raw_chunks or []:
                 await response.write(piece)
                 record["sent"] += 1
                 await asyncio.sleep(gen.delay)
             record["finished"] = True
+        return response
+
+    @contextlib.contextmanager
+    def _noting_early_close(self, record: dict[str, Any]) -> Iterator[None]:
+        """The gateway closed the request before its end (the connection reset, or the handler cancelled)."""
+        try:
+            yield
         except (ConnectionResetError, asyncio.CancelledError):
             record["closed_early"] = True
             self.closed_early.set()
             raise
-        return response
 
     async def _send(self, response: web.StreamResponse, obj: dict[str, Any]) -> None:
         await response.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
@@ -311,3 +318,14 @@ class FakeVLLM:
             choice["token_ids"] = [t[0] for t in tokens]
             completion["prompt_token_ids"] = gen.prompt_token_ids
         return completion
+
+
+def usage_answer(usage: bytes, stream: bool) -> Generation:
+    """A short answer ("hi") whose usage is exactly ``usage`` (raw JSON, as absurd as it may be)."""
+    if stream:
+        return Generation(raw_body=(
+            b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+            b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+            b'data: {"choices": [], "usage": ' + usage + b"}\n\ndata: [DONE]\n\n"))
+    return Generation(raw_body=b'{"choices": [{"index": 0, "message": {"content": "hi"}, "finish_reason": "stop"}], '
+                      b'"usage": ' + usage + b"}", raw_content_type="application/json")

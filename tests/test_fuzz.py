@@ -47,7 +47,7 @@ from hypothesis import strategies as st
 from gateway.server.runner import bound_url, start
 from tests.conftest import MODEL, Gateway, gateway_config
 from tests.contract import check_stream, output_texts, parse_sse
-from tests.fake_vllm import FakeVLLM, Generation, content
+from tests.fake_vllm import FakeVLLM, Generation, content, usage_answer
 
 REQUEST_TIMEOUT = 15.0  # seconds for one request/answer, streamed or not: longer is a hang
 MAX_REQUEST_BYTES = 256 * 1024  # the fuzzed gateway's limit, small so that oversize bodies are cheap
@@ -1397,15 +1397,7 @@ async def test_negative_upstream_usage_is_answered(gateway: Gateway, caplog: pyt
                                                    stream: bool) -> None:
     """Found by this fuzz (the Prometheus counter raised ValueError in UpstreamCall.done(): a 500, or
     an unhandled error after the stream); fixed in c6e1a85."""
-    usage = b'"usage": {"prompt_tokens": -1, "completion_tokens": 1, "total_tokens": 0}'
-    if stream:
-        raw = (SSE_START + b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
-               b'data: {"choices": [], ' + usage + b"}\n\ndata: [DONE]\n\n")
-        gateway.upstream.queue(Generation(raw_body=raw))
-    else:
-        gateway.upstream.queue(Generation(raw_body=b'{"choices": [{"index": 0, "message": {"content": "hi"}, '
-                                          b'"finish_reason": "stop"}], ' + usage + b"}",
-                                          raw_content_type="application/json"))
+    gateway.upstream.queue(usage_answer(b'{"prompt_tokens": -1, "completion_tokens": 1, "total_tokens": 0}', stream))
     status, ctype, raw = await answer(gateway, json.dumps({"input": "hi", "stream": stream}).encode())
     assert status == 200
     assert_answered(status, ctype, raw, caplog)

@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.server.observability import TextFormatter
 from tests.conftest import MODEL, Gateway, GatewayFactory
 from tests.contract import check_stream, parse_sse
-from tests.fake_vllm import FakeVLLM, Generation, content
+from tests.fake_vllm import FakeVLLM, Generation, content, usage_answer
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -510,15 +510,8 @@ async def test_11_whole_stream_is_bounded(make_gateway: GatewayFactory, upstream
 @pytest.mark.parametrize("value", [b"1" + b"0" * 400, b"-7", b"18446744073709551616"], ids=["1e400", "negative", "2^64"])
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_11_absurd_usage_is_not_passed_on(gateway: Gateway, value: bytes, stream: bool) -> None:
-    usage = b'"usage": {"prompt_tokens": ' + value + b', "completion_tokens": 2, "total_tokens": 5}'
-    if stream:
-        raw = (b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
-               b'data: {"choices": [], ' + usage + b"}\n\ndata: [DONE]\n\n")
-        gateway.upstream.queue(Generation(raw_body=raw))
-    else:
-        gateway.upstream.queue(Generation(raw_body=b'{"choices": [{"index": 0, "message": {"content": "hi"}, '
-                                          b'"finish_reason": "stop"}], ' + usage + b"}",
-                                          raw_content_type="application/json"))
+    gateway.upstream.queue(usage_answer(b'{"prompt_tokens": ' + value + b', "completion_tokens": 2, "total_tokens": 5}',
+                                        stream))
     async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
         assert r.status == 200
         raw = await r.read()
