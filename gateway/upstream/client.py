@@ -197,7 +197,8 @@ class ChatStream:
         try:
             while True:
                 now = clock()
-                wait = min(silence_limit - silence, self._last_write + keepalive - now, total_deadline - now)
+                stall_in, total_in = silence_limit - silence, total_deadline - now
+                wait = min(stall_in, self._last_write + keepalive - now, total_in)
                 data: Optional[bytes] = None
                 if wait > 0:
                     timer = asyncio.timeout(wait)
@@ -208,10 +209,11 @@ class ChatStream:
                         if not timer.expired():  # aiohttp's own timeout (the session's total), not ours
                             raise UpstreamTimeout(self._total_message()) from None
                     silence += clock() - now
-                if data is None:  # a timer ran out
-                    if clock() >= total_deadline:
+                if data is None:  # a timer ran out: which one is known from the wait chosen (the
+                    # clock may be coarser than the wait: uvloop's ticks in milliseconds)
+                    if wait == total_in:
                         raise UpstreamTimeout(self._total_message())
-                    if silence >= silence_limit:
+                    if wait == stall_in:
                         raise UpstreamStalled(self._stall_message(first))
                     self._last_write = clock()  # the relay writes the keepalive now
                     yield KEEPALIVE
@@ -535,7 +537,10 @@ class VLLMClient:
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 raw = b""
             finally:
-                response.close()
+                if raw_read_completely(response):
+                    response.release()  # the connection goes back to the pool: a retry reuses it
+                else:
+                    response.close()
             raise _http_error(base, response.status, raw)
         return response
 
