@@ -37,13 +37,13 @@ class SSEDecoder:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         pending = self._pending
         if pending:
-            start = len(pending) - 1  # a blank line may straddle the old and the new bytes
-            pending += data
-            if pending.find(b"\n\n", start) < 0:
+            # only the new bytes are searched (and the one blank line that may straddle old and new)
+            if b"\n\n" not in data and not (pending[-1] == 10 and data[:1] == b"\n"):
+                pending += data
                 if len(pending) > self._limit:
                     raise SSEEventTooLarge(len(pending))
                 return []
-            buffer = bytes(pending)
+            buffer = bytes(pending) + data
             pending.clear()
         else:
             buffer = data
