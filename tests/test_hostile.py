@@ -621,3 +621,34 @@ async def test_7_shutdown_answers_every_kind_of_request(make_gateway: GatewayFac
 
     assert took < 1 + SHUTDOWN_ANSWER_S + 1, took  # the bound the shipped manifests are sized for
     assert all(r["closed_early"] for r in upstream.requests[1:])
+
+
+def test_8_stall_and_keepalive_timers_on_uvloop() -> None:
+    """The gateway runs on uvloop in production, whose clock ticks in milliseconds: a stall is
+    still detected (before: a silence that the coarse clock measured a hair short of the limit
+    was taken for a keepalive tick, again and again), keepalives stay at their interval."""
+    uvloop = pytest.importorskip("uvloop")
+    from gateway.server.runner import bound_url, start
+    from tests.conftest import _start_fake, gateway_config
+
+    async def main() -> None:
+        fake, fake_runner = await _start_fake()
+        config = gateway_config(fake.url, "gateway.idle_timeout_s=0.3", "gateway.keepalive_interval_s=0.07")  # type: ignore[attr-defined]
+        runner = await start(config, port=0)
+        try:
+            for _ in range(5):
+                fake.queue(Generation(deltas=content("a b c d"), pauses={1: 30}))
+                async with aiohttp.ClientSession() as session:
+                    async with asyncio.timeout(30):
+                        async with session.post(bound_url(runner) + "/v1/responses",
+                                                json={"input": "q", "stream": True}) as response:
+                            raw = await response.read()
+                final = check_stream(parse_sse(raw))
+                assert final["status"] == "failed" and final["error"]["code"] == "upstream_stalled", (
+                    final["output"][0]["content"], fake.requests[-1]["sent"], raw[-600:])
+                assert raw.count(b'"type":"keepalive"') + raw.count(b": keepalive") < 30, raw.count(b"keepalive")
+        finally:
+            await runner.cleanup()
+            await fake_runner.cleanup()
+
+    uvloop.run(main())
