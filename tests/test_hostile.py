@@ -652,3 +652,29 @@ def test_8_stall_and_keepalive_timers_on_uvloop() -> None:
             await fake_runner.cleanup()
 
     uvloop.run(main())
+
+
+async def test_8_stall_is_detected_while_keepalive_writes_are_slow(make_gateway: GatewayFactory,
+                                                                   upstream: FakeVLLM) -> None:
+    """vLLM stalls behind 3 MB of output that a client reads slowly: the stall is still detected
+    after idle_timeout_s of waiting for vLLM, however long the writes took. (The case the fix in
+    ChatStream is for, every keepalive write blocking longer than the interval, which left a
+    stall undetected in the soak, needs a client slower than a test can wait for.)"""
+    gateway = await make_gateway("gateway.idle_timeout_s=0.5", "gateway.keepalive_interval_s=0.05",
+                                 "gateway.keepalive_format=event")
+    piece = "k" * 1000
+    upstream.queue(Generation(deltas=[{"content": piece}] * 3000 + content("end"), pauses={3000: 60}))
+    async with aiohttp.ClientSession(read_bufsize=2**14) as session:
+        async with session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as response:
+            body = b""
+            async with asyncio.timeout(60):
+                while b"response.failed" not in body and b"response.completed" not in body:
+                    chunk = await response.content.read(4096)  # slowly: 4 KB at a time, with pauses
+                    if not chunk:
+                        break
+                    body += chunk
+                    await asyncio.sleep(0.002)
+                body += await response.read()
+    final = check_stream(parse_sse(body))
+    assert final["status"] == "failed" and final["error"]["code"] == "upstream_stalled", final["error"]
+    await asyncio.wait_for(upstream.closed_early.wait(), 10)

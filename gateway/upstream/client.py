@@ -215,8 +215,8 @@ class ChatStream:
                         raise UpstreamTimeout(self._total_message())
                     if wait == stall_in:
                         raise UpstreamStalled(self._stall_message(first))
-                    self._last_write = clock()  # the relay writes the keepalive now
                     yield KEEPALIVE
+                    self._last_write = clock()  # written: the next interval starts now, however long that took
                     continue
                 if not data:
                     break
@@ -234,8 +234,8 @@ class ChatStream:
                 if payloads:
                     yield self._decode(payloads, decode)
                 if clock() - self._last_write >= keepalive:  # bytes came, but nothing for the client
-                    self._last_write = clock()
                     yield KEEPALIVE
+                    self._last_write = clock()
             payloads = decoder.close()
             if payloads:
                 yield self._decode(payloads, decode)
