@@ -615,8 +615,9 @@ function eventView(event) {
 function chunkView(chunk) {
   if (chunk === null) return h("span", {class: "chunk"}, "[DONE]");
   if (chunk.unparsed !== undefined) return h("span", {class: "chunk bad"}, `not JSON: ${chunk.unparsed}`);
-  const shown = compact({...chunk});
-  for (const key of ["id", "model", "created", "object"]) delete shown[key];
+  const shown = compact(JSON.parse(JSON.stringify(chunk, (key, value) =>
+    ["bytes", "top_logprobs"].includes(key) ? undefined : value)));  // all of it is in the tooltip
+  for (const key of ["id", "model", "created", "object", "system_fingerprint"]) delete shown[key];
   return h("span", {class: "chunk", title: JSON.stringify(chunk)}, JSON.stringify(shown));
 }
 
