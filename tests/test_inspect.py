@@ -308,7 +308,9 @@ async def test_the_feed_streams_a_request_as_it_happens(make_gateway: GatewayFac
 
     streaming = asyncio.ensure_future(client())
     inspector = gateway.runner.app[INSPECTOR_KEY]
-    while not inspector.live:  # the request has arrived
+    for _ in range(4000):  # until the request has arrived (bounded: a failure must not hang)
+        if inspector.live:
+            break
         await asyncio.sleep(0.005)
     [rid] = inspector.live
     entries: list[Any] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,9 +77,14 @@ async def until(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
 
 
 def text_of(driver: Any, css: str) -> str:
-    from selenium.webdriver.common.by import By
+    """The text of every element matching ``css``, read in one go in the page (it redraws)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.innerText).join(' ')", css)
 
-    return " ".join(el.text for el in driver.find_elements(By.CSS_SELECTOR, css))
+
+def click(driver: Any, css: str) -> bool:
+    """Clicks the first element matching ``css``, found and clicked in one go in the page."""
+    return driver.execute_script("const e = document.querySelector(arguments[0]); if (e) e.click(); return !!e;", css)
 
 
 async def test_inspector_shows_a_stream_live_and_replays_it(make_gateway: GatewayFactory, browser: Any) -> None:
@@ -114,8 +120,7 @@ async def test_inspector_shows_a_stream_live_and_replays_it(make_gateway: Gatewa
             return await response.read()
 
     streaming = asyncio.ensure_future(client())
-    live = await until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".req .badge.live"), "the live request")
-    await asyncio.to_thread(live[0].click)
+    await until(browser, lambda d: click(d, ".req:has(.badge.live)"), "the live request")
     await until(browser, lambda d: thought in text_of(d, ".item.reasoning .body"), "the reasoning")
     await until(browser, lambda d: "Let me check that for you." in text_of(d, ".item.message .body"), "the text")
     await until(browser, lambda d: text_of(d, ".item.function_call .fname") == "get_weather", "the tool call")
@@ -132,8 +137,9 @@ async def test_inspector_shows_a_stream_live_and_replays_it(make_gateway: Gatewa
     await until(browser, lambda d: text_of(d, "#status-badge") == "completed", "the completed status")
     await until(browser, lambda d: '{"city": "Lima"}' in text_of(d, ".item.function_call .body"), "the whole call")
     # timings, usage and the aligned stream are there; tokens are shaded by their probability
-    cards = text_of(browser, ".cards")
-    assert "TIME TO FIRST TOKEN" in cards.upper() and "ms" in cards
+    assert text_of(browser, ".cards .card:first-child .k").upper() == "TIME TO FIRST TOKEN"
+    assert re.fullmatch(r"[\d.]+ m?s", text_of(browser, ".cards .card:first-child .v"))
+    assert text_of(browser, ".cards .card:nth-child(4) .v") == str(len(deltas))  # output tokens, from usage
     assert browser.find_elements(By.CSS_SELECTOR, "svg.gaps rect"), "no gap chart"
     assert browser.find_elements(By.CSS_SELECTOR, ".tokens .tok.reasoning"), "no shaded tokens"
     # every chunk vLLM sent is in the stream table (role chunk, deltas, finish, usage, [DONE])
@@ -144,15 +150,15 @@ async def test_inspector_shows_a_stream_live_and_replays_it(make_gateway: Gatewa
 
     # replay with an edit: the city becomes Quito
     fake.queue(Generation(deltas=reasoning("Quito this time.") + content("Checking Quito.")))
-    await asyncio.to_thread(browser.find_element(By.XPATH, "//button[text()='Replay…']").click)
-    textarea = await until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".replay textarea"), "the replay editor")
-
-    def edit(element: Any) -> None:
-        edited = element.get_attribute("value").replace("weather in Lima", "weather in Quito")
-        browser.execute_script("arguments[0].value = arguments[1];", element, edited)
-
-    await asyncio.to_thread(edit, textarea[0])
-    await asyncio.to_thread(browser.find_element(By.XPATH, "//button[text()='Send']").click)
+    assert text_of(browser, ".head .actions button.primary") == "Replay…"
+    await until(browser, lambda d: click(d, ".head .actions button.primary"), "the replay button")
+    await until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".replay textarea"), "the replay editor")
+    edited = browser.execute_script(
+        "const t = document.querySelector('.replay textarea');"
+        "t.value = t.value.replace('weather in Lima', 'weather in Quito'); return t.value;")
+    assert "weather in Quito" in edited
+    assert text_of(browser, ".replay button.primary") == "Send"
+    await until(browser, lambda d: click(d, ".replay button.primary"), "the send button")
     await until(browser, lambda d: "Checking Quito." in text_of(d, ".item.message .body"), "the replay's answer")
     await until(browser, lambda d: text_of(d, "#status-badge") == "completed", "the replay completed")
     assert fake.last_body["messages"][-1]["content"] == "What is the weather in Quito?"
