@@ -33,6 +33,7 @@ from tests import nemo_gym_reference as gym
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "Qwen/Qwen3-8B"
 CORPUS_SIZE = 400
+CHAT_CORPUS_SIZE = 150
 SEED = 20261201
 
 
@@ -310,7 +311,8 @@ def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any],
     message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
     if config.get("uses_reasoning_parser", True) and rng.random() < 0.35:
         message[rng.choice(["reasoning", "reasoning_content"])] = rng.choice(["I reason.", "\nsteps\n"])
-        last = request["input"][-1] if isinstance(request["input"], list) else {}
+        history = request.get("input", request.get("messages"))
+        last = history[-1] if isinstance(history, list) else {}
         if config.get("continue_final_assistant_message") and last.get("role") == "assistant" or \
                 config.get("continue_final_assistant_message") and last.get("type") == "reasoning":
             tags.add("continue_final_reasoning")
@@ -350,6 +352,66 @@ def corpus() -> list[dict[str, Any]]:
         if "top_logprobs" in request:
             tags.add("top_logprobs_without_logprobs")
         cases.append({"config": config, "request": request, "answer": answer, "tags": sorted(tags),
+                      "tokenize": {"tokens": list(range(100, 111)), "count": 11, "max_model_len": 4096}})
+    return cases
+
+
+CHAT_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "strict": True,
+               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def _chat_request(rng: random.Random, config: dict[str, Any], tags: set[str]) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    if rng.random() < 0.4:
+        messages.append({"role": rng.choice(["system", "developer"]), "content": "Be brief."})
+    for _ in range(rng.choice([0, 1, 2])):
+        messages.append({"role": "user", "content": rng.choice(USER_TEXTS)})
+        text = rng.choice(["Sure.", "<think>r</think>Done.", "<think>a</think>x<think>b</think>y", None, ""])
+        if text and text.count("<think>") > 1 and config.get("uses_reasoning_parser", True):
+            tags.add("several_blocks_in_a_turn")
+        turn: dict[str, Any] = {"role": "assistant", "content": text}
+        if rng.random() < 0.4:
+            turn["tool_calls"] = [{"id": "call_1", "type": "function",
+                                   "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
+            messages.append(turn)
+            messages.append({"role": "tool", "tool_call_id": "call_1", "content": "3C"})
+        else:
+            messages.append(turn)
+    if rng.random() < 0.85 or not messages:
+        messages.append({"role": "user", "content": rng.choice(USER_TEXTS)})
+    elif config.get("continue_final_assistant_message") and config.get("return_token_id_information") \
+            and messages[-1]["role"] == "assistant":
+        tags.add("continue_final_tokenize")
+    request: dict[str, Any] = {"model": "client-model", "messages": messages}
+    if rng.random() < 0.3:
+        request["tools"] = copy.deepcopy(CHAT_TOOLS)
+        request["tool_choice"] = rng.choice(["auto", "required"])
+    for key, values in (("temperature", [0.0, 0.7]), ("top_p", [0.9]), ("max_tokens", [64])):
+        if rng.random() < 0.3:
+            request[key] = rng.choice(values)
+    metadata = {}
+    if rng.random() < 0.2:
+        metadata["chat_template_kwargs"] = json.dumps({"enable_thinking": rng.choice([True, False])})
+    if rng.random() < 0.15:
+        metadata["extra_body"] = json.dumps(rng.choice([{"top_logprobs": None}, {"min_p": 0.05}]))
+    if metadata:
+        request["metadata"] = metadata
+    if rng.random() < 0.15:
+        request["chat_template_kwargs"] = {"enable_thinking": False}
+    return request
+
+
+def chat_corpus() -> list[dict[str, Any]]:
+    rng = random.Random(SEED + 1)
+    cases = []
+    while len(cases) < CHAT_CORPUS_SIZE:
+        config = _config(rng)
+        tags: set[str] = set()
+        request = _chat_request(rng, config, tags)
+        answer = _answer(rng, config, request, tags)
+        tags.discard("request_extension")  # Chat Completions has chat_template_kwargs (Gym's own field)
+        cases.append({"config": config, "request": request, "answer": answer, "tags": sorted(tags),
+                      "path": "/v1/chat/completions",
                       "tokenize": {"tokens": list(range(100, 111)), "count": 11, "max_model_len": 4096}})
     return cases
 
@@ -429,7 +491,8 @@ async def run_gateway(scripted: tuple[ScriptedVLLM, str], cases: list[dict[str, 
                     runner = await start(config, port=0)
                     runners[key] = (runner, bound_url(runner))
                 fake.case, fake.chat, fake.tokenize = case, [], []
-                async with session.post(runners[key][1] + "/v1/responses", json=case["request"]) as response:
+                async with session.post(runners[key][1] + case.get("path", "/v1/responses"),
+                                        json=case["request"]) as response:
                     body = await response.json()
                     results.append({"status": response.status, "body": body, "chat": fake.chat,
                                     "tokenize": fake.tokenize})
@@ -493,6 +556,19 @@ def normal_response(status: int, body: Any) -> Any:
     }
 
 
+def normal_chat_answer(status: int, body: Any) -> Any:
+    if status != 200:
+        return {"status": status}
+    answer = _drop_nulls({k: v for k, v in body.items() if k not in ("id", "created")})  # allowed: ids, nulls
+    for choice in answer.get("choices", []):
+        if choice.get("message", {}).get("tool_calls") == []:
+            del choice["message"]["tool_calls"]  # allowed: nulls ([] and null tool_calls)
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        answer["usage"] = {k: usage[k] for k in ("prompt_tokens", "completion_tokens", "total_tokens") if k in usage}
+    return answer
+
+
 def differences(case: dict[str, Any], gym_result: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     excused = {GYM_BUGS[tag][0] for tag in case["tags"]}
     if "both" in excused:
@@ -510,15 +586,16 @@ def differences(case: dict[str, Any], gym_result: dict[str, Any], ours: dict[str
                 [normal_chat_body(b) for b in our_tokenize]:
             found.append(f"tokenize:\n  gym: {gym_result['tokenize']}\n  ours: {ours['tokenize']}")
     if "response" not in excused:
-        theirs, mine = normal_response(gym_result["status"], gym_result["body"]), \
-            normal_response(ours["status"], ours["body"])
+        normal = normal_chat_answer if case.get("path") == "/v1/chat/completions" else normal_response
+        theirs, mine = normal(gym_result["status"], gym_result["body"]), normal(ours["status"], ours["body"])
         if theirs != mine:
             found.append(f"response:\n  gym: {theirs}\n  ours: {mine}")
     return found
 
 
-async def test_differential_against_nemo_gym(gym_python: Path, scripted: tuple[ScriptedVLLM, str]) -> None:
-    cases = corpus()
+@pytest.mark.parametrize("route", ["responses", "chat_completions"])
+async def test_differential_against_nemo_gym(gym_python: Path, scripted: tuple[ScriptedVLLM, str], route: str) -> None:
+    cases = corpus() if route == "responses" else chat_corpus()
     gym_results = run_gym(gym_python, cases)
     ours = await run_gateway(scripted, cases)
     failures = []

@@ -943,6 +943,9 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app.on_shutdown.append(drain_requests)
     app.on_cleanup.append(close_client)
     app.router.add_post("/v1/responses", create_response, expect_handler=expect_continue)
+    from ..chat_completions.route import chat_completions  # NeMo Gym's second route
+
+    app.router.add_post("/v1/chat/completions", chat_completions, expect_handler=expect_continue)
     app.router.add_get("/v1/models", list_models, expect_handler=expect_continue)
     app.router.add_get("/health", health, expect_handler=expect_continue)
     if config.gateway.metrics:

@@ -165,17 +165,17 @@ def plan_chat_request(
         body["user"] = req.user
 
     metadata = req.metadata or {}
-    _add_audio(messages, metadata, settings)
+    add_audio(messages, metadata, settings)
     # NeMo Gym's precedence: config < the request's own (when forwarded) < metadata.
     template_kwargs = {
         **(settings.chat_template_kwargs or {}),
         **((req.chat_template_kwargs or {}) if settings.forward_request_chat_template_kwargs else {}),
-        **_json_object_from_metadata(metadata, "chat_template_kwargs"),
+        **json_object_from_metadata(metadata, "chat_template_kwargs"),
     }
     if template_kwargs:
         body["chat_template_kwargs"] = template_kwargs
     # NeMo Gym's precedence: config extra_body < metadata extra_body < request < sampling_overrides.
-    extra = {**copy.deepcopy(settings.extra_body or {}), **_json_object_from_metadata(metadata, "extra_body")}
+    extra = {**copy.deepcopy(settings.extra_body or {}), **json_object_from_metadata(metadata, "extra_body")}
     # NeMo Gym sends no sampling value the caller did not: vLLM then applies the model's own
     # generation_config, the distribution a policy is trained under (response_conventions nemo_gym).
     body = {**(SAMPLING_DEFAULTS if settings.send_sampling_defaults else {}), **extra, **body}
@@ -357,7 +357,7 @@ def _check_json(value: Any, where: str) -> None:
 # --- input items -> messages ----------------------------------------------------------------------
 
 
-_THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 class _AssistantTurn:
@@ -382,8 +382,8 @@ class _AssistantTurn:
         text = "".join(self.buffer)
         message: dict[str, Any] = {"role": "assistant", "content": text or None}
         if text and settings.reasoning_history != "think_tags":
-            blocks = _THINK_BLOCK.findall(text)
-            message["content"] = _THINK_BLOCK.sub("", text)
+            blocks = THINK_BLOCK.findall(text)
+            message["content"] = THINK_BLOCK.sub("", text)
             if blocks and settings.reasoning_history == "field":
                 reasoning = "\n\n".join(blocks)
                 if settings.reasoning_field in ("both", "reasoning_content"):
@@ -501,7 +501,7 @@ def _plain_text(content: Any) -> Optional[str]:
 _AUDIO_KEYS = ("audio_data", "audio_path", "audio_paths")
 
 
-def _add_audio(messages: list[dict[str, Any]], metadata: dict[str, str], settings: ConversionSettings) -> None:
+def add_audio(messages: list[dict[str, Any]], metadata: dict[str, str], settings: ConversionSettings) -> None:
     """NeMo Gym's audio side channel: ``metadata.audio_data`` (a data: URL), ``audio_path`` or
     ``audio_paths`` (files, read by the server) become ``audio_url`` parts at the start of the last
     user message."""
@@ -699,7 +699,7 @@ def _response_format(text: Optional[r.TextParam]) -> Optional[dict[str, Any]]:
     )
 
 
-def _json_object_from_metadata(metadata: dict[str, str], key: str) -> dict[str, Any]:
+def json_object_from_metadata(metadata: dict[str, str], key: str) -> dict[str, Any]:
     """NeMo Gym passes ``chat_template_kwargs`` and ``extra_body`` as JSON strings in metadata."""
     raw = metadata.get(key)
     if raw is None:
