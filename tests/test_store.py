@@ -106,6 +106,15 @@ async def test_retrieve_returns_the_response_exactly(client: Any, gateway: Gatew
     assert (retrieved.usage.input_tokens, retrieved.usage.output_tokens) == (31, 17)
 
 
+async def test_stream_retrieval_of_a_response_created_without_streaming(gateway: Gateway) -> None:
+    gateway.upstream.queue(answer())
+    created = await gateway.create({"input": "hi"})
+    async with gateway.session.get(gateway.url + f"/v1/responses/{created['id']}?stream=true") as r:
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert error["param"] == "stream" and "without streaming" in error["message"]
+
+
 async def test_store_false_keeps_nothing(client: Any, gateway: Gateway) -> None:
     gateway.upstream.queue(answer())
     created = await create(client, False, input="Hi!", store=False)

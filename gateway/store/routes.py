@@ -133,6 +133,9 @@ def add_routes(app: web.Application, service: StoreService) -> None:
         owner, rid = service.owner(request), request.match_info["response_id"]
         record = await service.get(owner, rid)
         if _bool(request, "stream"):
+            if record.terminal and record.last_seq < 0:
+                raise InvalidRequest(f"Response '{rid}' was created without streaming: it has no events to stream. "
+                                     "Retrieve it without stream=true.", param="stream")
             after = _int(request, "starting_after", -1, -1, 2**62)
             return await service.follow(request, owner, rid, after)
         return _json(await service.snapshot(record))

@@ -219,10 +219,10 @@ class StoreService:
         recorder.record.response = _encoder.encode(queued)
         try:
             await recorder.create()
-        except StoreError as exc:
+        except (StoreError, asyncio.TimeoutError) as exc:
             run.close()
             raise StoreUnavailable(f"The response store is unavailable, so a background response cannot be "
-                                   f"started: {exc}", code="store_unavailable") from None
+                                   f"started: {exc or 'it did not answer in time'}", code="store_unavailable") from None
         task = asyncio.ensure_future(run)
         self._background[plan.response.id] = task
         task.add_done_callback(lambda _: self._background.pop(plan.response.id, None))
