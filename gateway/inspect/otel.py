@@ -9,6 +9,7 @@ put on spans (they can be large and sensitive): the inspector is the place to re
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -34,8 +35,11 @@ _REQUEST_ATTRIBUTES = {
 def default_tracer_provider() -> Any:
     """The global provider when the application set one up, else one exporting over OTLP/HTTP as
     the standard ``OTEL_EXPORTER_OTLP_*`` / ``OTEL_SERVICE_NAME`` variables say."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+    except ImportError:
+        raise RuntimeError("gateway.tracing needs OpenTelemetry: pip install 'vllm-responses-gateway[otel]'") from None
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
@@ -44,7 +48,8 @@ def default_tracer_provider() -> Any:
         return current
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    provider = TracerProvider(resource=Resource.create({"service.name": TRACER_NAME}))
+    named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": TRACER_NAME}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
