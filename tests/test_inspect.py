@@ -350,3 +350,26 @@ async def test_sessions_group_requests(make_gateway: GatewayFactory) -> None:
     assert [(s["session"], s["session_source"]) for s in listed] == [
         ("run-1", "header"), ("pck-9", "prompt_cache_key"), ("gym-7", "cookie"), (None, None)]
     assert listed[2]["session"] == "gym-7"
+
+
+async def test_stored_turns_join_their_session(make_gateway: GatewayFactory) -> None:
+    """With the response store: a turn continuing a response (previous_response_id) joins that
+    response's session; the turns of a conversation are one session."""
+    gateway = await inspected(make_gateway)
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "a"},
+                                    headers={"x-session-id": "agent-3"}) as response:
+        first = await response.json()
+        await ended(gateway, response.headers["X-Request-Id"])
+    async with gateway.session.post(gateway.url + "/v1/responses",
+                                    json={"input": "b", "previous_response_id": first["id"]}) as response:
+        assert response.status == 200, await response.text()
+        second = response.headers["X-Request-Id"]
+    async with gateway.session.post(gateway.url + "/v1/conversations", json={}) as response:
+        conversation = (await response.json())["id"]
+    async with gateway.session.post(gateway.url + "/v1/responses",
+                                    json={"input": "c", "conversation": conversation}) as response:
+        assert response.status == 200, await response.text()
+        third = response.headers["X-Request-Id"]
+    assert (await ended(gateway, second))["summary"]["session"] == "agent-3"
+    summary = (await ended(gateway, third))["summary"]
+    assert (summary["session"], summary["session_source"]) == (conversation, "conversation")

@@ -114,7 +114,7 @@ class Record(RequestObserver):
         self.model = plan.body.get("model")
         self.stream = plan.stream
         self.response_id = plan.response.id
-        session = self.inspector.session_of(self, request)
+        session = self.inspector.session_of(self, request, plan.response)
         if session is not None:
             self.session, self.session_source = session
         self._add("plan", plan.payload or orjson.dumps(plan.body))  # the exact bytes vLLM gets
@@ -338,24 +338,26 @@ class Inspector:
             if record.response_id:
                 self.by_response.pop(record.response_id, None)
 
-    def session_of(self, record: Record, request: Any) -> Optional[tuple[str, str]]:
+    def session_of(self, record: Record, request: Any, response: Any) -> Optional[tuple[str, str]]:
         """The session a request belongs to, once its body is decoded: the session header wins, then
-        the prompt_cache_key, then a conversation, then the session of the response it continues,
-        then NeMo Gym's cookie (as the gateway routes)."""
+        the prompt_cache_key, then its conversation, then the session of the response it continues,
+        then NeMo Gym's cookie (as the gateway routes). The response store takes ``conversation`` and
+        ``previous_response_id`` out of the request it passes on and puts them on the Response."""
         if record.session_source == "header" or record.replay_of:
             return None
         if request.prompt_cache_key:
             return request.prompt_cache_key, "prompt_cache_key"
-        conversation = request.conversation
+        conversation = getattr(response, "conversation", None) or request.conversation
         if isinstance(conversation, dict):
             conversation = conversation.get("id")
         if isinstance(conversation, str) and conversation:
             return conversation, "conversation"
-        previous = self.by_response.get(request.previous_response_id or "")
+        previous_id = getattr(response, "previous_response_id", None) or request.previous_response_id
+        previous = self.by_response.get(previous_id or "")
         if previous is not None and previous.session:
             return previous.session, previous.session_source or "previous_response_id"
-        if request.previous_response_id:
-            return request.previous_response_id, "previous_response_id"
+        if previous_id:
+            return previous_id, "previous_response_id"
         return None
 
     def changed(self, record: Record) -> None:
