@@ -102,6 +102,19 @@ def vllm_olmo3(vllm_servers: VLLMServers) -> VLLMServer:
     return vllm_servers.get("olmo3")
 
 
+# THINK's earlier turns teach the model to answer with <think> first. With uses_reasoning_parser
+# (the default), NeMo Gym 0.7.0's conversion drops reasoning in history, so the examples would lose
+# their tags and the model would not think: these tests keep the tags in the content, Gym's way.
+THINK_IN_HISTORY = "+policy_model.vllm_model.preserve_reasoning_in_assistant_content=true"
+
+
+@pytest.fixture
+def make_gateway(make_gateway: GatewayFactory) -> GatewayFactory:
+    async def make(*overrides: str, **kwargs: Any) -> Gateway:
+        return await make_gateway(THINK_IN_HISTORY, *overrides, **kwargs)
+    return make
+
+
 @pytest.fixture
 async def gateway(make_gateway: GatewayFactory, vllm: VLLMServer) -> Gateway:
     return await make_gateway(base_url=vllm.url, model=MODEL_ALIAS)
