@@ -149,9 +149,6 @@ GYM_BUGS = {
                                       "or ignores it); the gateway asks only when the client includes logprobs"),
     "request_extension": ("both", "Gym answers 422 to a Responses request with a top-level vLLM extension "
                           "(chat_template_kwargs); the gateway accepts it"),
-    "continue_final_reasoning": ("response", "NOT A GYM BUG, a gateway gap (README: partial): continuing a "
-                                 "final assistant message, Gym glues vLLM's reasoning field back onto the "
-                                 "content; the gateway keeps it a reasoning item"),
     "continue_final_tokenize": ("request", "Gym tokenizes a continued assistant message as a new turn "
                                 "(add_generation_prompt); the gateway tokenizes what is generated from"),
 }
@@ -311,11 +308,6 @@ def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any],
     message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
     if config.get("uses_reasoning_parser", True) and rng.random() < 0.35:
         message[rng.choice(["reasoning", "reasoning_content"])] = rng.choice(["I reason.", "\nsteps\n"])
-        history = request.get("input", request.get("messages"))
-        last = history[-1] if isinstance(history, list) else {}
-        if config.get("continue_final_assistant_message") and last.get("role") == "assistant" or \
-                config.get("continue_final_assistant_message") and last.get("type") == "reasoning":
-            tags.add("continue_final_reasoning")
     calls = []
     if request.get("tools") and rng.random() < 0.6:
         for i in range(rng.choice([1, 2])):
@@ -706,3 +698,16 @@ async def test_context_overflow_passed_on_when_gym_says_so(make_gateway: Gateway
     response = await gateway.post({"input": "hi"})
     assert response.status == 400
     assert "maximum context length" in (await response.json())["error"]["message"]
+
+
+async def test_a_continued_assistant_message_is_one_text(make_gateway: GatewayFactory) -> None:
+    """continue_final_assistant_message: vLLM's parser splits the continuation into reasoning and
+    content; NeMo Gym joins them back into the text being continued, and so does the gateway."""
+    gateway = await make_gateway(NEMO_GYM, f"{BLOCK}.continue_final_assistant_message=true")
+    gateway.upstream.queue(Generation(deltas=reasoning("so the answer") + content(" is 4.")))
+    history = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "Let me see,"}]
+    events, final = await gateway.stream({"input": history})
+    body = gateway.upstream.last_body
+    assert (body["continue_final_message"], body["add_generation_prompt"]) == (True, False)
+    assert [item["type"] for item in final["output"]] == ["message"]
+    assert final["output"][0]["content"][0]["text"] == "so the answer is 4."

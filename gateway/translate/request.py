@@ -12,6 +12,7 @@ developer message, or a ``function_call_output``, ends that assistant turn.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -242,7 +243,10 @@ def plan_chat_request(
         safety_identifier=req.safety_identifier,
         prompt_cache_key=req.prompt_cache_key,
     )
-    return ChatPlan(body=body, stream=req.stream, response=response, options=settings.stream_options,
+    options = settings.stream_options
+    if body.get("continue_final_message") and options.parse_think_tags and options.reasoning_blocks_as_parts:
+        options = dataclasses.replace(options, reasoning_field_as_text=True)  # NeMo Gym's conventions
+    return ChatPlan(body=body, stream=req.stream, response=response, options=options,
                     track_tokens=settings.return_token_id_information, text_logprobs=text_logprobs,
                     tokenize=tokenize, payload=payload, tools=offered)
 

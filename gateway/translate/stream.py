@@ -101,6 +101,9 @@ class StreamOptions:
     cut_items_completed: bool = False  # items of a response cut by length/content_filter: "completed"
     # reasoning blocks in a row: one reasoning item, a summary part each (else one item each)
     reasoning_blocks_as_parts: bool = False
+    # The request continues a final assistant message: vLLM's parser split the continuation into
+    # reasoning and content, NeMo Gym joins them back into the one text being continued.
+    reasoning_field_as_text: bool = False
 
 
 class Kind(enum.Enum):
@@ -363,6 +366,9 @@ class ResponseStateMachine:
         if self._aligner is not None and choice.logprobs is not None and choice.logprobs.content:
             self._aligner.add(choice.logprobs.content)
         reasoning = delta.reasoning if delta.reasoning is not None else delta.reasoning_content
+        content = delta.content
+        if reasoning and self._options.reasoning_field_as_text:
+            content, reasoning = reasoning + (content or ""), None  # a continued message is one text
         if reasoning:
             self._flush_splitter()  # held-back "<th" cannot become a tag once other output starts
             if not self._seen_reasoning_field:
@@ -372,14 +378,14 @@ class ResponseStateMachine:
                     self._splitter.inside = False
             self._field_block_open = self._options.reasoning_blocks_as_parts
             self._text(Kind.REASONING, reasoning)
-        if delta.content:
+        if content:
             if self._field_block_open and self._open is not None and self._open.kind is Kind.REASONING:
                 self._open.ended = True  # the reasoning field's block is over once content comes
             self._field_block_open = False
             if self._splitter is None:
-                self._text(Kind.MESSAGE, delta.content)
+                self._text(Kind.MESSAGE, content)
             else:
-                for is_reasoning, text in self._splitter.feed(delta.content):
+                for is_reasoning, text in self._splitter.feed(content):
                     if text:
                         self._text(Kind.REASONING if is_reasoning else Kind.MESSAGE, text)
                     elif self._open is not None and self._open.kind is Kind.REASONING:
