@@ -277,19 +277,25 @@ def _request(rng: random.Random, config: dict[str, Any], tags: set[str]) -> dict
     for key, values in (("temperature", [0.0, 0.7]), ("top_p", [0.9]), ("max_output_tokens", [64, 4096])):
         if rng.random() < 0.3:
             request[key] = rng.choice(values)
+    _metadata_and_extensions(rng, request, audio=0.05, extension=0.1)
+    if "chat_template_kwargs" in request:
+        tags.add("request_extension")
+    return request
+
+
+def _metadata_and_extensions(rng: random.Random, request: dict[str, Any], audio: float, extension: float) -> None:
+    """NeMo Gym's metadata side channels (JSON strings) and a top-level chat_template_kwargs."""
     metadata = {}
     if rng.random() < 0.2:
         metadata["chat_template_kwargs"] = json.dumps({"enable_thinking": rng.choice([True, False])})
     if rng.random() < 0.15:
         metadata["extra_body"] = json.dumps(rng.choice([{"top_logprobs": None}, {"min_p": 0.05}]))
-    if rng.random() < 0.05:
+    if rng.random() < audio:
         metadata["audio_data"] = "data:audio/wav;base64,UklGRg=="
     if metadata:
         request["metadata"] = metadata
-    if rng.random() < 0.1:
+    if rng.random() < extension:
         request["chat_template_kwargs"] = {"enable_thinking": False}
-        tags.add("request_extension")
-    return request
 
 
 def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any], tags: set[str]) -> dict[str, Any]:
@@ -381,15 +387,7 @@ def _chat_request(rng: random.Random, config: dict[str, Any], tags: set[str]) ->
     for key, values in (("temperature", [0.0, 0.7]), ("top_p", [0.9]), ("max_tokens", [64])):
         if rng.random() < 0.3:
             request[key] = rng.choice(values)
-    metadata = {}
-    if rng.random() < 0.2:
-        metadata["chat_template_kwargs"] = json.dumps({"enable_thinking": rng.choice([True, False])})
-    if rng.random() < 0.15:
-        metadata["extra_body"] = json.dumps(rng.choice([{"top_logprobs": None}, {"min_p": 0.05}]))
-    if metadata:
-        request["metadata"] = metadata
-    if rng.random() < 0.15:
-        request["chat_template_kwargs"] = {"enable_thinking": False}
+    _metadata_and_extensions(rng, request, audio=0.0, extension=0.15)
     return request
 
 

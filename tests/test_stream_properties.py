@@ -181,12 +181,7 @@ _options = st.builds(StreamOptions, parse_think_tags=st.booleans(), reasoning_st
        data=st.data())
 def test_any_chunking_gives_the_reference_response(output: Output, options: StreamOptions, field_name: str,
                                                    data: st.DataObject) -> None:
-    whole = [msgspec.convert({"choices": [{"index": 0, "delta": {
-        field_name: output.reasoning or None, "content": output.content or None,
-        "tool_calls": [{"index": i, "id": f"call-{i}", "type": "function",
-                        "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(output.calls)] or None,
-    }, "finish_reason": output.finish}], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}},
-        chat.ChatChunk)]
+    whole = [one_chunk_of(output, field_name)]
     _, one_chunk = run(whole, options)
     events, cut_up = run(chunk_stream(output, data, field_name), options)
     assert cut_up == one_chunk
@@ -203,6 +198,16 @@ def test_any_chunking_gives_the_reference_response(output: Output, options: Stre
 
 # NeMo Gym's conventions (gateway.response_conventions: nemo_gym): untrimmed text, kept stray tags,
 # reasoning blocks in a row as summary parts of one item, an empty message for nothing generated.
+def one_chunk_of(output: Output, field_name: str) -> chat.ChatChunk:
+    """The whole output as one chunk, the reference every chunking is compared with."""
+    return msgspec.convert({"choices": [{"index": 0, "delta": {
+        field_name: output.reasoning or None, "content": output.content or None,
+        "tool_calls": [{"index": i, "id": f"call-{i}", "type": "function",
+                        "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(output.calls)] or None,
+    }, "finish_reason": output.finish}], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}},
+        chat.ChatChunk)
+
+
 _nemo_gym_options = st.builds(StreamOptions, parse_think_tags=st.booleans(), reasoning_starts_open=st.booleans(),
                               reasoning_presentation=st.sampled_from(["summary", "raw"]), trim_whitespace=st.just(False),
                               keep_stray_close_tag=st.just(True), empty_output_message=st.just(True),
@@ -214,12 +219,7 @@ _nemo_gym_options = st.builds(StreamOptions, parse_think_tags=st.booleans(), rea
        data=st.data())
 def test_nemo_gym_conventions_do_not_depend_on_chunking(output: Output, options: StreamOptions, field_name: str,
                                                         data: st.DataObject) -> None:
-    whole = [msgspec.convert({"choices": [{"index": 0, "delta": {
-        field_name: output.reasoning or None, "content": output.content or None,
-        "tool_calls": [{"index": i, "id": f"call-{i}", "type": "function",
-                        "function": {"name": n, "arguments": a}} for i, (n, a) in enumerate(output.calls)] or None,
-    }, "finish_reason": output.finish}], "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12}},
-        chat.ChatChunk)]
+    whole = [one_chunk_of(output, field_name)]
     _, one_chunk = run(whole, options)
     _, cut_up = run(chunk_stream(output, data, field_name), options)
     assert cut_up == one_chunk

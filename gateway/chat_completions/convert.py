@@ -16,7 +16,8 @@ import copy
 from typing import Any, Optional
 
 from ..translate.errors import InvalidRequest
-from ..translate.request import THINK_BLOCK, ConversionSettings, add_audio, json_object_from_metadata
+from ..translate.request import (THINK_BLOCK, ConversionSettings, add_audio, json_object_from_metadata,
+                                 set_reasoning_fields)
 from ..translate.tokens import tokenize_body
 
 
@@ -92,12 +93,7 @@ def _reasoning_out_of_content(message: dict[str, Any], settings: ConversionSetti
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 blocks += THINK_BLOCK.findall(part["text"])
                 part["text"] = THINK_BLOCK.sub("", part["text"])
-    if blocks and settings.reasoning_history == "field":
-        reasoning = "\n\n".join(blocks)
-        if settings.reasoning_field in ("both", "reasoning_content"):
-            message["reasoning_content"] = reasoning
-        if settings.reasoning_field in ("both", "reasoning"):
-            message["reasoning"] = reasoning
+    set_reasoning_fields(message, blocks, settings)
 
 
 class TokenError(Exception):

@@ -364,6 +364,17 @@ def _check_json(value: Any, where: str) -> None:
 THINK_BLOCK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
+def set_reasoning_fields(message: dict[str, Any], blocks: list[str], settings: ConversionSettings) -> None:
+    """History reasoning on an assistant message, in the key(s) NeMo Gym's reasoning_field names
+    (all blocks, joined: Gym keeps only the first)."""
+    if blocks and settings.reasoning_history == "field":
+        reasoning = "\n\n".join(blocks)
+        if settings.reasoning_field in ("both", "reasoning_content"):
+            message["reasoning_content"] = reasoning
+        if settings.reasoning_field in ("both", "reasoning"):
+            message["reasoning"] = reasoning
+
+
 class _AssistantTurn:
     """Consecutive assistant-side items, gathered into one Chat Completions message.
 
@@ -388,12 +399,7 @@ class _AssistantTurn:
         if text and settings.reasoning_history != "think_tags":
             blocks = THINK_BLOCK.findall(text)
             message["content"] = THINK_BLOCK.sub("", text)
-            if blocks and settings.reasoning_history == "field":
-                reasoning = "\n\n".join(blocks)
-                if settings.reasoning_field in ("both", "reasoning_content"):
-                    message["reasoning_content"] = reasoning
-                if settings.reasoning_field in ("both", "reasoning"):
-                    message["reasoning"] = reasoning
+            set_reasoning_fields(message, blocks, settings)
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
         if self.token_fields is not None and settings.return_token_id_information:
