@@ -373,3 +373,28 @@ async def test_stored_turns_join_their_session(make_gateway: GatewayFactory) -> 
     assert (await ended(gateway, second))["summary"]["session"] == "agent-3"
     summary = (await ended(gateway, third))["summary"]
     assert (summary["session"], summary["session_source"]) == (conversation, "conversation")
+
+
+@pytest.mark.real_model
+async def test_a_real_model_stream_is_recorded(make_gateway: GatewayFactory, llama_server: str) -> None:
+    """The real llama.cpp server's stream, as the inspector keeps it: its reads rebuild vLLM-shaped
+    chunks, the events are what the client got, the summary has the usage."""
+    from gateway.backends.llama_cpp import MODEL_ALIAS
+
+    gateway = await make_gateway("gateway.upstream_flavour=llama.cpp", "gateway.inspect=true",
+                                 f"gateway.inspect_admin_key={ADMIN_KEY}", base_url=llama_server, model=MODEL_ALIAS)
+    body = {"model": MODEL_ALIAS, "input": "Count from one to five.", "stream": True, "max_output_tokens": 24,
+            "temperature": 0}
+    async with gateway.session.post(gateway.url + "/v1/responses", json=body) as response:
+        assert response.status == 200
+        events = parse_sse(await response.read())
+        rid = response.headers["X-Request-Id"]
+    record = await ended(gateway, rid)
+    summary = record["summary"]
+    assert summary["status"] in ("completed", "incomplete") and summary["output_tokens"] > 0
+    assert summary["ttft_ms"] is not None and summary["duration_ms"] >= summary["ttft_ms"]
+    upstream = "".join(payload for _, kind, payload in record["entries"] if kind == "read")
+    chunks = [json.loads(line[6:]) for line in upstream.split("\n") if line.startswith("data: {")]
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+    assert text and text.strip() in events[-1]["response"]["output"][-1]["content"][0]["text"]
+    assert [e for _, kind, payload in record["entries"] if kind == "sent" for e in payload] == events
