@@ -346,6 +346,8 @@ class GatewaySettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Opt-in JSON lines of the exact upstream requests and responses (prompts and outputs: keep it
     # off in production). NeMo Gym's NEMO_GYM_VLLM_TRANSPORT_LOG environment variable works too.
     transport_log: Optional[str] = None
+    # Its lines: the gateway's (one per request) or NeMo Gym 0.7.0's (schema_version 2 events).
+    transport_log_format: Literal["gateway", "nemo_gym"] = "gateway"
     # What speaks Chat Completions behind the gateway. "llama.cpp" (llama-server) differs from vLLM
     # in how token ids come back and in its /tokenize; see README, "Upstream flavours".
     upstream_flavour: Literal["vllm", "llama.cpp"] = "vllm"

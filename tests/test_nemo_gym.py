@@ -409,10 +409,10 @@ def chat_corpus() -> list[dict[str, Any]]:
 # --- 3. running both -------------------------------------------------------------------------------
 
 
-def run_gym(python: Path, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def run_gym(python: Path, cases: list[dict[str, Any]], **env: str) -> list[dict[str, Any]]:
     lines = "".join(json.dumps({k: v for k, v in case.items() if k != "tags"}) + "\n" for case in cases)
     out = subprocess.run([str(python), str(gym.RUNNER)], input=lines, capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "NEMO_GYM_REASONING_FIELD": ""})
+                         timeout=900, env={**os.environ, "NEMO_GYM_REASONING_FIELD": "", **env})
     assert out.returncode == 0, out.stderr[-4000:]
     results = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     assert len(results) == len(cases), out.stderr[-4000:]
@@ -465,7 +465,8 @@ def _override_value(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-async def run_gateway(scripted: tuple[ScriptedVLLM, str], cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def run_gateway(scripted: tuple[ScriptedVLLM, str], cases: list[dict[str, Any]],
+                      *extra: str) -> list[dict[str, Any]]:
     fake, url = scripted
     runners: dict[str, Any] = {}
     results = []
@@ -477,7 +478,7 @@ async def run_gateway(scripted: tuple[ScriptedVLLM, str], cases: list[dict[str, 
                     block = "policy_model.responses_api_models.vllm_model"
                     overrides = [f"+{block}.{k}={_override_value(v)}" for k, v in case["config"].items()]
                     config = load_config([ROOT / "config" / "vllm_model.yaml"], environ={},
-                                         overrides=shortcut_overrides(url, MODEL, "") + overrides)
+                                         overrides=shortcut_overrides(url, MODEL, "") + overrides + list(extra))
                     runner = await start(config, port=0)
                     runners[key] = (runner, bound_url(runner))
                 fake.case, fake.chat, fake.tokenize = case, [], []
@@ -709,3 +710,27 @@ async def test_a_continued_assistant_message_is_one_text(make_gateway: GatewayFa
     assert (body["continue_final_message"], body["add_generation_prompt"]) == (True, False)
     assert [item["type"] for item in final["output"]] == ["message"]
     assert final["output"][0]["content"][0]["text"] == "so the answer is 4."
+
+
+async def test_transport_log_in_gyms_format(gym_python: Path, scripted: tuple[ScriptedVLLM, str],
+                                            tmp_path: Path) -> None:
+    """gateway.transport_log_format: nemo_gym writes the lines Gym 0.7.0 writes for the same calls:
+    the same events, the same keys, the same payloads (as the differential compares them)."""
+    cases = [case for case in corpus() if not case["tags"]][:40]
+    assert any("error_status" in case["answer"] for case in cases)
+    gym_log, our_log = tmp_path / "gym.jsonl", tmp_path / "ours.jsonl"
+    run_gym(gym_python, cases, NEMO_GYM_VLLM_TRANSPORT_LOG=str(gym_log))
+    await run_gateway(scripted, cases, f"gateway.transport_log={our_log}", "gateway.transport_log_format=nemo_gym")
+    theirs = [json.loads(line) for line in gym_log.read_text().splitlines()]
+    ours = [json.loads(line) for line in our_log.read_text().splitlines()]
+    assert [e["event"] for e in ours] == [e["event"] for e in theirs]
+    for mine, gyms in zip(ours, theirs):
+        assert set(mine) == set(gyms), (mine["event"], set(mine) ^ set(gyms))
+        assert mine["schema_version"] == 2
+        if mine["event"] == "transport_request":
+            assert normal_chat_body(mine["request_payload"]) == normal_chat_body(gyms["request_payload"])
+            assert mine["embedded_images"] == gyms["embedded_images"]
+        elif mine["event"] == "transport_response":
+            assert mine["raw_response"] == gyms["raw_response"]
+        else:
+            assert (mine["http_status"], mine["raw_response_body"]) == (gyms["http_status"], gyms["raw_response_body"])

@@ -45,7 +45,7 @@ from ..upstream.client import (
 from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .body import BodyError, read_body
-from .observability import Metrics, TransportLog, request_id
+from .observability import Metrics, NemoGymTransportLog, TransportLog, nemo_gym_log_context, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
 from .sse import encode_events, encode_events_into
 
@@ -525,7 +525,9 @@ class UpstreamCall:
             else:
                 status, body = 200, b"".join(self.capture or [])
             transport.write(self.request[REQUEST_ID], self.server, self.plan.body, status, body,
-                            self.error.message if self.error else None)
+                            self.error.message if self.error else None,
+                            context=nemo_gym_log_context(self.request.headers),
+                            elapsed_s=time.perf_counter() - self.started)
 
 
 class PromptTokens:
@@ -900,7 +902,11 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
 
         install_store(app, config)
     transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
-    app[TRANSPORT_KEY] = TransportLog(transport_path, app[SECRETS_KEY]) if transport_path else None
+    app[TRANSPORT_KEY] = None
+    if transport_path and config.gateway.transport_log_format == "nemo_gym":
+        app[TRANSPORT_KEY] = NemoGymTransportLog(transport_path, app[SECRETS_KEY], config.model_server.base_url)
+    elif transport_path:
+        app[TRANSPORT_KEY] = TransportLog(transport_path, app[SECRETS_KEY])
     model = config.model_server
     app[CLIENT_KEY] = client or VLLMClient(
         model.base_url,

@@ -7,6 +7,9 @@ workers fork) and ``/metrics`` aggregates all of them, whichever worker answers 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import os
 import re
@@ -161,7 +164,7 @@ class TransportLog:
             os.makedirs(parent, exist_ok=True)
 
     def write(self, request_id: str, url: str, request: Any, status: Optional[int], response: bytes,
-              error: Optional[str] = None) -> None:
+              error: Optional[str] = None, **_: Any) -> None:
         entry = {
             "time": time.time(),
             "request_id": request_id,
@@ -174,3 +177,93 @@ class TransportLog:
         line = self.secrets.scrub_bytes(orjson.dumps(entry))  # an upstream may echo the Authorization header
         with open(self.path, "ab") as f:
             f.write(line + b"\n")
+
+
+# NeMo Gym's trace headers, read into its transport log's context (ints where Gym reads ints).
+_GYM_CONTEXT_HEADERS = {"run_id": "x-nemo-gym-log-run-id", "adapter": "x-nemo-gym-log-adapter",
+                        "task_id": "x-nemo-gym-log-task-id", "domain": "x-nemo-gym-log-domain",
+                        "task_attempt": "x-nemo-gym-log-task-attempt", "step": "x-nemo-gym-log-step",
+                        "parse_attempt": "x-nemo-gym-log-parse-attempt"}
+_GYM_INT_CONTEXT = {"task_attempt", "step", "parse_attempt"}
+
+
+def nemo_gym_log_context(headers: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {}
+    for name, header in _GYM_CONTEXT_HEADERS.items():
+        value = headers.get(header)
+        if not value:
+            continue
+        if name in _GYM_INT_CONTEXT:
+            try:
+                context[name] = int(value)
+            except ValueError:
+                continue
+        else:
+            context[name] = value
+    return context
+
+
+def _embedded_images(messages: Any) -> list[dict[str, Any]]:
+    """NeMo Gym's index of the data: URL images in a request (sizes and SHA-256s)."""
+    images: list[dict[str, Any]] = []
+    for m, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for p, part in enumerate(content if isinstance(content, list) else []):
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                continue
+            encoded = url.split(",", 1)[1] if url.startswith("data:") and "," in url else ""
+            try:
+                decoded = base64.b64decode(encoded, validate=False) if encoded else b""
+            except ValueError:
+                decoded = b""
+            images.append({"message_index": m, "part_index": p, "data_url_chars": len(url),
+                           "encoded_sha256": hashlib.sha256(encoded.encode("ascii", "ignore")).hexdigest(),
+                           "decoded_bytes": len(decoded), "decoded_sha256": hashlib.sha256(decoded).hexdigest()})
+    return images
+
+
+class NemoGymTransportLog(TransportLog):
+    """The transport log in NeMo Gym 0.7.0's format (``gateway.transport_log_format: nemo_gym``):
+    schema_version 2, a ``transport_request`` line and a ``transport_response`` /
+    ``transport_error_response`` / ``transport_error`` line per upstream call, with Gym's fields and
+    its ``x-nemo-gym-log-*`` context. A streamed answer's ``raw_response`` is its SSE text (Gym
+    itself never streams from vLLM)."""
+
+    def __init__(self, path: str, secrets: Secrets = Secrets(), base_urls: Optional[list[str]] = None) -> None:
+        super().__init__(path, secrets)
+        self.base_urls = base_urls or []
+        self.calls = 0
+
+    def write(self, request_id: str, url: str, request: Any, status: Optional[int], response: bytes,
+              error: Optional[str] = None, *, context: Optional[dict[str, Any]] = None,
+              elapsed_s: float = 0.0, **_: Any) -> None:
+        self.calls += 1
+        finished = time.time_ns()
+        elapsed = int(elapsed_s * 1e9)
+        common = {**(context or {}), "schema_version": 2, "call_index": self.calls, "pid": os.getpid()}
+        payload = json.dumps(request, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        lines = [{**common, "event": "transport_request", "timestamp_unix_ns": finished - elapsed,
+                  "configured_base_urls": self.base_urls, "request_payload": request,
+                  "request_payload_sha256": hashlib.sha256(payload.encode("utf-8")).hexdigest(),
+                  "embedded_images": _embedded_images(request.get("messages") if isinstance(request, dict) else None)}]
+        end = {**common, "timestamp_unix_ns": finished, "elapsed_ns": elapsed}
+        text = response.decode("utf-8", "replace")
+        if status is not None and status >= 400:
+            lines.append({**end, "event": "transport_error_response", "http_status": status,
+                          "raw_response_body": text, "error": error or ""})
+        elif error:
+            lines.append({**end, "event": "transport_error", "error_type": "UpstreamError", "error": error})
+        else:
+            try:
+                raw: Any = json.loads(text)
+            except ValueError:
+                raw = text
+            lines.append({**end, "event": "transport_response", "raw_response": raw})
+        data = b"".join(self.secrets.scrub_bytes(json.dumps(line, ensure_ascii=False, sort_keys=True).encode())
+                        + b"\n" for line in lines)
+        with open(self.path, "ab") as f:
+            f.write(data)
