@@ -388,6 +388,10 @@ def _chat_request(rng: random.Random, config: dict[str, Any], tags: set[str]) ->
         if rng.random() < 0.3:
             request[key] = rng.choice(values)
     _metadata_and_extensions(rng, request, audio=0.0, extension=0.15)
+    if rng.random() < 0.25:  # Gym re-emits the finished answer as chunks
+        request["stream"] = True
+        if rng.random() < 0.5:
+            request["stream_options"] = {"include_usage": True}
     return request
 
 
@@ -484,7 +488,11 @@ async def run_gateway(scripted: tuple[ScriptedVLLM, str], cases: list[dict[str, 
                 fake.case, fake.chat, fake.tokenize = case, [], []
                 async with session.post(runners[key][1] + case.get("path", "/v1/responses"),
                                         json=case["request"]) as response:
-                    body = await response.json()
+                    text = await response.text()
+                    try:
+                        body = json.loads(text)
+                    except ValueError:
+                        body = text  # a stream
                     results.append({"status": response.status, "body": body, "chat": fake.chat,
                                     "tokenize": fake.tokenize})
         finally:
@@ -550,6 +558,10 @@ def normal_response(status: int, body: Any) -> Any:
 def normal_chat_answer(status: int, body: Any) -> Any:
     if status != 200:
         return {"status": status}
+    if isinstance(body, str):  # a stream: its chunks, ids and times aside (allowed: ids)
+        chunks = [line[len("data: "):] for line in body.split("\n") if line.startswith("data: ")]
+        return [chunk if chunk == "[DONE]" else _drop_nulls({k: v for k, v in json.loads(chunk).items()
+                                                             if k not in ("id", "created")}) for chunk in chunks]
     answer = _drop_nulls({k: v for k, v in body.items() if k not in ("id", "created")})  # allowed: ids, nulls
     for choice in answer.get("choices", []):
         if choice.get("message", {}).get("tool_calls") == []:

@@ -3,6 +3,6 @@ Chat Completions: the same request preparation as the Responses route (reasoning
 Gym's keys, chat_template_kwargs, extra_body, sampling_overrides, token tracking), vLLM's answer with
 reasoning wrapped in ``<think>`` tags in the content and the token ids on the message.
 
-``convert`` is pure; ``route`` is the aiohttp handler. Streaming (Gym synthesizes SSE from the
-finished answer) is not built: ``stream: true`` is refused with a message saying so.
+``convert`` is pure; ``route`` is the aiohttp handler. ``stream: true`` gets, as from Gym, the
+finished answer re-emitted as chunks (no token-by-token streaming: Gym asks vLLM without).
 """

@@ -29,11 +29,10 @@ def plan_upstream_body(body: Any, settings: ConversionSettings) -> tuple[dict[st
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
                                                                   for m in messages):
         raise InvalidRequest("'messages' must be a non-empty list of messages with a role.", param="messages")
-    if body.get("stream"):
-        raise InvalidRequest("stream: true is not supported on /v1/chat/completions by this gateway (NeMo Gym "
-                             "synthesizes the stream from the finished answer; send stream: false).",
-                             param="stream", code="unsupported_value")
     body = copy.deepcopy(body)
+    # Streaming clients get the finished answer as chunks (synthesize_sse): vLLM is asked without.
+    body.pop("stream", None)
+    body.pop("stream_options", None)
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("function"), dict):
             tool["function"].pop("strict", None)  # vLLM does not enforce it; templates would render it
@@ -164,3 +163,41 @@ def empty_answer(model: str, created: int, finish_reason: str) -> dict[str, Any]
     return {"id": "chatcmpl-empty", "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "finish_reason": finish_reason,
                          "message": {"role": "assistant", "content": None, "tool_calls": None}}]}
+
+
+def synthesize_sse(answer: dict[str, Any], include_usage: bool) -> bytes:
+    """The finished answer as the ``chat.completion.chunk`` stream NeMo Gym re-emits for streaming
+    clients: per choice a role chunk, reasoning / content / refusal / tool-call chunks when present,
+    a finish chunk; the usage chunk when asked for; then ``data: [DONE]``. Token ids have no place
+    in chunks (as in Gym)."""
+    import json
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        data: dict[str, Any] = {"id": answer.get("id"), "object": "chat.completion.chunk",
+                                "created": answer.get("created"), "model": answer.get("model"), "choices": choices}
+        if answer.get("system_fingerprint") is not None:
+            data["system_fingerprint"] = answer["system_fingerprint"]
+        if usage is not None:
+            data["usage"] = usage
+        return f"data: {json.dumps(data)}\n\n".encode()
+
+    out = []
+    for index, choice in enumerate(answer.get("choices") or []):
+        message = choice.get("message") or {}
+        out.append(chunk([{"index": index, "delta": {"role": message.get("role") or "assistant"}, "finish_reason": None}]))
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        for key, value in (("reasoning_content", reasoning), ("content", message.get("content")),
+                           ("refusal", message.get("refusal"))):
+            if value:
+                out.append(chunk([{"index": index, "delta": {key: value}, "finish_reason": None}]))
+        if message.get("tool_calls"):
+            calls = [{"index": i, "id": call.get("id"), "type": call.get("type") or "function",
+                      "function": {"name": (call.get("function") or {}).get("name"),
+                                   "arguments": (call.get("function") or {}).get("arguments") or ""}}
+                     for i, call in enumerate(message["tool_calls"])]
+            out.append(chunk([{"index": index, "delta": {"tool_calls": calls}, "finish_reason": None}]))
+        out.append(chunk([{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]))
+    if include_usage and answer.get("usage") is not None:
+        out.append(chunk([], usage=answer["usage"]))
+    out.append(b"data: [DONE]\n\n")
+    return b"".join(out)

@@ -14,7 +14,7 @@ from ..server.app import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, REQUEST_ID, SETTIN
 from ..server.body import BodyError, read_body
 from ..translate.errors import InvalidRequest
 from ..upstream.client import UpstreamError, UpstreamHTTPError
-from .convert import TokenError, client_answer, empty_answer, plan_upstream_body
+from .convert import TokenError, client_answer, empty_answer, plan_upstream_body, synthesize_sse
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -28,17 +28,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except RequestPayloadError as exc:
         return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
     try:
-        body, tokenize = plan_upstream_body(orjson.loads(raw), settings)
+        request_body = orjson.loads(raw)
+        stream = isinstance(request_body, dict) and bool(request_body.get("stream"))
+        options = request_body.get("stream_options") if isinstance(request_body, dict) else None
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        body, tokenize = plan_upstream_body(request_body, settings)
     except orjson.JSONDecodeError as exc:
         return error_response(400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json")
     except InvalidRequest as exc:
         return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
-    request[LOG_FIELDS].update(model=settings.model, stream=False)
+    request[LOG_FIELDS].update(model=settings.model, stream=stream)
     last = body["messages"][-1]
     if not model.sequential_reasoning_allowed and last["role"] == "assistant" and not (
             last.get("content") or last.get("tool_calls")):
         # NeMo Gym's sequential_reasoning_allowed: false: no second reasoning turn; answered here.
-        return web.json_response(empty_answer(settings.model, int(time.time()), "content_filter"))
+        return await _answer(request, empty_answer(settings.model, int(time.time()), "content_filter"), stream,
+                             include_usage)
     key = session_key(request, body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None)
     if model.forward_session_id_as_conversation_id and key:
         body["conversation_params"] = {"conversation_id": key}
@@ -52,7 +57,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             await client.complete_chat(orjson.dumps(body), backend, key, request[REQUEST_ID], capture)
         except UpstreamHTTPError as exc:
             if exc.is_context_overflow and not model.propagate_context_overflow_errors:
-                return web.json_response(empty_answer(settings.model, int(time.time()), "length"))
+                return await _answer(request, empty_answer(settings.model, int(time.time()), "length"), stream,
+                                     include_usage)
             return _upstream_error_response(exc)
         except UpstreamError as exc:
             return _upstream_error_response(exc)
@@ -69,7 +75,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                                    prompt_token_ids=prompt_ids)
         except TokenError as exc:
             return error_response(502, f"{backend.url}: {exc}", type_="upstream_error", code="token_information_invalid")
-        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        return await _answer(request, answer, stream, include_usage)
     finally:
         if prompt is not None and not prompt.done():
             prompt.cancel()
+
+
+async def _answer(request: web.Request, answer: dict, stream: bool, include_usage: bool) -> web.StreamResponse:
+    if not stream:
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Request-Id": request[REQUEST_ID]})
+    await response.prepare(request)
+    await response.write(synthesize_sse(answer, include_usage))
+    await response.write_eof()
+    return response
