@@ -433,7 +433,10 @@ class ScriptedVLLM:
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_post("/tokenize", self._tokenize)
-        self.app.router.add_get("/health", lambda request: web.Response(text="ok"))
+        self.app.router.add_get("/health", self._health)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     async def _chat(self, request: web.Request) -> web.Response:
         self.chat.append(await request.json())
