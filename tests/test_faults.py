@@ -407,10 +407,12 @@ def _fault(name: str, upstream_url: str) -> tuple[Generation, tuple[str, ...], b
                                 raw_headers={"Location": upstream_url + "/chat/completions?again"}), (), False),
         "secret_in_error": (Generation(status=500, error_message=echo), (), False),
         "secret_mid_stream": (Generation(deltas=content("a b c"), stream_error_after=1, error_message=echo), (), False),
-        "too_large": (Generation(deltas=[{"content": "q" * 1000}] * 3000),
+        # Far more than socket buffers hold (30 MB, 256 MB): the fake is still writing when the
+        # gateway gives up, so it sees the close, however fast or slow the machine is.
+        "too_large": (Generation(deltas=[{"content": "q" * 1000}] * 30_000),
                       ("gateway.max_upstream_response_bytes=500000",), True),
-        "endless_line": (Generation(raw_chunks=[_LINE] + [b"e" * 4096] * 1000), ("gateway.max_upstream_event_bytes=65536",),
-                         True),
+        "endless_line": (Generation(raw_chunks=[_LINE] + [b"e" * 65536] * 4096),
+                         ("gateway.max_upstream_event_bytes=65536",), True),
         "longer_than_total": (Generation(deltas=content("t" * 3000, size=1), delay=0.01),
                               ("gateway.request_timeout_s=1",), True),
         "absurd_usage": (Generation(deltas=content("ok"), prompt_tokens=-3), (), False),
