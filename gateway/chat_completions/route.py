@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from ..server.app import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, REQUEST_ID, SETTINGS_KEY, _upstream_error_response,
-                          error_response, session_key)
+from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, REQUEST_ID, SETTINGS_KEY, error_response,
+                           session_key, upstream_error_response)
 from ..server.body import BodyError, read_body
 from ..translate.errors import InvalidRequest
 from ..upstream.client import UpstreamError, UpstreamHTTPError
@@ -59,9 +59,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if exc.is_context_overflow and not model.propagate_context_overflow_errors:
                 return await _answer(request, empty_answer(settings.model, int(time.time()), "length"), stream,
                                      include_usage)
-            return _upstream_error_response(exc)
+            return upstream_error_response(exc)
         except UpstreamError as exc:
-            return _upstream_error_response(exc)
+            return upstream_error_response(exc)
         answer = orjson.loads(capture[0])
         needs_prompt = settings.return_token_id_information and answer.get("prompt_token_ids") is None
         prompt_ids = None
@@ -69,7 +69,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             try:
                 prompt_ids = await prompt
             except UpstreamError as exc:
-                return _upstream_error_response(exc)
+                return upstream_error_response(exc)
         try:
             answer = client_answer(answer, body, settings, parse_think_tags=model.uses_reasoning_parser,
                                    prompt_token_ids=prompt_ids)

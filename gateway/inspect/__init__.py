@@ -16,26 +16,26 @@ from aiohttp import web
 
 from ..config import Config, _display_url
 from ..redact import Secrets
+from ..server.http import session_cookie_name
 from .buffer import Inspector, nemo_cookie_session
-from .routes import INSPECTOR_KEY, install_routes
+from .routes import INSPECTOR_KEY, Handler, install_routes
 
 TRACING_KEY = web.AppKey("tracing", object)
 
 
 def install(app: web.Application, config: Config, observers: list[Any], client_keys: list[bytes],
-            secrets: Secrets) -> None:
+            secrets: Secrets, create_response: Handler) -> None:
     """Adds the inspector and/or tracing to ``app``, as ``config.gateway`` says; ``observers`` is
-    the app's observer list, ``client_keys`` the clients' API keys, ``secrets`` what to mask."""
+    the app's observer list, ``client_keys`` the clients' API keys, ``secrets`` what to mask,
+    ``create_response`` the handler of ``POST /v1/responses`` (which answers the inspector's replays)."""
     gw = config.gateway
-    from ..server.app import session_cookie_name
-
     if gw.inspect:
         if gw.inspect_admin_key and gw.inspect_admin_key.encode() in client_keys:
             raise ValueError("gateway.inspect_admin_key must differ from every client API key")
         inspector = Inspector(gw.inspect_buffer, gw.session_header, secrets, gw.inspect_buffer_mb << 20,
                               nemo_cookie_session(session_cookie_name(config)))
         observers.append(inspector.observe)
-        install_routes(app, inspector, gw.inspect_admin_key)
+        install_routes(app, inspector, gw.inspect_admin_key, create_response)
     if gw.tracing:
         from .otel import Tracing, default_tracer_provider
 

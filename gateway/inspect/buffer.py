@@ -32,6 +32,7 @@ import orjson
 
 from ..observe import Outcome, RequestObserver
 from ..redact import MASK, Secrets, is_secret_header
+from ..server.http import cookie_session_id
 
 # One request's entries are bounded too: a runaway generation keeps its first reads and its end.
 MAX_ENTRIES_PER_REQUEST = 20_000
@@ -430,11 +431,9 @@ class Inspector:
 
 def nemo_cookie_session(cookie_name: str) -> Any:
     """NeMo Gym's session cookie -> its session id (as the gateway routes by it)."""
-    from ..server.app import _cookie_session_id
-
     def read(request: Any) -> Optional[str]:
         value = request.cookies.get(cookie_name)
-        return _cookie_session_id(value) if value else None
+        return cookie_session_id(value) if value else None
 
     return read
 

@@ -22,6 +22,7 @@ from typing import Awaitable, Callable, Optional
 import orjson
 from aiohttp import web
 
+from ..server.http import error_response
 from .buffer import Inspector, encode_record
 
 INSPECTOR_KEY = web.AppKey("inspector", Inspector)
@@ -46,8 +47,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str, code: str, headers: Optional[dict[str, str]] = None) -> web.Response:
-    from ..server.app import error_response
-
     type_ = "authentication_error" if status == 401 else "invalid_request_error"
     return error_response(status, message, type_=type_, code=code, headers=headers)
 
@@ -129,9 +128,8 @@ def _static_files() -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in ("index.html", *_STATIC_TYPES)}
 
 
-def install_routes(app: web.Application, inspector: Inspector, admin_key: Optional[str]) -> None:
-    from ..server.app import create_response
-
+def install_routes(app: web.Application, inspector: Inspector, admin_key: Optional[str],
+                   create_response: Handler) -> None:
     guard = Guard(admin_key)
     files = _static_files()
     app[INSPECTOR_KEY] = inspector

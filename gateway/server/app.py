@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import functools
 import hmac
-import json
 import logging
 import os
 import time
@@ -45,6 +44,11 @@ from ..upstream.client import (
 from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .body import BodyError, read_body
+from .http import (CLIENT_KEY, CONFIG_KEY, DEVELOPER_KEY, FOLDING_SETTINGS_KEY, KEYS_KEY, LOG_FIELDS, METRICS_KEY,
+                   OBSERVERS_KEY, REQUEST_ID, REQUESTS_KEY, SECRETS_KEY, SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS,
+                   STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response, session_cookie_name,
+                   session_key)
+from .http import upstream_error_response as _upstream_error_response
 from .observability import Metrics, NemoGymTransportLog, TransportLog, nemo_gym_log_context, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
 from .sse import encode_events, encode_events_into
@@ -52,53 +56,14 @@ from .sse import encode_events, encode_events_into
 log = logging.getLogger("gateway.server")
 access_log = logging.getLogger("gateway.access")
 
-CONFIG_KEY = web.AppKey("config", Config)
-CLIENT_KEY = web.AppKey("client", VLLMClient)
-SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
-FOLDING_SETTINGS_KEY = web.AppKey("folding_settings", ConversionSettings)  # developer messages folded
-DEVELOPER_KEY = web.AppKey("developer_role", DeveloperRole)
-STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
-SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
-REQUESTS_KEY = web.AppKey("requests", set)  # the tasks serving a POST /v1/responses (graceful shutdown)
 # After the grace period, the time the cancelled requests get to write their answer; the process
 # exits within shutdown_grace_s + SHUTDOWN_ANSWER_S (+ the 1 s aiohttp gives connections to close).
 SHUTDOWN_ANSWER_S = 3.0
-KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
-METRICS_KEY = web.AppKey("metrics", Metrics)
-SECRETS_KEY = web.AppKey("secrets", Secrets)  # every configured secret: what must not leave the process
-# Per-request storage: typed keys where aiohttp has them (3.13+), plain strings before.
-_RequestKey = getattr(web, "RequestKey", None)
-REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
-LOG_FIELDS = _RequestKey("log_fields", dict) if _RequestKey else "log_fields"
-TRANSPORT_KEY = web.AppKey("transport_log", object)  # a TransportLog, or None
-# Who watches requests (the inspector, traces, the store): see gateway/observe.py. Empty: nobody.
-OBSERVERS_KEY = web.AppKey("observers", list)
-STORE_KEY = web.AppKey("store", object)  # the gateway.store StoreService, or None (gateway.store: false)
-
-SSE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
-}
 
 _response_encoder = msgspec.json.Encoder()
 
 
 # --- errors ---------------------------------------------------------------------------------------
-
-
-def error_response(
-    status: int, message: str, *, type_: str = "invalid_request_error", param: Optional[str] = None,
-    code: Optional[str] = None, headers: Optional[dict[str, str]] = None,
-) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
-
-
-def _upstream_error_response(exc: UpstreamError) -> web.Response:
-    type_ = "invalid_request_error" if 400 <= exc.status < 500 and exc.status != 429 else "upstream_error"
-    param = exc.param if isinstance(exc, UpstreamHTTPError) and 400 <= exc.status < 500 else None
-    return error_response(exc.status, exc.message, type_=type_, param=param, code=exc.code)
 
 
 @web.middleware
@@ -190,40 +155,6 @@ def cors_middleware(origins: list[str]) -> Any:
         return response
 
     return middleware
-
-
-# --- session affinity -----------------------------------------------------------------------------
-
-
-def session_cookie_name(config: Config) -> str:
-    """NeMo Gym's model server names its session cookie ``VLLMModel___<server name>``."""
-    return f"VLLMModel___{config.server_name}"
-
-
-def session_key(request: web.Request, prompt_cache_key: Optional[str]) -> Optional[str]:
-    """The key to route by: a session header wins, then the request's ``prompt_cache_key``, then
-    NeMo Gym's session cookie. None: route by load (and hand out a cookie, see create_response)."""
-    config = request.app[CONFIG_KEY]
-    header = request.headers.get(config.gateway.session_header)
-    if header:
-        return header
-    if prompt_cache_key:
-        return prompt_cache_key
-    cookie = request.cookies.get(session_cookie_name(config))
-    return _cookie_session_id(cookie) if cookie else None
-
-
-def _cookie_session_id(value: str) -> str:
-    """A Starlette-signed NeMo Gym cookie is ``base64(json).timestamp.signature`` and re-signed on
-    every response: route by the session id inside, which stays the same."""
-    payload = value.split(".", 1)[0]
-    try:
-        data = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
-        if isinstance(data, dict) and isinstance(data.get("session_id"), str):
-            return data["session_id"]
-    except (ValueError, TypeError, RecursionError):  # not ours, or absurd (JSON nested 10,000 deep)
-        pass
-    return value
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -371,12 +302,6 @@ async def _start_background(request: web.Request, req: Any, plan: ChatPlan,
         return await request.app[STORE_KEY].run_in_background(request, run, plan, recorder)
     except InvalidRequest as exc:  # the store cannot take it (unavailable): nothing was started
         return invalid_request_response(exc)
-
-
-def invalid_request_response(exc: InvalidRequest) -> web.Response:
-    """A 4xx naming the field; or a 5xx (the response store unavailable) that is no client's fault."""
-    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-    return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
 
 
 class _NoClient:
@@ -898,7 +823,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     app[OBSERVERS_KEY] = []
     app[STORE_KEY] = None
     if config.gateway.store:
-        from ..store.service import install_store  # its routes, its recorder, its background tasks
+        from ..store.routes import install_store  # its routes, its recorder, its background tasks
 
         install_store(app, config)
     transport_path = config.gateway.transport_log or os.environ.get("NEMO_GYM_VLLM_TRANSPORT_LOG", "").strip()
@@ -959,7 +884,7 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     if config.gateway.inspect or config.gateway.tracing:
         from ..inspect import install  # only then: nothing of it is imported, let alone run
 
-        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY], app[SECRETS_KEY])
+        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY], app[SECRETS_KEY], create_response)
     return app
 
 

@@ -24,9 +24,11 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from ..config import Config
+from ..server.http import STORE_KEY, invalid_request_response
 from ..translate.errors import InvalidRequest
 from .items import normalize_input, page
-from .service import StoreService, conversation_json, not_found
+from .service import StoreService, conversation_json, not_found, open_store
 
 MAX_ITEMS_PER_CALL = 20  # OpenAI's bound on items added at once
 MAX_METADATA_KEYS = 16
@@ -42,8 +44,6 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 def _errors(handler: Handler) -> Handler:
     """InvalidRequest (and its 404 / 503 kinds) become OpenAI-style errors."""
-    from ..server.app import invalid_request_response
-
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -226,3 +226,20 @@ def add_routes(app: web.Application, service: StoreService) -> None:
     app.router.add_delete("/v1/responses/{response_id}", delete)
     app.router.add_get("/v1/responses/{response_id}/input_items", input_items)
     app.router.add_post("/v1/responses/{response_id}/cancel", cancel)
+
+
+def install_store(app: web.Application, config: Config) -> StoreService:
+    """Wire the store into the app: the service, its observer, its routes, its lifecycle."""
+    service = StoreService(config, open_store(config))
+    app[STORE_KEY] = service
+    add_routes(app, service)
+
+    async def start(app: web.Application) -> None:
+        await service.start()
+
+    async def close(app: web.Application) -> None:
+        await service.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(close)
+    return service

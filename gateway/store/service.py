@@ -31,6 +31,8 @@ from aiohttp import web
 from ..config import Config
 from ..schema.responses import Response, ResponsesRequest
 from ..observe import Outcome, RequestObserver
+from ..server.http import KEYS_KEY, REQUEST_ID, SSE_HEADERS
+from ..server.sse import KEEPALIVE
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan
 from .base import Conversation, Record, Store, StoreError
@@ -136,8 +138,6 @@ class StoreService:
     def owner(self, request: web.Request) -> str:
         """Who may see what this request stores: a digest of its API key when the gateway checks
         keys (so one key never sees another's responses), everyone alike otherwise."""
-        from ..server.app import KEYS_KEY
-
         if not request.app[KEYS_KEY]:
             return ""
         header = request.headers.get("Authorization", "")
@@ -342,9 +342,6 @@ class StoreService:
     async def follow(self, request: web.Request, owner: str, response_id: str, after: int) -> web.StreamResponse:
         """SSE: the stored events after ``after``, then new ones as they are stored, until the
         terminal event. The client leaving changes nothing for the response."""
-        from ..server.app import REQUEST_ID, SSE_HEADERS
-        from ..server.sse import KEEPALIVE
-
         response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
         await response.prepare(request)
         seq = after
@@ -632,23 +629,3 @@ def open_store(config: Config, clock: Callable[[], float] = time.time) -> Store:
     from .sqlite import SQLiteStore
 
     return SQLiteStore(gw.data_dir, max_bytes=gw.store_max_bytes, clock=clock)
-
-
-def install_store(app: web.Application, config: Config) -> StoreService:
-    """Wire the store into the app: the service, its observer, its routes, its lifecycle."""
-    from ..server.app import STORE_KEY
-    from .routes import add_routes
-
-    service = StoreService(config, open_store(config))
-    app[STORE_KEY] = service
-    add_routes(app, service)
-
-    async def start(app: web.Application) -> None:
-        await service.start()
-
-    async def close(app: web.Application) -> None:
-        await service.close()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(close)
-    return service

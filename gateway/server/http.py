@@ -1,0 +1,106 @@
+"""What the server's parts share, so that the store, the inspector and /v1/chat/completions need
+nothing from ``app.py`` (which wires them in): the app's keys, OpenAI-style error answers, the SSE
+headers, and NeMo Gym's session affinity (header, ``prompt_cache_key``, cookie)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Optional
+
+import orjson
+from aiohttp import web
+
+from ..config import Config
+from ..redact import Secrets
+from ..translate.errors import InvalidRequest
+from ..translate.request import ConversionSettings
+from ..upstream.client import UpstreamError, UpstreamHTTPError, VLLMClient
+from ..upstream.developer_role import DeveloperRole
+from .observability import Metrics
+
+# --- the app's keys -------------------------------------------------------------------------------
+
+CONFIG_KEY = web.AppKey("config", Config)
+CLIENT_KEY = web.AppKey("client", VLLMClient)
+SETTINGS_KEY = web.AppKey("settings", ConversionSettings)
+FOLDING_SETTINGS_KEY = web.AppKey("folding_settings", ConversionSettings)  # developer messages folded
+DEVELOPER_KEY = web.AppKey("developer_role", DeveloperRole)
+STREAMS_KEY = web.AppKey("streams", set)  # the tasks serving an open stream (graceful shutdown)
+SHUTDOWN_KEY = web.AppKey("shutdown", asyncio.Event)  # set when the grace period is over
+REQUESTS_KEY = web.AppKey("requests", set)  # the tasks serving a POST /v1/responses (graceful shutdown)
+KEYS_KEY = web.AppKey("keys", list)  # client API keys, as bytes
+METRICS_KEY = web.AppKey("metrics", Metrics)
+SECRETS_KEY = web.AppKey("secrets", Secrets)  # every configured secret: what must not leave the process
+# Per-request storage: typed keys where aiohttp has them (3.13+), plain strings before.
+_RequestKey = getattr(web, "RequestKey", None)
+REQUEST_ID = _RequestKey("request_id", str) if _RequestKey else "request_id"
+LOG_FIELDS = _RequestKey("log_fields", dict) if _RequestKey else "log_fields"
+TRANSPORT_KEY = web.AppKey("transport_log", object)  # a TransportLog, or None
+# Who watches requests (the inspector, traces, the store): see gateway/observe.py. Empty: nobody.
+OBSERVERS_KEY = web.AppKey("observers", list)
+STORE_KEY = web.AppKey("store", object)  # the gateway.store StoreService, or None (gateway.store: false)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
+}
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def error_response(
+    status: int, message: str, *, type_: str = "invalid_request_error", param: Optional[str] = None,
+    code: Optional[str] = None, headers: Optional[dict[str, str]] = None,
+) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def upstream_error_response(exc: UpstreamError) -> web.Response:
+    type_ = "invalid_request_error" if 400 <= exc.status < 500 and exc.status != 429 else "upstream_error"
+    param = exc.param if isinstance(exc, UpstreamHTTPError) and 400 <= exc.status < 500 else None
+    return error_response(exc.status, exc.message, type_=type_, param=param, code=exc.code)
+
+
+def invalid_request_response(exc: InvalidRequest) -> web.Response:
+    """A 4xx naming the field; or a 5xx (the response store unavailable) that is no client's fault."""
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
+
+
+# --- session affinity -----------------------------------------------------------------------------
+
+
+def session_cookie_name(config: Config) -> str:
+    """NeMo Gym's model server names its session cookie ``VLLMModel___<server name>``."""
+    return f"VLLMModel___{config.server_name}"
+
+
+def session_key(request: web.Request, prompt_cache_key: Optional[str]) -> Optional[str]:
+    """The key to route by: a session header wins, then the request's ``prompt_cache_key``, then
+    NeMo Gym's session cookie. None: route by load (and hand out a cookie, see create_response)."""
+    config = request.app[CONFIG_KEY]
+    header = request.headers.get(config.gateway.session_header)
+    if header:
+        return header
+    if prompt_cache_key:
+        return prompt_cache_key
+    cookie = request.cookies.get(session_cookie_name(config))
+    return cookie_session_id(cookie) if cookie else None
+
+
+def cookie_session_id(value: str) -> str:
+    """A Starlette-signed NeMo Gym cookie is ``base64(json).timestamp.signature`` and re-signed on
+    every response: route by the session id inside, which stays the same."""
+    payload = value.split(".", 1)[0]
+    try:
+        data = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+        if isinstance(data, dict) and isinstance(data.get("session_id"), str):
+            return data["session_id"]
+    except (ValueError, TypeError, RecursionError):  # not ours, or absurd (JSON nested 10,000 deep)
+        pass
+    return value
