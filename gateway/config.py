@@ -2,7 +2,8 @@
 
 A gateway deployment is described by the same YAML a NeMo Gym user already has:
 
-* one or more config files, deep-merged in order (later files win);
+* one or more config files, deep-merged in order (later files win), each
+  over the files its ``config_paths`` pull in;
 * an ``env.yaml`` whose top-level keys are merged over the config files and are
   what ``${name}`` interpolations normally refer to (``policy_base_url``,
   ``policy_api_key``, ``policy_model_name``);
@@ -15,12 +16,12 @@ Gym's form) or at the shorter ``<server_name>.<name>``; when both are present
 the short one is merged over the long one, so an override written in the short
 form patches a config written in the long form.
 
-We deliberately do not depend on Hydra/OmegaConf: the gateway needs only the
-small, well-defined subset above, and owning it lets every error name the exact
-key path and keeps secrets out of messages.
+NeMo Gym's language beyond YAML (OmegaConf's interpolations and resolvers, Gym's
+``_inherit_from`` / ``_copy`` / ``_delete_key`` and ``config_paths``) is in
+``gym_config.py``. We deliberately do not depend on Hydra/OmegaConf: owning the
+loader lets every error name the exact key path and keeps secrets out of messages.
 """
 
-import copy
 import difflib
 import logging
 import math
@@ -34,6 +35,12 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import yaml
 
+from .gym_config import CONFIG_PATHS_KEY, ConfigError, Resolver, apply_directives, load_config_files, load_yaml
+from .gym_config import MISSING as _MISSING
+from .gym_config import deep_merge as _deep_merge
+from .gym_config import get_path as _get_path
+from .gym_config import join as _join
+from .gym_config import type_name as _type_name
 from .redact import Secrets
 
 __all__ = [
@@ -49,9 +56,6 @@ __all__ = [
 
 logger = logging.getLogger("gateway.config")
 
-# OmegaConf's marker for "mandatory value, not filled in yet".
-_MISSING = "???"
-
 # Shown instead of secret values.
 _REDACTED = "***"
 
@@ -62,19 +66,6 @@ _SHORTCUT_KEYS = {
     "policy_model_name": "--model",
     "policy_api_key": "--api-key",
 }
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used.
-
-    The message names the offending key path (or file, for load errors) and
-    never contains the value of ``api_key`` or other secrets. ``key`` holds the
-    dotted key path when there is one, for callers that want it separately.
-    """
-
-    def __init__(self, message: str, *, key: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 # --------------------------------------------------------------------------
@@ -427,86 +418,6 @@ class Config(msgspec.Struct, kw_only=True):
 
 
 # --------------------------------------------------------------------------
-# Small tree helpers
-# --------------------------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
-
-
-def _join(prefix: str, key: Any) -> str:
-    return f"{prefix}.{key}" if prefix else str(key)
-
-
-def _deep_merge(base: Any, other: Any) -> Any:
-    """OmegaConf-style merge: mappings merge key by key, anything else is replaced."""
-    if isinstance(base, dict) and isinstance(other, dict):
-        merged = dict(base)
-        for key, value in other.items():
-            merged[key] = _deep_merge(merged[key], value) if key in merged else copy.deepcopy(value)
-        return merged
-    return copy.deepcopy(other)
-
-
-def _split_path(dotted: str) -> list[str]:
-    # `a[0].b` and `a.0.b` both address list items, as in OmegaConf.
-    return re.sub(r"\[(\d+)\]", r".\1", dotted).split(".")
-
-
-def _get_path(root: Any, parts: Sequence[str]) -> tuple[bool, Any]:
-    node = root
-    for part in parts:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return False, None
-    return True, node
-
-
-# --------------------------------------------------------------------------
-# YAML files
-# --------------------------------------------------------------------------
-
-
-def _load_yaml(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    shown = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {shown} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} {shown} is a directory, not a YAML file") from None
-    except OSError as e:
-        raise ConfigError(f"{what} {shown} cannot be read: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {shown} is not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        # Report position and problem only: PyYAML's full message quotes the
-        # offending line, which may well hold an API key.
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{what} {where}: not valid YAML: {problem}") from None
-    if data is None:  # an empty file (or only comments) is an empty mapping
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {shown}: the top level must be a mapping of keys, got {_type_name(data)}")
-    return data
-
-
-# --------------------------------------------------------------------------
 # Command-line overrides
 # --------------------------------------------------------------------------
 
@@ -658,55 +569,6 @@ def shortcut_overrides(base_url: str | None, model: str | None, api_key: str | N
     return overrides
 
 
-# --------------------------------------------------------------------------
-# Interpolation
-# --------------------------------------------------------------------------
-
-
-class _Ref(msgspec.Struct, frozen=True):
-    expr: str  # what was between ${ and }
-
-
-# A `${` together with the backslashes right before it, which decide whether it is escaped.
-_INTERP_START_RE = re.compile(r"(\\*)\$\{")
-
-
-def _split_interpolations(text: str, key: str) -> list[str | _Ref]:
-    """Split a string into literal text and ${...} references, OmegaConf-style.
-
-    ``\\${`` is a literal ``${``; ``\\\\${x}`` is a backslash followed by an
-    interpolation. Backslashes elsewhere are left alone.
-    """
-    parts: list[str | _Ref] = []
-    literal: list[str] = []
-    pos = 0
-    while (m := _INTERP_START_RE.search(text, pos)) is not None:
-        literal.append(text[pos : m.start()])
-        backslashes = len(m.group(1))
-        literal.append("\\" * (backslashes // 2))
-        if backslashes % 2:
-            literal.append("${")
-            pos = m.end()
-            continue
-        end = text.find("}", m.end())
-        if end == -1:
-            raise ConfigError(f"{key}: unterminated ${{...}} interpolation", key=key)
-        expr = text[m.end() : end].strip()
-        if "${" in expr or "{" in expr:
-            raise ConfigError(f"{key}: nested interpolations such as ${{{expr}}}}} are not supported", key=key)
-        if not expr:
-            raise ConfigError(f"{key}: empty ${{}} interpolation", key=key)
-        if "".join(literal):
-            parts.append("".join(literal))
-        literal = []
-        parts.append(_Ref(expr))
-        pos = end + 1
-    literal.append(text[pos:])
-    if "".join(literal) or not parts:
-        parts.append("".join(literal))
-    return parts
-
-
 def _env_hint(name: str) -> str:
     hints = ["define it in env.yaml", f"pass {name}=... on the command line"]
     if name in _SHORTCUT_KEYS:
@@ -714,110 +576,6 @@ def _env_hint(name: str) -> str:
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         hints.append(f"set the environment variable {name.upper()}")
     return ", ".join(hints[:-1]) + ", or " + hints[-1]
-
-
-class _Resolver:
-    """Resolves ${...} references against the merged tree, then the environment.
-
-    Lazy: only the values the gateway reads are resolved, so unrelated parts of
-    a larger NeMo Gym config may reference things that are not set here.
-    """
-
-    def __init__(self, root: dict[str, Any], environ: Mapping[str, str]) -> None:
-        self._root = root
-        self._environ = environ
-        self._cache: dict[str, Any] = {}
-        self._in_progress: list[str] = []  # names being resolved, for cycle detection
-        self._origin = ""  # the gateway key whose value started the current resolution
-
-    def resolve(self, value: Any, key: str) -> Any:
-        """Resolve ``value``, found at ``key``, recursively."""
-        self._origin = key
-        return self._resolve(value, key)
-
-    def _resolve(self, value: Any, key: str) -> Any:
-        if isinstance(value, str):
-            return self._resolve_str(value, key)
-        if isinstance(value, dict):
-            return {k: self._resolve(v, _join(key, k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._resolve(v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return value
-
-    def _resolve_str(self, text: str, key: str) -> Any:
-        if "${" not in text:
-            return text
-        parts = _split_interpolations(text, key)
-        if len(parts) == 1 and isinstance(parts[0], _Ref):
-            # The whole value is one reference: keep the referenced value's type.
-            return self._lookup(parts[0].expr, key)
-        pieces = []
-        for part in parts:
-            if isinstance(part, str):
-                pieces.append(part)
-                continue
-            value = self._lookup(part.expr, key)
-            if isinstance(value, (dict, list)):
-                raise ConfigError(
-                    f"{key}: ${{{part.expr}}} is a {_type_name(value)} and cannot be embedded in a string", key=key
-                )
-            pieces.append(str(value))  # OmegaConf's rendering of embedded scalars
-        return "".join(pieces)
-
-    def _missing(self, key: str, expr: str, what: str) -> ConfigError:
-        needed_by = f" (needed by {self._origin})" if key != self._origin else ""
-        return ConfigError(f"{key} refers to ${{{expr}}}, {what}{needed_by}", key=key)
-
-    def _lookup(self, expr: str, key: str) -> Any:
-        if expr.startswith("oc.env:"):
-            return self._lookup_env(expr, key)
-        if ":" in expr:
-            resolver = expr.split(":", 1)[0]
-            raise ConfigError(f"{key}: the ${{{resolver}:...}} resolver is not supported (only oc.env)", key=key)
-        if expr.startswith("."):
-            raise ConfigError(
-                f"{key}: relative interpolation ${{{expr}}} is not supported; use the full key path", key=key
-            )
-
-        found, raw = _get_path(self._root, _split_path(expr))
-        if found and raw != _MISSING:
-            if expr in self._cache:
-                return copy.deepcopy(self._cache[expr])
-            if expr in self._in_progress:
-                chain = " -> ".join([self._origin, *self._in_progress[self._in_progress.index(expr) :], expr])
-                raise ConfigError(f"{self._origin}: interpolation cycle: {chain}", key=self._origin)
-            self._in_progress.append(expr)
-            try:
-                value = self._resolve(raw, expr)
-            finally:
-                self._in_progress.pop()
-            self._cache[expr] = value
-            return copy.deepcopy(value)
-
-        # Not in the tree: fall back to the environment, as the exact name,
-        # then upper-cased (policy_base_url -> POLICY_BASE_URL). Environment
-        # values are plain strings and are not interpolated further.
-        for name in (expr, expr.upper()):
-            if name in self._environ:
-                return self._environ[name]
-        state = "which is set to ??? (a mandatory value never filled in)" if found else "which is not set"
-        raise self._missing(key, expr, f"{state}: {_env_hint(expr)}")
-
-    def _lookup_env(self, expr: str, key: str) -> Any:
-        var, has_default, default = expr[len("oc.env:") :].partition(",")
-        var = var.strip()
-        if not var:
-            raise ConfigError(f"{key}: ${{oc.env:}} needs a variable name", key=key)
-        if var in self._environ:
-            return self._environ[var]
-        if has_default:
-            default = default.strip()
-            if default == "null":
-                return None
-            if len(default) >= 2 and default[0] == default[-1] and default[0] in "'\"":
-                default = default[1:-1]
-            return default
-        raise self._missing(key, expr, f"but the environment variable {var} is not set")
 
 
 # --------------------------------------------------------------------------
@@ -978,7 +736,7 @@ def _check_keys(
             raise ConfigError(f"{full}: set to ??? (a mandatory value never filled in)", key=full)
 
 
-def _build_model_server(block: _Block, resolver: _Resolver, secrets: set[str]) -> ModelServerConfig:
+def _build_model_server(block: _Block, resolver: Resolver, secrets: set[str]) -> ModelServerConfig:
     _check_keys(block.value, ModelServerConfig, block.path_of, required=("base_url", "model"))
     data: dict[str, Any] = {}
     for key, raw in block.value.items():
@@ -1025,7 +783,7 @@ def _build_model_server(block: _Block, resolver: _Resolver, secrets: set[str]) -
     return _convert(data, ModelServerConfig, block.path_of)
 
 
-def _build_gateway(root: dict[str, Any], resolver: _Resolver) -> GatewaySettings:
+def _build_gateway(root: dict[str, Any], resolver: Resolver) -> GatewaySettings:
     section = root.get("gateway")
     if section is None:
         section = {}
@@ -1172,9 +930,10 @@ def load_config(
     """Load, merge, interpolate and validate the configuration.
 
     Precedence, lowest first (NeMo Gym's): ``config_paths`` in order, then
-    ``env_file``, then ``overrides`` in order. ``${name}`` refers to the merged
-    tree (dotted paths allowed), falling back to ``environ`` (exact name, then
-    upper-cased); ``${oc.env:VAR[,default]}`` reads ``environ`` directly.
+    ``env_file``, then ``overrides`` in order; then Gym's directives. ``${name}``
+    refers to the merged tree (dotted paths allowed), falling back to ``environ``
+    (exact name, then upper-cased); ``${oc.env:VAR[,default]}`` reads ``environ``
+    directly, ``${oc.select:key,default}`` the tree only (see gym_config.py).
 
     Raises ConfigError, whose message names the offending key path or file.
     """
@@ -1189,17 +948,21 @@ def load_config(
     root: dict[str, Any] = {}
     secrets: set[str] = set()
     try:
-        for path in config_paths:
-            root = _deep_merge(root, _load_yaml(path, "config file"))
+        root = load_config_files(config_paths, environ)
         if env_file is not None:
-            root = _deep_merge(root, _load_yaml(env_file, "env file"))
+            env = load_yaml(env_file, "env file")
+            if CONFIG_PATHS_KEY in env:
+                logger.warning("%s: config_paths in the env file are not read; give the files as config files",
+                               os.fspath(env_file))
+            root = _deep_merge(root, env)
         for text in overrides:
             _apply_override(root, text, server_name)
+        apply_directives(root)  # NeMo Gym's _inherit_from / _copy / _delete_key, once all is merged
         _collect_secrets(root, secrets)
 
         sources = f" (in {', '.join(map(os.fspath, config_paths))})" if config_paths else " (no config file given)"
         block = _find_model_block(root, server_name, sources)
-        resolver = _Resolver(root, environ)
+        resolver = Resolver(root, environ, _env_hint)
         model_server = _build_model_server(block, resolver, secrets)
         _check_nemo_gym_keys(model_server, block, environ)
         gateway = _build_gateway(root, resolver)

@@ -472,6 +472,68 @@ def test_unresolvable_reference_in_unrelated_key_is_not_an_error(tmp_path, env_f
     assert load(VLLM_MODEL, other, env=env_file).model_server.model == "Qwen/Qwen3-8B"
 
 
+def test_mandatory_marker_in_a_later_file_does_not_replace_a_value(tmp_path, env_file):
+    # OmegaConf's merge: ??? means "to be filled in", not "unset what is there".
+    later = write(tmp_path / "later.yaml", "policy_model:\n  responses_api_models:\n    vllm_model:\n      model: ???\n")
+    assert load(VLLM_MODEL, later, env=env_file).model_server.model == "Qwen/Qwen3-8B"
+
+
+def test_config_paths_merge_as_nemo_gym_merges_them(tmp_path, env_file):
+    # Gym's rule: a file merges over the files it pulls in; an entry is read once, pulled in by
+    # the first file (breadth first) that names it: here main names b and c, and b names c too,
+    # so c is main's (merged after b), not b's.
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "b.yaml", "config_paths: [sub/c.yaml]\nwho: b\nonly_b: 1\n")
+    write(tmp_path / "sub" / "c.yaml", "who: c\nonly_c: 1\n")
+    main = write(tmp_path / "main.yaml", f"""\
+        config_paths: [{VLLM_MODEL}, sub/b.yaml, sub/c.yaml]
+        policy_model:
+          responses_api_models:
+            vllm_model:
+              extra_body: {{who: "${{who}}", b: "${{only_b}}", c: "${{only_c}}"}}
+        """)
+    # found in the folder above the including file (where Gym looks in its install root)
+    config = load(main, env=env_file)
+    assert config.model_server.extra_body == {"who": "c", "b": 1, "c": 1}
+    assert config.model_server.model == "Qwen/Qwen3-8B"  # from vllm_model.yaml, an absolute entry
+
+
+def test_config_paths_search_extra_roots_first(tmp_path, env_file):
+    for root, who in (("extra", "extra"), ("beside", "beside")):
+        (tmp_path / root / "inc").mkdir(parents=True)
+        write(tmp_path / root / "inc" / "x.yaml", f"policy_model: {{vllm_model: {{extra_body: {{who: {who}}}}}}}\n")
+    main = write(tmp_path / "beside" / "main.yaml", f"config_paths: [{VLLM_MODEL}, inc/x.yaml]\n")
+    assert load(main, env=env_file).model_server.extra_body == {"who": "beside"}
+    environ = {"NEMO_GYM_EXTRA_ROOTS": str(tmp_path / "extra")}
+    assert load(main, env=env_file, environ=environ).model_server.extra_body == {"who": "extra"}
+
+
+def test_config_paths_must_be_a_list_of_paths(tmp_path):
+    main = write(tmp_path / "main.yaml", "config_paths: {a: 1}\n")
+    assert "config_paths must be a list of paths" in str(error_of(main))
+
+
+def test_gym_directives_copy_inherit_and_delete(tmp_path):
+    config = write(tmp_path / "c.yaml", """\
+        judge:
+          responses_api_models:
+            vllm_model: {base_url: "http://judge:1/v1", model: judge, extra_body: {a: 1, b: 2}}
+        policy_model:
+          _inherit_from: judge
+          responses_api_models:
+            vllm_model: {model: policy, extra_body: {_delete_key: a, c: 3}}
+        copy_of_judge: ${copy:judge}
+        """)
+    result = load(config)
+    # the judge block moved here, its own keys merged over it; `a` was deleted before the merge,
+    # where the block had no `a` yet, so the judge's `a` stays (Gym's order)
+    assert result.model_server.model == "policy" and str(result.model_server.base_url) == "['http://judge:1/v1']"
+    assert result.model_server.extra_body == {"a": 1, "b": 2, "c": 3}
+    assert "no model server block found" in str(error_of(config, server_name="judge"))
+    # a copy reads the tree as it was before the pass: the judge, though it has moved since
+    assert load(config, server_name="copy_of_judge").model_server.model == "judge"
+
+
 # --------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------

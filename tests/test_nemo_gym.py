@@ -92,32 +92,83 @@ def test_shipped_config_is_gyms_own(gym_python: Path) -> None:
         (wheel / "responses_api_models/vllm_model/configs/vllm_model_for_training.yaml").read_text())
 
 
+# Where loading a shipped file through the gateway and through Gym's own loader may differ: file
+# name -> (what each side does, why). Everything else must load to the same values.
+CONFIG_DIFFERENCES = {
+    "vllm_model_completions.yaml": "Gym runs it; the gateway refuses use_completions_api by name (it talks "
+                                   "to vLLM's /v1/chat/completions only)",
+    "browsecomp/config.yaml": "api_key: ${oc.select:inference_api_key,null} is null unless inference_api_key is "
+                              "set; Gym's VLLMModelConfig then refuses the file (api_key must be a string), the "
+                              "gateway sends no key, as it does for any api_key: null",
+}
+# Files neither loader can load: file name -> why.
+CONFIG_UNLOADABLE = {
+    "reward_profiling/configs/container_config.yaml": "its config_paths name a file on its author's cluster "
+                                                      "(/lustre/...), which neither Gym nor the gateway can read",
+}
+
+
+def _known(table: Mapping[str, str], path: Path) -> bool:
+    return any(path.as_posix().endswith(name) for name in table)
+
+
+def _wheel_config_cases(wheel: Path) -> list[dict[str, Any]]:
+    """Each shipped vllm_model block, as a user runs it: a file that only patches the model server
+    (its block has no entrypoint) goes over Gym's vllm_model.yaml; blocks for Gym's local vLLM
+    launcher, which leave the server to be filled in (or write a ``dummy`` to fill in), get it on
+    the command line, as a user does."""
+    from gateway.gym_config import Resolver, apply_directives, load_config_files
+
+    base = wheel / "responses_api_models/vllm_model/configs/vllm_model.yaml"
+    cases = []
+    for path, top in _vllm_model_configs(wheel):
+        long = f"{top}.responses_api_models.vllm_model"
+        own = yaml.safe_load(path.read_text())[top]["responses_api_models"]["vllm_model"]
+        files = [str(path)] if "entrypoint" in own else [str(base), str(path)]
+        overrides: dict[str, Any] = {}
+        if own.get("supply_prefix_token_ids"):
+            overrides[f"{long}.return_token_id_information"] = True  # Gym requires it with prefix supply
+        try:
+            tree = load_config_files(files, _AnyVariable())
+            apply_directives(tree)
+            resolver = Resolver(tree, _AnyVariable(), str)
+        except ConfigError:  # the gateway refuses the file: the test says whether rightly
+            tree, resolver = {top: {"responses_api_models": {"vllm_model": own}}}, None
+        block = tree[top]["responses_api_models"]["vllm_model"]
+        for key, value in (("base_url", "http://localhost:8000/v1"), ("api_key", "EMPTY"), ("model", "m")):
+            written = block.get(key, "???")
+            try:
+                written = resolver.resolve(written, f"{long}.{key}") if resolver and written != "???" else written
+            except ConfigError:
+                pass
+            if written in ("???", "dummy") or "<" in str(written):  # placeholders
+                overrides[f"{long}.{key}"] = value
+        cases.append({"path": path, "files": files, "server": top, "overrides": overrides})
+    return cases
+
+
+def _gateway_loads(case: dict[str, Any]) -> Any:
+    overrides = [f"+{key}={json.dumps(value) if isinstance(value, bool) else value}"
+                 for key, value in case["overrides"].items()]
+    return load_config(case["files"], server_name=case["server"], environ=_AnyVariable(), overrides=overrides)
+
+
 def test_every_vllm_model_config_in_the_wheel_loads_or_names_what_is_refused(gym_python: Path) -> None:
     wheel = gym.wheel_dir()
-    configs = _vllm_model_configs(wheel)
-    assert len(configs) >= 25  # 31 in 0.7.0
+    cases = _wheel_config_cases(wheel)
+    assert len(cases) >= 25  # 31 in 0.7.0
     refused, unsupported_resolver = [], []
-    for path, top in configs:
-        block = yaml.safe_load(path.read_text())[top]["responses_api_models"]["vllm_model"]
-        files, overrides = [path], []
-        if path.name == "vllm_model_supply_prefix.yaml":  # an overlay over the base file, for training
-            files = [wheel / "responses_api_models/vllm_model/configs/vllm_model.yaml", path]
-            overrides = [f"+{top}.responses_api_models.vllm_model.return_token_id_information=true"]
-        else:
-            # Files for Gym's local vLLM launcher leave the server to be filled in, as a user does.
-            overrides = [f"+{top}.responses_api_models.vllm_model.{key}={value}"
-                         for key, value in (("base_url", "http://localhost:8000/v1"), ("api_key", "EMPTY"),
-                                            ("model", "m"))
-                         if block.get(key, "???") == "???" or "<" in str(block.get(key))]  # placeholders
+    for case in cases:
+        path = case["path"]
         try:
-            config = load_config(files, server_name=top, environ=_AnyVariable(), overrides=overrides)
+            config = _gateway_loads(case)
         except ConfigError as exc:
-            # Only a Gym feature the gateway lacks may stop a file, and the message says which;
-            # or (known limits, README) OmegaConf's oc.select resolver and Gym's _copy / _delete_key
-            # merge directives, which the loader lacks.
-            if "${oc.select:" in str(exc) or "nested interpolations" in str(exc) or "_delete_key" in str(exc) \
-                    or "._copy:" in str(exc):
-                unsupported_resolver.append(path)
+            # Only a Gym feature the gateway lacks may stop a file, and the message says which; or a
+            # file that Gym cannot load either (CONFIG_UNLOADABLE, checked against Gym below).
+            if _known(CONFIG_UNLOADABLE, path):
+                continue
+            if "resolver is not supported" in str(exc) or "_delete_key" in str(exc) or "._copy:" in str(exc):
+                unsupported_resolver.append((path, str(exc)))
                 continue
             assert ": not supported by the gateway: " in str(exc), (path, str(exc))
             refused.append((path.name, str(exc).split(":")[0]))
@@ -127,7 +178,228 @@ def test_every_vllm_model_config_in_the_wheel_loads_or_names_what_is_refused(gym
     assert {key.rsplit(".", 1)[1] for _, key in refused} <= {"use_completions_api", "is_responses_native",
                                                               "endpoint_file"}
     assert any(name == "vllm_model_completions.yaml" for name, _ in refused)
-    assert len(unsupported_resolver) <= 10  # benchmark files whose judge settings use these
+    # oc.select, nested and relative interpolations, _copy / _delete_key, config_paths: all loaded.
+    assert unsupported_resolver == []
+
+
+def _model_server_values(config: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.structs.asdict(config.model_server)
+
+
+def test_every_vllm_model_config_in_the_wheel_loads_as_gyms_own_loader_loads_it(gym_python: Path) -> None:
+    """The same file through Gym 0.7.0's own loader (its config_paths, merge, directives, OmegaConf,
+    its VLLMModelConfig) and through the gateway's: the same value for every key both have."""
+    from gateway.config import NEMO_GYM_IGNORED_KEYS, ModelServerConfig
+
+    cases = _wheel_config_cases(gym.wheel_dir())
+    lines = "".join(json.dumps({"files": c["files"], "server": c["server"], "overrides": c["overrides"]}) + "\n"
+                    for c in cases)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEMO_GYM_")}
+    out = subprocess.run([str(gym_python), str(gym.CONFIG_RUNNER)], input=lines, capture_output=True, text=True,
+                         timeout=600, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert len(results) == len(cases), out.stderr[-4000:]
+
+    gym_keys_seen: set[str] = set()
+    compared = 0
+    for case, theirs in zip(cases, results):
+        path, what = case["path"], f"{case['path'].relative_to(gym.wheel_dir())} [{case['server']}]"
+        try:
+            ours: Any = _model_server_values(_gateway_loads(case))
+        except ConfigError as exc:
+            ours = exc
+        if _known(CONFIG_UNLOADABLE, path):
+            assert isinstance(ours, ConfigError) and "error" in theirs, (what, ours, theirs)
+            assert "not found" in str(ours) and "ConfigPathNotFoundError" in theirs["error"], (what, ours, theirs)
+            continue
+        if _known(CONFIG_DIFFERENCES, path):
+            # A known difference: exactly one side refuses the file.
+            assert isinstance(ours, ConfigError) != ("error" in theirs), (what, ours, theirs)
+            continue
+        assert "error" not in theirs, (what, theirs["error"])
+        assert not isinstance(ours, ConfigError), (what, str(ours))
+        validated = theirs["validated"]
+        gym_keys_seen |= set(validated)
+        for key, value in validated.items():
+            if key not in ModelServerConfig.__struct_fields__:
+                continue
+            mine = ours[key]
+            if key in NEMO_GYM_IGNORED_KEYS:  # kept as written, unused: compare what the file says
+                value = theirs["block"].get(key)
+            elif key == "base_url":
+                value = [value] if isinstance(value, str) else value
+            assert mine == value, (what, key, mine, value)
+            compared += 1
+    # Every key of Gym's VLLMModelConfig is one of the gateway's (acting, ignored or refused).
+    assert gym_keys_seen and gym_keys_seen <= set(ModelServerConfig.__struct_fields__), \
+        gym_keys_seen - set(ModelServerConfig.__struct_fields__)
+    assert compared >= 25 * 30  # each file, key by key (1008 in 0.7.0)
+
+
+_LANGUAGE_BASE = r"""
+host: gpu
+port: 8000
+flag: true
+nums: [1, 2, 3]
+which: port
+deep_key: deep
+nested: {inner: {deep: 7}, sib: x}
+maybe: ???
+nothing: null
+templates: {kwargs: {enable_thinking: true, drop_me: 1}}
+base_block:
+  responses_api_models:
+    vllm_model:
+      entrypoint: app.py
+      base_url: http://${host}:${port}/v1
+      api_key: k
+      model: base-model
+      return_token_id_information: false
+      uses_reasoning_parser: true
+      extra_body: {a: 1, b: 2, own_model: "${..model}"}
+      chat_template_kwargs: {enable_thinking: true}
+moved_block:
+  responses_api_models:
+    vllm_model:
+      entrypoint: app.py
+      base_url: http://moved:1/v1
+      api_key: ""
+      model: moved-model
+      return_token_id_information: false
+      uses_reasoning_parser: false
+"""
+
+_LANGUAGE_FILE = r"""
+config_paths: [base.yaml]
+policy_model:
+  responses_api_models:
+    vllm_model:
+      entrypoint: app.py
+      base_url: http://${host}:${port}/v1
+      api_key: ${oc.select:no_such_key,''}
+      model: ${oc.env:GATEWAY_TEST_SET_VAR}
+      return_token_id_information: ${oc.select:no_such_flag,false}
+      uses_reasoning_parser: ${oc.select:flag,false}
+      chat_template_kwargs: {_copy: templates.kwargs, _delete_key: drop_me, extra: 2}
+      extra_body:
+        embedded: "http://${host}:${port}/v1"
+        typed: ${port}
+        list_item: ${nums[1]}
+        list_item_dot: ${nums.2}
+        nested_key: ${${which}}
+        dynamic_path: ${nested.inner.${deep_key}}
+        sibling: ${.typed}
+        uncle: ${..model}
+        select_absolute: ${oc.select:nested.inner.deep}
+        select_missing: ${oc.select:nope,fallback}
+        select_marker: ${oc.select:maybe,42}
+        select_none: ${oc.select:nope}
+        select_relative: ${oc.select:.typed,0}
+        select_null: ${oc.select:nope,null}
+        select_spaces: "${oc.select: nested.sib , q }"
+        select_text: "text ${oc.select:nested.sib,q}"
+        env_text: ${oc.env:GATEWAY_TEST_UNSET_VAR,plain}
+        env_int: ${oc.env:GATEWAY_TEST_UNSET_VAR,8000}
+        env_bool: ${oc.env:GATEWAY_TEST_UNSET_VAR,true}
+        env_null: ${oc.env:GATEWAY_TEST_UNSET_VAR,null}
+        env_quoted: ${oc.env:GATEWAY_TEST_UNSET_VAR,'a, b'}
+        env_double_quoted: ${oc.env:GATEWAY_TEST_UNSET_VAR,"it's"}
+        env_nested: ${oc.env:GATEWAY_TEST_UNSET_VAR,${host}}
+        env_built: ${oc.env:GATEWAY_TEST_UNSET_VAR,http://${host}:${port}}
+        env_set: ${oc.env:GATEWAY_TEST_SET_VAR,unused}
+        env_empty_default: ${oc.env:GATEWAY_TEST_UNSET_VAR,}
+        decode_int: ${oc.decode:'8000'}
+        decode_list: ${oc.decode:${oc.env:GATEWAY_TEST_UNSET_VAR,'[1, true, x]'}}
+        decode_null: ${oc.decode:null}
+        embedded_null: a${nothing}b
+        embedded_bool: x-${flag}
+        escaped: \${not.a.ref}
+        whole_mapping: ${nested.inner}
+        deleted_here: {_delete_key: gone, gone: 1, kept: 2}
+copied:
+  _copy: base_block
+  responses_api_models:
+    vllm_model:
+      model: copied-model
+      chat_template_kwargs: {enable_thinking: false}
+inherited: ${inherit_from:moved_block}
+also_copied: ${copy:base_block}
+"""
+
+
+def test_nemo_gyms_config_language_resolves_as_gyms_own_loader_resolves_it(gym_python: Path,
+                                                                           tmp_path: Path) -> None:
+    """OmegaConf's interpolations and resolvers, Gym's directives and config_paths, each construct
+    once: the gateway and Gym 0.7.0's own loader (OmegaConf 2.3) give the same values."""
+    (tmp_path / "base.yaml").write_text(_LANGUAGE_BASE)
+    main = tmp_path / "main.yaml"
+    main.write_text(_LANGUAGE_FILE)
+    environ = {"GATEWAY_TEST_SET_VAR": "from-env/model"}
+    servers = ["policy_model", "copied", "inherited", "also_copied", "base_block", "moved_block"]
+    cases = [{"files": [str(main)], "server": server, "overrides": {}, "environ": environ,
+              "every_variable_set": False} for server in servers]
+    out = subprocess.run([str(gym_python), str(gym.CONFIG_RUNNER)],
+                         input="".join(json.dumps(c) + "\n" for c in cases), capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path),
+                         env={k: v for k, v in os.environ.items() if not k.startswith("NEMO_GYM_")})
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = dict(zip(servers, (json.loads(line) for line in out.stdout.splitlines() if line.strip())))
+    assert len(results) == len(servers), out.stderr[-4000:]
+
+    for server, theirs in results.items():
+        try:
+            ours: Any = _model_server_values(load_config([main], server_name=server, environ=environ))
+        except ConfigError as exc:
+            ours = exc
+        if server == "moved_block":  # ${inherit_from:...} moved it away: gone for both
+            assert isinstance(ours, ConfigError) and "error" in theirs, (server, ours, theirs)
+            continue
+        assert "error" not in theirs, (server, theirs["error"])
+        assert not isinstance(ours, ConfigError), (server, str(ours))
+        for key in ("base_url", "api_key", "model", "return_token_id_information", "uses_reasoning_parser",
+                    "chat_template_kwargs", "extra_body"):
+            value = theirs["validated"][key]
+            value = [value] if key == "base_url" and isinstance(value, str) else value
+            assert ours[key] == value, (server, key, ours[key], value)
+    # What each construct gives (the same on both sides, checked above), spelled out:
+    extra = results["policy_model"]["validated"]["extra_body"]
+    assert extra["nested_key"] == 8000 and extra["uncle"] == "from-env/model" and extra["env_int"] == "8000"
+    assert extra["env_null"] is None and extra["select_marker"] == 42 and extra["escaped"] == "${not.a.ref}"
+    assert extra["decode_list"] == [1, True, "x"] and extra["deleted_here"] == {"kept": 2}
+    assert results["policy_model"]["validated"]["chat_template_kwargs"] == {"enable_thinking": True, "extra": 2}
+    assert results["copied"]["validated"]["extra_body"]["own_model"] == "copied-model"  # resolved where it landed
+    assert results["inherited"]["validated"]["model"] == "moved-model"
+
+
+def test_nemo_gym_config_language_refuses_by_key(tmp_path: Path) -> None:
+    """What the gateway's loader still lacks, or what cannot be, is an error naming the key."""
+    def error(block_line: str, top: str = "") -> str:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"{top}\npolicy_model:\n  vllm_model:\n    base_url: http://a:1/v1\n    model: m\n"
+                        f"    {block_line}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config([path], environ={})
+        return str(info.value)
+
+    long = "policy_model.vllm_model"
+    message = error("extra_body: {when: '${now:%H}'}")
+    assert message.startswith(f"{long}.extra_body.when: the ${{now:...}} resolver is not supported")
+    assert error("extra_body: {a: '${hydra:runtime.cwd}'}").startswith(f"{long}.extra_body.a: the ${{hydra:")
+    assert "unterminated" in error("extra_body: {a: '${oc.select:x'}")
+    assert "goes above the top" in error("extra_body: {a: '${.....x}'}")
+    assert f"{long}.extra_body.a refers to ${{.nope}}, which is not set" in error("extra_body: {a: '${.nope}'}")
+    assert "oc.env takes 1 or 2 argument(s), got 3" in error("extra_body: {a: '${oc.env:A,b,c}'}")
+    assert "copies or inherits from nowhere.at.all, which is not in the merged config" in \
+        error("extra_body: {a: 1}", top="other: {_copy: nowhere.at.all}")
+    assert "'missing_key' is not a key of" in \
+        error("extra_body: {a: 1}", top="src: {a: 1}\nother: {_copy: src, _delete_key: missing_key}")
+    include = tmp_path / "inc.yaml"
+    include.write_text("config_paths: [does/not/exist.yaml]\n")
+    with pytest.raises(ConfigError, match="config_paths entry 'does/not/exist.yaml' was not found"):
+        load_config([include], environ={})
 
 
 # --- 2. the corpus ---------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ declares Python >= 3.13, so it cannot share the test venv: it gets its own venv 
 ``~/.cache/vllm-gateway/nemo-gym-0.7.0/``, with the wheel installed ``--no-deps
 --ignore-requires-python`` and only the packages its imports of ``responses_api_models.vllm_model``
 need (pinned below). ``ray`` is only read for its version (``nemo_gym.global_config``), so a
-dist-info stands in for it. ``runner.py`` runs in that venv; the test drives it in a subprocess.
+dist-info stands in for it. ``runner.py`` (the server) and ``config_runner.py`` (Gym's config
+loading) run in that venv; the tests drive them in a subprocess.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ REQUIREMENTS = (
     "pydot==4.0.1",
 )
 RUNNER = Path(__file__).with_name("runner.py")
+CONFIG_RUNNER = Path(__file__).with_name("config_runner.py")  # Gym's own config loading
 _STAMP = hashlib.sha256(json.dumps([GYM_VERSION, REQUIREMENTS]).encode()).hexdigest()[:16]
 
 
