@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway-workers", type=int, metavar="N",
                    help="start the gateway with `serve --workers N` in the relay section (CPU and memory are summed "
                         "over its processes); the workers section compares 1 with max(2, N)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a gateway setting for the relay and workers sections, as on `vllm-gateway serve` "
+                        "(e.g. --set gateway.store=false); repeatable. The settings are printed with the results")
     p.add_argument("--memory-streams", type=int, default=1000, metavar="N",
                    help="streams held open at once in the memory section (default 1000)")
     p.add_argument("--soak-seconds", type=float, metavar="S",
@@ -88,6 +91,7 @@ def options_from(args: argparse.Namespace) -> Options:
         warmup=args.warmup if args.warmup is not None else (0.3 if quick else 1.0),
         repeats=args.repeats if args.repeats is not None else (1 if quick else 3),
         gateway_workers=args.gateway_workers,
+        gateway_settings=args.settings,
         workers_levels=[64] if quick else [64, 256],
         inspect_levels=[16] if quick else [1, 16],
         memory_streams=args.memory_streams,

@@ -114,7 +114,8 @@ def _workload(wl: dict[str, Any]) -> str:
 def relay_text(res: dict[str, Any]) -> str:
     wl = res["workload"]
     title = (f"RELAY: the limit (load generator -> fake vLLM) and the gateway (load generator -> gateway -> fake "
-             f"vLLM)\n  {_workload(wl)}, gateway processes: {res['gateway_workers']}; median of "
+             f"vLLM)\n  {_workload(wl)}, gateway processes: {res['gateway_workers']}"
+             f"{'; settings: ' + ' '.join(res['settings']) if res.get('settings') else ''}; median of "
              f"{res['repeats']} repeat(s), ± = half the range of the repeats")
     rows = []
     for c, level in res["levels"].items():

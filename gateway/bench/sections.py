@@ -42,6 +42,7 @@ class Options:
     warmup: float = 1.0
     repeats: int = 3
     gateway_workers: Optional[int] = None
+    gateway_settings: list[str] = field(default_factory=list)  # --set KEY=VALUE: the relay's and workers' gateway
     workers_levels: list[int] = field(default_factory=lambda: [64, 256])
     inspect_levels: list[int] = field(default_factory=lambda: [1, 16])
     memory_streams: int = 1000
@@ -166,7 +167,8 @@ def _run(ctx: Context, spec: Spec, label: str, tokens: int) -> dict[str, Any]:
 def relay(opts: Options, ctx: Context) -> dict[str, Any]:
     wl = opts.workload
     upstream = ctx.upstream
-    gateway = ctx.procs.gateway(upstream.url + opts.upstream_prefix + "/v1", workers=opts.gateway_workers)
+    gateway = ctx.procs.gateway(upstream.url + opts.upstream_prefix + "/v1", workers=opts.gateway_workers,
+                                overrides=opts.gateway_settings)
     direct_url = upstream.url + opts.upstream_prefix + "/v1/chat/completions"
     runs: dict[int, dict[str, list]] = {c: {"direct": [], "gateway": []} for c in opts.levels}
     try:
@@ -190,7 +192,8 @@ def relay(opts: Options, ctx: Context) -> dict[str, Any]:
                      "ratio": median_of(paired)}
     return {"workload": {"mix": wl.mix, "tokens": wl.tokens, "tokens_per_chunk": wl.tokens_per_chunk,
                          "upstream": opts.upstream},
-            "gateway_workers": opts.gateway_workers or 1, "repeats": opts.repeats, "levels": levels}
+            "gateway_workers": opts.gateway_workers or 1, "settings": opts.gateway_settings,
+            "repeats": opts.repeats, "levels": levels}
 
 
 def _ratios(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +226,7 @@ def workers(opts: Options, ctx: Context) -> dict[str, Any]:
         for w in counts:
             try:
                 gateways[w] = ctx.procs.gateway(upstream.url + opts.upstream_prefix + "/v1", workers=w if w > 1 else None,
-                                                name=f"gateway-w{w}")
+                                                name=f"gateway-w{w}", overrides=opts.gateway_settings)
             except BenchError as exc:
                 if w > 1:
                     return {"skipped": f"`vllm-gateway serve --workers {w}` did not start: {exc}"}

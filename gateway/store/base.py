@@ -93,6 +93,13 @@ class Store(abc.ABC):
     async def finish(self, response_id: str, status: str, response: bytes, first_seq: int, frames: bytes) -> None:
         """The last batch (may be empty) and the final Response, in one atomic step."""
 
+    async def create_finished(self, record: Record, status: str, response: bytes, first_seq: int,
+                              frames: bytes) -> None:
+        """A response that ended before anything of it was stored (a fast stream, an answer that
+        was not streamed): ``create`` then ``finish``. A backend may do both in one write."""
+        await self.create(record)
+        await self.finish(record.id, status, response, first_seq, frames)
+
     @abc.abstractmethod
     async def renew(self, response_ids: list[str], lease_until: float) -> None:
         """Extend the lease of running responses this process owns."""

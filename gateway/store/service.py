@@ -551,11 +551,14 @@ class Recorder(RequestObserver):
         if not self.keep:
             self._done = True
             return
-        await self.create()
         first = self._next_seq
         self._next_seq += frames.count(b"\n\n")
         status = orjson.loads(response)["status"]
-        await self.store.finish(self.record.id, status, response, first, frames)
+        if self._created:
+            await self.store.finish(self.record.id, status, response, first, frames)
+        else:  # nothing of it is stored yet: one write, not two
+            await self.store.create_finished(self.record, status, response, first, frames)
+            self._created = True
         self._done = True
         self.service.stopped(self)
         self.service.changed(self.record.id)

@@ -13,6 +13,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, TypeVar
 
@@ -76,6 +77,23 @@ def _frame_count(frames: bytes) -> int:
     return frames.count(b"\n\n")  # each SSE frame ends with a blank line; JSON data never holds one
 
 
+# Event batches are stored deflated (zlib level 1, on the writer thread: zlib lets go of the GIL
+# while it works). SSE frames repeat their field names and ids in every event: the 64 KB of a
+# 256-token stream become about 3 KB, one page written where seventeen were (see the store section
+# of gateway/bench/README.md). ``store_max_bytes`` still counts the frames as sent (the bound is on
+# what is kept, not on the disk it takes). A batch written raw (by an older gateway) starts with "event:" or
+# ":", never with zlib's first byte, and is read as it is.
+_ZLIB_FIRST_BYTE = 0x78
+
+
+def _pack(frames: bytes) -> bytes:
+    return zlib.compress(frames, 1)
+
+
+def _unpack(blob: bytes) -> bytes:
+    return zlib.decompress(blob) if blob[:1] == bytes((_ZLIB_FIRST_BYTE,)) else blob
+
+
 class SQLiteStore(Store):
     name = "sqlite"
 
@@ -132,20 +150,22 @@ class SQLiteStore(Store):
     # --- writes ----------------------------------------------------------------------------------
 
     async def create(self, record: Record) -> None:
-        def create(conn: sqlite3.Connection) -> None:
-            size = len(record.response) + len(record.input)
-            conn.execute(
-                f"INSERT INTO responses ({_COLUMNS}, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (record.id, record.owner, record.status, record.response, record.input, orjson.dumps(record.chain),
-                 record.created_at, record.expires_at, int(record.background), record.lease_until,
-                 int(record.cancel_requested), record.last_seq, size))
-        await self._write(create)
+        await self._write(_insert, record)
+
+    async def create_finished(self, record: Record, status: str, response: bytes, first_seq: int,
+                              frames: bytes) -> None:
+        def create_finished(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                _insert(conn, record)
+                _finish(conn, record.id, status, response, first_seq, frames)
+        await self._write(create_finished)
 
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
         def append(conn: sqlite3.Connection) -> None:
             last = first_seq + _frame_count(frames) - 1
+            blob = _pack(frames)
             with _transaction(conn):
-                conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, frames))
+                conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, blob))
                 conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
                              "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
                              (last, len(frames), response_id))
@@ -223,8 +243,9 @@ class SQLiteStore(Store):
 
     async def events_after(self, response_id: str, after_seq: int) -> list[tuple[int, bytes]]:
         def events(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
-            return conn.execute("SELECT first_seq, frames FROM events WHERE response_id = ? AND last_seq > ? "
+            rows = conn.execute("SELECT first_seq, frames FROM events WHERE response_id = ? AND last_seq > ? "
                                 "ORDER BY first_seq", (response_id, after_seq)).fetchall()
+            return [(first, _unpack(blob)) for first, blob in rows]
         return await self._read(events)
 
     # --- conversations ---------------------------------------------------------------------------
@@ -318,11 +339,20 @@ class SQLiteStore(Store):
         await self._write(sweep)
 
 
+def _insert(conn: sqlite3.Connection, record: Record) -> None:
+    size = len(record.response) + len(record.input)
+    conn.execute(
+        f"INSERT INTO responses ({_COLUMNS}, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (record.id, record.owner, record.status, record.response, record.input, orjson.dumps(record.chain),
+         record.created_at, record.expires_at, int(record.background), record.lease_until,
+         int(record.cancel_requested), record.last_seq, size))
+
+
 def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: bytes, first_seq: int,
             frames: bytes) -> None:
     if frames:
         last = first_seq + _frame_count(frames) - 1
-        conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, frames))
+        conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
         conn.execute("UPDATE responses SET last_seq = ? WHERE id = ?", (last, response_id))
     conn.execute("UPDATE responses SET status = ?, size = size - length(response) + ?, response = ?, "
                  "lease_until = NULL WHERE id = ?", (status, len(response) + len(frames), response, response_id))
