@@ -160,6 +160,23 @@ async def test_stream_replay_after_a_sequence_number(client: Any, gateway: Gatew
         assert parse_sse(await r.read()) == original  # from the start, and contract-valid
 
 
+async def test_comment_keepalives_are_not_stored_and_replay_numbers_stay_right(make_gateway: GatewayFactory) -> None:
+    """With keepalive_format: comment, the ``: keepalive`` lines a silent upstream causes are not
+    events: the stored events are exactly the numbered ones, and starting_after=N starts at N+1."""
+    gateway = await make_gateway("gateway.keepalive_format=comment", "gateway.keepalive_interval_s=0.05")
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six"), pauses={1: 0.6}))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "q", "stream": True}) as r:
+        raw = await r.read()
+    assert b": keepalive\n\n" in raw  # the silence did produce comment lines
+    original = parse_sse(raw)
+    rid = original[0]["response"]["id"]
+    after = len(original) - 4  # past the silence, so a stored comment would shift the numbering
+    async with gateway.session.get(gateway.url + f"/v1/responses/{rid}?stream=true&starting_after={after}") as r:
+        replayed = parse_sse(await r.read())
+    assert [e["sequence_number"] for e in replayed] == list(range(after + 1, len(original)))
+    assert replayed == original[after + 1:]
+
+
 # --- delete ---------------------------------------------------------------------------------------
 
 

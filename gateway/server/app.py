@@ -16,7 +16,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 from typing import Any, Optional
 
 import msgspec
@@ -31,7 +30,7 @@ from ..schema import chat
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan, ConversionSettings, decode_request, has_developer_messages, plan_chat_request
-from ..translate.stream import ResponseStateMachine, StreamOptions
+from ..translate.stream import ResponseStateMachine, StreamOptions, random_id
 from ..translate.tokens import tokenize_body
 from ..upstream.client import (
     KEEPALIVE,
@@ -220,7 +219,7 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
         if store is not None:  # previous_response_id becomes input; store and background are read
             stored = await store.prepare(request, req)
             req = stored.request
-        plan = plan_chat_request(req, settings, response_id=f"resp_{uuid.uuid4().hex}", created_at=int(time.time()))
+        plan = plan_chat_request(req, settings, response_id=random_id("resp"), created_at=int(time.time()))
     except InvalidRequest as exc:
         return invalid_request_response(exc)
     recorder = stored.adopt(plan) if stored is not None else None  # None unless the response is kept
@@ -308,6 +307,9 @@ class _NoClient:
     """The relay's client for a background run: nobody is attached; the store gets every frame."""
 
     async def write(self, data: bytes) -> None:
+        pass
+
+    async def write_eof(self, data: bytes = b"") -> None:
         pass
 
 
@@ -615,7 +617,7 @@ async def _write_end(response: Any, data: bytes, call: "UpstreamCall") -> None:
     if observer is not None:
         observer.sent(data)
         await observer.ending()
-    await response.write(data)
+    await response.write_eof(data)  # the last chunk and the end of the chunked body: one socket write
 
 
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: Any,

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from typing import Any, Optional
 
 import orjson
@@ -22,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..redact import Secrets
+from ..translate.stream import random_id
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
@@ -77,7 +77,7 @@ def request_id(header: Optional[str]) -> str:
     """The client's X-Request-Id when it is a sane token, else a new one."""
     if header and _CLIENT_ID.match(header):
         return header
-    return f"req_{uuid.uuid4().hex}"
+    return random_id("req")
 
 
 # --- logs -----------------------------------------------------------------------------------------

@@ -19,10 +19,27 @@ process that died is found by its expired lease and ended as failed (``abandon``
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
 TERMINAL_STATUSES = frozenset({"completed", "incomplete", "failed", "cancelled"})
+
+_SEQUENCE_KEY = b'"sequence_number":'
+_NUMBER = re.compile(rb"\d+")
+
+
+def sequence_numbers(frames: bytes) -> tuple[int, int]:
+    """The sequence numbers of a batch's first and last frames, read from the frames themselves
+    (no scan of the whole batch). Every stored frame is an event with its ``sequence_number``
+    (SSE comment keepalives are not stored), and JSON cannot hold the key's bytes inside a string
+    (its quotes would be escaped), so the first and last occurrences are those frames' own."""
+    first_at, last_at = frames.find(_SEQUENCE_KEY), frames.rfind(_SEQUENCE_KEY)
+    first = _NUMBER.match(frames, first_at + len(_SEQUENCE_KEY)) if first_at >= 0 else None
+    last = _NUMBER.match(frames, last_at + len(_SEQUENCE_KEY)) if last_at >= 0 else None
+    if first is None or last is None:
+        raise ValueError("a batch of stored frames holds no numbered event")
+    return int(first.group()), int(last.group())
 
 
 class StoreError(Exception):

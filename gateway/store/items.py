@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, Optional, Union
 
 import orjson
 
+from ..translate.stream import random_id
 from .base import History
 
 _ID_PREFIXES = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+new_id = random_id  # the same ids as the stream's items
 
 
 def normalize_input(value: Union[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from ..server.http import KEYS_KEY, REQUEST_ID, SSE_HEADERS
 from ..server.sse import KEEPALIVE
 from ..translate.errors import InvalidRequest
 from ..translate.request import ChatPlan
-from .base import Conversation, Record, Store, StoreError
+from .base import Conversation, Record, Store, StoreError, sequence_numbers
 from .items import history_items, new_id, normalize_input
 
 log = logging.getLogger("gateway.store")
@@ -483,6 +483,8 @@ class Recorder(RequestObserver):
         if not self._frames:
             self._body = data
             return
+        if data == KEEPALIVE:  # an SSE comment, not an event: nothing to replay, no sequence number
+            return
         if not self.keep:
             self._pending[:] = data  # only the terminal batch matters: it carries the final Response
             return
@@ -527,11 +529,11 @@ class Recorder(RequestObserver):
             while self._pending and not self._ending and not self._broken:
                 data = bytes(self._pending)
                 self._pending.clear()
-                first = self._next_seq
-                self._next_seq += data.count(b"\n\n")
+                first, last = sequence_numbers(data)
+                self._next_seq = last + 1
                 await asyncio.wait_for(self.store.append(self.record.id, first, data), STORE_WAIT_S)
                 self.service.changed(self.record.id)
-        except (StoreError, asyncio.TimeoutError) as exc:
+        except (StoreError, asyncio.TimeoutError, ValueError) as exc:  # ValueError: frames without events
             self._fail(exc)
         finally:
             self._flushing = None
@@ -552,7 +554,9 @@ class Recorder(RequestObserver):
             self._done = True
             return
         first = self._next_seq
-        self._next_seq += frames.count(b"\n\n")
+        if frames:
+            first, last = sequence_numbers(frames)
+            self._next_seq = last + 1
         status = orjson.loads(response)["status"]
         if self._created:
             await self.store.finish(self.record.id, status, response, first, frames)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import orjson
 
-from .base import Conversation, History, Record, Store, StoreError
+from .base import Conversation, History, Record, Store, StoreError, sequence_numbers
 
 T = TypeVar("T")
 
@@ -71,10 +71,6 @@ def default_data_dir() -> str:
     """$XDG_DATA_HOME/vllm-gateway, else ~/.local/share/vllm-gateway."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "vllm-gateway")
-
-
-def _frame_count(frames: bytes) -> int:
-    return frames.count(b"\n\n")  # each SSE frame ends with a blank line; JSON data never holds one
 
 
 # Event batches are stored deflated (zlib level 1, on the writer thread: zlib lets go of the GIL
@@ -162,7 +158,7 @@ class SQLiteStore(Store):
 
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
         def append(conn: sqlite3.Connection) -> None:
-            last = first_seq + _frame_count(frames) - 1
+            last = _last_seq(first_seq, frames)
             blob = _pack(frames)
             with _transaction(conn):
                 conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, blob))
@@ -339,6 +335,15 @@ class SQLiteStore(Store):
         await self._write(sweep)
 
 
+def _last_seq(first_seq: int, frames: bytes) -> int:
+    """The batch's last sequence number: read from its last event (no scan of the batch), or, for
+    frames that carry none, counted (frames are dense: the n-th is ``first_seq + n``)."""
+    try:
+        return sequence_numbers(frames)[1]
+    except ValueError:
+        return first_seq + frames.count(b"\n\n") - 1
+
+
 def _insert(conn: sqlite3.Connection, record: Record) -> None:
     size = len(record.response) + len(record.input)
     conn.execute(
@@ -351,7 +356,7 @@ def _insert(conn: sqlite3.Connection, record: Record) -> None:
 def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: bytes, first_seq: int,
             frames: bytes) -> None:
     if frames:
-        last = first_seq + _frame_count(frames) - 1
+        last = _last_seq(first_seq, frames)
         conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
         conn.execute("UPDATE responses SET last_seq = ? WHERE id = ?", (last, response_id))
     conn.execute("UPDATE responses SET status = ?, size = size - length(response) + ?, response = ?, "

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import enum
 import time
-import uuid
+import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -76,7 +76,8 @@ from .tools import CustomInputDecoder, ToolTarget
 
 
 def random_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    """``<prefix>_`` and 32 random hex digits (as uuid4().hex looks, at a third of its cost)."""
+    return f"{prefix}_{secrets.token_hex(16)}"
 
 
 def wall_clock() -> int:

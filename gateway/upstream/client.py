@@ -142,6 +142,10 @@ KEEPALIVE = object()  # yielded by ChatStream during a silence: time to write a 
 Streamed = Optional[chat.ChatChunk]  # a chunk, or None for [DONE]
 
 
+# The most read at once before the client has its first output (see __aiter__): a dozen chunks.
+_FIRST_OUTPUT_READ_BYTES = 4096
+
+
 class ChatStream:
     """An open streaming chat completion. Iterating yields, per network read, the list of chunks
     it carried (``None`` in it = ``[DONE]``), or ``KEEPALIVE`` during silences: the relay then
@@ -163,12 +167,14 @@ class ChatStream:
         self.watch = HealthWatch(client, backend, response)
         self._clock = asyncio.get_running_loop().time
         self._last_write = self._clock()  # when the client last got something (see wrote())
+        self._output_written = False  # the relay wrote events made of this stream's chunks
 
     def wrote(self) -> None:
         """The relay wrote to the client: the keepalive interval counts from now. Upstream bytes
         that make no event (whitespace deltas, ``choices: []``, a tool call without a name yet)
         do not count, so keepalives go on while they arrive."""
         self._last_write = self._clock()
+        self._output_written = True
 
     async def __aiter__(self) -> AsyncIterator[Union[list[Streamed], object]]:
         """The timers, all measured on the one clock:
@@ -204,7 +210,11 @@ class ChatStream:
                     timer = asyncio.timeout(wait)
                     try:
                         async with timer:
-                            data = await content.readany()
+                            # Until the client has its first output, reads are small: a busy vLLM's
+                            # first read can hold a whole answer, and the first delta leaves as soon
+                            # as it exists, not once the whole read is split, decoded, translated.
+                            data = await (content.readany() if self._output_written
+                                          else content.read(_FIRST_OUTPUT_READ_BYTES))
                     except TimeoutError:
                         if not timer.expired():  # aiohttp's own timeout (the session's total), not ours
                             raise UpstreamTimeout(self._total_message()) from None
@@ -310,31 +320,84 @@ class HealthWatch:
     """While an answer is silent, asks the server's ``/health`` every ``dead_probe`` seconds; when
     that fails (an error status, a refused connection, no answer), the read waiting on the answer
     fails at once with ``UpstreamDead``, instead of after idle_timeout_s or request_timeout_s. Runs
-    beside the reader, so it changes none of the reader's timers."""
+    beside the reader, so it changes none of the reader's timers. A timer, not a task, while the
+    stream is busy: a probe task exists only when the stream has been silent for an interval."""
 
     def __init__(self, client: "VLLMClient", backend: Backend, response: aiohttp.ClientResponse) -> None:
         self._client, self._backend, self._response = client, backend, response
-        interval = client.settings.dead_probe
-        self._task = asyncio.ensure_future(self._watch(interval)) if interval > 0 else None
+        self._interval = client.settings.dead_probe
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._probe: Optional[asyncio.Task[None]] = None
+        self._seen = response.content.total_bytes
+        if self._interval > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._look)
 
-    async def _watch(self, interval: float) -> None:
+    def _look(self) -> None:
+        self._timer = None
         content = self._response.content
-        seen = content.total_bytes
-        while not content.is_eof() and content.exception() is None:
-            await asyncio.sleep(interval)
-            if content.total_bytes != seen:  # bytes came since the last look: not silent
-                seen = content.total_bytes
-                continue
-            reason = await self._client.probe_health(self._backend)
-            if reason is not None and content.total_bytes == seen and not content.is_eof():
-                content.set_exception(UpstreamDead(
-                    f"the vLLM server at {self._backend.url} sent nothing for {interval:g} s and its {reason}: "
-                    "its engine has most likely died"))
+        if content.is_eof() or content.exception() is not None:
+            return
+        if content.total_bytes != self._seen:  # bytes came since the last look: not silent
+            self._seen = content.total_bytes
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._look)
+            return
+        self._probe = asyncio.ensure_future(self._ask())
+
+    async def _ask(self) -> None:
+        content = self._response.content
+        reason = await self._client.probe_health(self._backend)
+        self._probe = None
+        if reason is not None and content.total_bytes == self._seen and not content.is_eof():
+            content.set_exception(UpstreamDead(
+                f"the vLLM server at {self._backend.url} sent nothing for {self._interval:g} s and its {reason}: "
+                "its engine has most likely died"))
+        elif not content.is_eof() and content.exception() is None:
+            self._look()
 
     def stop(self) -> None:
-        if self._task is not None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+
+class _DeadlineWatch:
+    """``VLLMClient._until_dead``'s watch over one wait: every ``interval`` without an answer, a
+    ``/health`` probe; a failing one cancels the waiting task, which then raises ``UpstreamDead``.
+    A timer per wait, a task only for a probe."""
+
+    def __init__(self, client: "VLLMClient", backend: Backend, interval: float) -> None:
+        self._client, self._backend, self._interval = client, backend, interval
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._timer: Optional[asyncio.TimerHandle] = self._loop.call_later(interval, self._look)
+        self._probe: Optional[asyncio.Task[None]] = None
+        self.dead: Optional[str] = None  # why the server is taken for dead, once it is
+        self.finished = False
+
+    def _look(self) -> None:
+        self._timer = None
+        self._probe = asyncio.ensure_future(self._ask())
+
+    async def _ask(self) -> None:
+        reason = await self._client.probe_health(self._backend)
+        self._probe = None
+        if self.finished:
+            return
+        if reason is None:
+            self._timer = self._loop.call_later(self._interval, self._look)
+        elif self._task is not None:
+            self.dead = reason
             self._task.cancel()
-            self._task = None
+
+    def stop(self) -> None:
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
 
 
 # A failure before vLLM answered that another try (on another server) may not have.
@@ -631,20 +694,18 @@ class VLLMClient:
         interval = self.settings.dead_probe
         if interval <= 0:
             return await awaitable
-        task = asyncio.ensure_future(awaitable)
+        watch = _DeadlineWatch(self, backend, interval)
         try:
-            while True:
-                done, _ = await asyncio.wait((task,), timeout=interval)
-                if done:
-                    return task.result()
-                reason = await self.probe_health(backend)
-                if reason is not None and not task.done():
-                    raise UpstreamDead(f"the vLLM server at {backend.url} has not answered for {interval:g} s and its "
-                                       f"{reason}: its engine has most likely died")
+            return await awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if watch.dead is None or task is None:
+                raise  # not the watch's doing: the client left, a timeout, a shutdown
+            task.uncancel()
+            raise UpstreamDead(f"the vLLM server at {backend.url} has not answered for {interval:g} s and its "
+                               f"{watch.dead}: its engine has most likely died") from None
         finally:
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(_retrieve)
+            watch.stop()
 
     async def probe_health(self, backend: Backend) -> Optional[str]:
         """``/health`` for a silent stream: None when it answers 200, else why not. Streams that
@@ -750,12 +811,6 @@ def split_credentials(url: str) -> tuple[str, Optional[str]]:
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return urlunsplit(parts._replace(netloc=host)), basic
-
-
-def _retrieve(task: "asyncio.Task[Any]") -> None:
-    """Marks a cancelled helper task's outcome as seen (asyncio logs unretrieved exceptions)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _describe(exc: BaseException) -> str:
