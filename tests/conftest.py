@@ -80,14 +80,18 @@ class Gateway:
             assert response.status == 200, await response.text()
             assert response.headers["Content-Type"].startswith("text/event-stream")
             events = parse_sse(await response.read())
-        return events, check_stream(events)
+        return events, check_stream(events, nemo_gym=self.nemo_gym)
 
     async def create(self, body: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(self.url + "/v1/responses", json={**body, "stream": False}) as response:
             assert response.status == 200, await response.text()
             data = await response.json()
-        check_response(data)
+        check_response(data, nemo_gym=self.nemo_gym)
         return data
+
+    @property
+    def nemo_gym(self) -> bool:
+        return self.config.gateway.response_conventions == "nemo_gym"
 
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]

@@ -23,7 +23,8 @@ def check(condition: bool, message: str, event: Optional[dict] = None) -> None:
 class StreamChecker:
     """Feed events in order; ``final`` is the terminal Response once the stream ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, nemo_gym: bool = False) -> None:
+        self.nemo_gym = nemo_gym  # NeMo Gym's conventions (see check_response)
         self.count = 0
         self.response_id: Optional[str] = None
         self.open: Optional[dict] = None  # {"index", "item", "text": [...], "part_open": bool, ...}
@@ -52,12 +53,12 @@ class StreamChecker:
         check(response.get("status") in ("in_progress", "queued"), "created response must be in progress", event)
         check(response.get("output") == [], "created response has no output yet", event)
         check(isinstance(response.get("id"), str) and response["id"], "response id missing", event)
-        check_response(response)
+        check_response(response, nemo_gym=self.nemo_gym)
         self.response_id = response["id"]
 
     def _on_response_in_progress(self, event: dict) -> None:
         check(event["response"]["id"] == self.response_id, "response id changed", event)
-        check_response(event["response"])
+        check_response(event["response"], nemo_gym=self.nemo_gym)
 
     def _terminal(self, event: dict) -> None:
         response = event["response"]
@@ -79,7 +80,7 @@ class StreamChecker:
         check(self.open is None, f"item {self.open and self.open['item']['id']} still open at the end", event)
         check(response["id"] == self.response_id, "response id changed", event)
         check(response["status"] == status, f"terminal status should be {status}", event)
-        check_response(response)
+        check_response(response, nemo_gym=self.nemo_gym)
         output = response["output"]
         check(len(output) == len(streamed_items), "final output differs in length from the streamed items", event)
         if status == "completed":
@@ -329,10 +330,18 @@ RESPONSE_KEYS: dict[str, Any] = {
 }
 
 
-def check_response(response: dict[str, Any]) -> None:
-    """A Response (created, in progress, final, or non-streamed) against the Open Responses schema."""
+# Under gateway.response_conventions: nemo_gym the Response echoes the request's own sampling
+# values as NeMo Gym does, null where it sent none (OpenAI's Response type allows null there).
+NEMO_GYM_NULLABLE = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_logprobs")
+
+
+def check_response(response: dict[str, Any], *, nemo_gym: bool = False) -> None:
+    """A Response (created, in progress, final, or non-streamed) against the Open Responses schema;
+    ``nemo_gym``: with NeMo Gym's conventions' nulls allowed (NEMO_GYM_NULLABLE)."""
     for key, valid in RESPONSE_KEYS.items():
         check(key in response, f"Response lacks {key!r}")
+        if nemo_gym and key in NEMO_GYM_NULLABLE and response[key] is None:
+            continue
         check(valid(response[key]), f"Response {key!r} is invalid: {response[key]!r}")
     check((response["completed_at"] is not None) == (response["status"] == "completed"),
           "completed_at is set exactly when the status is completed")
@@ -370,9 +379,9 @@ def check_item(item: dict[str, Any], where: str) -> None:
         check("namespace" not in item or _is_str(item["namespace"]), f"{where}.namespace must be a string", item)
 
 
-def check_stream(events: list[dict[str, Any]]) -> dict[str, Any]:
+def check_stream(events: list[dict[str, Any]], *, nemo_gym: bool = False) -> dict[str, Any]:
     """Validate a whole stream; returns the final Response."""
-    checker = StreamChecker()
+    checker = StreamChecker(nemo_gym=nemo_gym)
     for event in events:
         checker.feed(event)
     check(checker.final is not None, "the stream ended without a terminal event")

@@ -467,8 +467,8 @@ def _config(rng: random.Random) -> dict[str, Any]:
         "preserve_reasoning_in_assistant_content": [True, False],
         "replace_developer_role_with_system": [True, False],
         "chat_template_kwargs": [{"enable_thinking": True}],
-        "extra_body": [{"top_k": 20, "repetition_penalty": 1.05}],
-        "sampling_overrides": [{"temperature": 1.0, "top_p": 1.0}],
+        "extra_body": [{"top_k": 20, "repetition_penalty": 1.05}, {"temperature": 0.6, "max_tokens": 128}],
+        "sampling_overrides": [{"temperature": 1.0, "top_p": 1.0}, {"top_p": 0.8}],
         "forward_request_chat_template_kwargs": [True, False],
         "continue_final_assistant_message": [True],
         "propagate_context_overflow_errors": [True, False],
@@ -561,7 +561,8 @@ def _metadata_and_extensions(rng: random.Random, request: dict[str, Any], audio:
     if rng.random() < 0.2:
         metadata["chat_template_kwargs"] = json.dumps({"enable_thinking": rng.choice([True, False])})
     if rng.random() < 0.15:
-        metadata["extra_body"] = json.dumps(rng.choice([{"top_logprobs": None}, {"min_p": 0.05}]))
+        metadata["extra_body"] = json.dumps(rng.choice([{"top_logprobs": None}, {"min_p": 0.05},
+                                                        {"temperature": 0.2}]))
     if rng.random() < audio:
         metadata["audio_data"] = "data:audio/wav;base64,UklGRg=="
     if metadata:
@@ -586,6 +587,12 @@ def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any],
     message: dict[str, Any] = {"role": "assistant", "content": content, "tool_calls": []}
     if config.get("uses_reasoning_parser", True) and rng.random() < 0.35:
         message[rng.choice(["reasoning", "reasoning_content"])] = rng.choice(["I reason.", "\nsteps\n"])
+        items = request.get("input")
+        continued = config.get("continue_final_assistant_message") and isinstance(items, list) \
+            and items[-1].get("role") == "assistant"
+        if continued and content and "<think>" in content:
+            # a continuation's reasoning field is text (Gym's join), so the <think> block comes after text
+            tags.add("blocks_around_text")
     calls = []
     if request.get("tools") and rng.random() < 0.6:
         for i in range(rng.choice([1, 2])):
@@ -804,6 +811,10 @@ def normal_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+_ECHOED_SAMPLING = ("temperature", "top_p", "top_logprobs", "max_output_tokens", "presence_penalty",
+                    "frequency_penalty")
+
+
 def normal_response(status: int, body: Any) -> Any:
     if status != 200:
         return {"status": status}
@@ -824,6 +835,8 @@ def normal_response(status: int, body: Any) -> Any:
         "status": body["status"],
         "incomplete_reason": incomplete and incomplete.get("reason"),  # allowed: incomplete_details_message
         "model": body["model"],
+        # the echo of the request's sampling (Gym's: as the request sent it, null when it did not)
+        "sampling": {key: body.get(key) for key in _ECHOED_SAMPLING},
         "output": output,
         # allowed: usage_zeros
         "usage": (usage.get("input_tokens", 0), usage.get("output_tokens", 0), usage.get("total_tokens", 0), details),
@@ -935,6 +948,28 @@ async def test_openai_conventions_differ_where_gym_and_openai_disagree(make_gate
     assert cut["output"][0]["status"] == "incomplete"
     assert cut["output"][0]["content"][0]["text"] == "stray  answer"  # tag dropped, block trimmed
     assert (await gateway.create({"input": "hi"}))["output"] == []
+
+
+async def test_sampling_echo_follows_the_conventions(make_gateway: GatewayFactory) -> None:
+    """nemo_gym: the Response echoes the request's own sampling values, null where it sent none,
+    as Gym 0.7.0 does (the differential holds it against Gym's server), also where the config's
+    extra_body or sampling_overrides changed what vLLM was sent; streamed and not. openai: what vLLM
+    was sent, OpenAI's defaults where nothing was (numbers, as the Open Responses schema wants)."""
+    config = (f"{BLOCK}.extra_body={{top_p: 0.6, max_tokens: 99}}", f"{BLOCK}.sampling_overrides={{temperature: 0.9}}")
+    keys = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_logprobs", "max_output_tokens")
+    gym = await make_gateway(NEMO_GYM, *config)
+    gym.upstream.queue(*[Generation(deltas=content("ok")) for _ in range(3)])
+    unsent = await gym.create({"input": "hi"})
+    assert {key: unsent[key] for key in keys} == dict.fromkeys(keys)
+    assert gym.upstream.last_body["temperature"] == 0.9 and gym.upstream.last_body["top_p"] == 0.6
+    events, streamed = await gym.stream({"input": "hi", "temperature": 0.3, "top_logprobs": 2, "max_output_tokens": 50})
+    assert [streamed[key] for key in keys] == [0.3, None, None, None, 2, 50]
+    assert events[0]["response"]["temperature"] == 0.3 and events[0]["response"]["top_p"] is None
+
+    openai = await make_gateway("gateway.response_conventions=openai", *config)
+    openai.upstream.queue(Generation(deltas=content("ok")), Generation(deltas=content("ok")))
+    assert [(await openai.create({"input": "hi"}))[key] for key in keys] == [0.9, 0.6, 0.0, 0.0, 0, 99]
+    assert [(await openai.create({"input": "hi", "temperature": 0.3}))[key] for key in keys][:2] == [0.9, 0.6]
 
 
 @pytest.fixture

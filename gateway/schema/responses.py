@@ -303,11 +303,12 @@ class Response(msgspec.Struct, gc=False, kw_only=True):
     background: bool = False
     conversation: Union[dict[str, Any], UnsetType] = UNSET  # {"id": ...} of a response in a conversation
     service_tier: str = "default"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    top_logprobs: int = 0
+    # null where a request under NeMo Gym's conventions sent none (see ConversionSettings)
+    temperature: Optional[float] = 1.0
+    top_p: Optional[float] = 1.0
+    presence_penalty: Optional[float] = 0.0
+    frequency_penalty: Optional[float] = 0.0
+    top_logprobs: Optional[int] = 0
     text: dict[str, Any] = msgspec.field(default_factory=lambda: {"format": {"type": "text"}})
     tool_choice: Any = "auto"
     tools: list[Any] = []

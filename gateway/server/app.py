@@ -771,6 +771,7 @@ def conversion_settings(config: Config) -> ConversionSettings:
         forward_request_chat_template_kwargs=model.forward_request_chat_template_kwargs,
         continue_final_assistant_message=model.continue_final_assistant_message,
         send_sampling_defaults=gw.response_conventions == "openai",
+        echo_request_sampling=gw.response_conventions == "nemo_gym",
         load_audio=functools.partial(load_audio, model.audio_root),
         replace_developer_role_with_system=model.replace_developer_role_with_system,
         reject_hosted_tools=gw.hosted_tools == "reject",

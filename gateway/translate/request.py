@@ -80,6 +80,9 @@ class ConversionSettings:
     reasoning_field: str = "reasoning_content"  # "reasoning_content" | "reasoning" | "both"
     # OpenAI's sampling defaults sent explicitly (openai conventions); NeMo Gym sends none.
     send_sampling_defaults: bool = True
+    # NeMo Gym's Response echoes the request's own sampling values, null where it sent none;
+    # else (openai conventions) what vLLM was sent, OpenAI's defaults filled in.
+    echo_request_sampling: bool = False
     # NeMo Gym's forward_request_chat_template_kwargs: the request's own chat_template_kwargs count.
     forward_request_chat_template_kwargs: bool = True
     # NeMo Gym's continue_final_assistant_message: a trailing assistant message is continued.
@@ -216,25 +219,29 @@ def plan_chat_request(
     except (TypeError, orjson.JSONEncodeError) as exc:  # the checks above should leave nothing for here
         raise InvalidRequest(f"The request cannot be passed on to vLLM: {exc}.", param=None) from None
 
+    sent = {key: _sent_number(body, key) for key in SAMPLING_DEFAULTS}  # checks extra_body's values too
     max_tokens = body.get("max_tokens")
+    if settings.echo_request_sampling:
+        echoed = dict(temperature=req.temperature, top_p=req.top_p, presence_penalty=req.presence_penalty,
+                      frequency_penalty=req.frequency_penalty, top_logprobs=req.top_logprobs,
+                      max_output_tokens=req.max_output_tokens)
+    else:
+        echoed = dict(sent, top_logprobs=req.top_logprobs or 0,
+                      max_output_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+                      else None)
     response = r.Response(
         id=response_id,
         created_at=created_at,
         status="in_progress",
         model=settings.model,
         instructions=req.instructions,
-        max_output_tokens=max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None,
         max_tool_calls=req.max_tool_calls,
         parallel_tool_calls=True if req.parallel_tool_calls is None else req.parallel_tool_calls,
         reasoning={
             "effort": req.reasoning.effort if req.reasoning else None,
             "summary": req.reasoning.summary if req.reasoning else None,
         },
-        temperature=_sent_number(body, "temperature"),
-        top_p=_sent_number(body, "top_p"),
-        presence_penalty=_sent_number(body, "presence_penalty"),
-        frequency_penalty=_sent_number(body, "frequency_penalty"),
-        top_logprobs=req.top_logprobs or 0,
+        **echoed,
         text={"format": (req.text.format if req.text and req.text.format else {"type": "text"})},
         tool_choice=req.tool_choice if req.tool_choice is not None else "auto",
         tools=[_echoed_tool(tool) for tool in req.tools or []],
@@ -674,9 +681,8 @@ def _sampling(req: r.ResponsesRequest, body: dict[str, Any]) -> None:
 
 
 def _sent_number(body: dict[str, Any], key: str) -> float:
-    """A sampling value as sent to vLLM, for the Response's echo (the schema wants a number).
-    Not sent (NeMo Gym's conventions send none the caller did not): OpenAI's default is echoed,
-    though vLLM then applies the model's generation_config."""
+    """A sampling value as sent to vLLM, for the Response's echo under the openai conventions
+    (OpenAI's schema wants a number): OpenAI's default when none was sent."""
     value = body.get(key, SAMPLING_DEFAULTS[key])
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRequest(f"Invalid '{key}': expected a number, got {value!r} (from extra_body or "
