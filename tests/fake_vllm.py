@@ -111,7 +111,7 @@ class FakeVLLM:
         self.requests: list[dict[str, Any]] = []  # {"path", "body", "headers", "started", "closed_early", "sent"}
         self.closed_early = asyncio.Event()
         self.healthy = True  # what /health answers
-        self.app = web.Application()
+        self.app = web.Application(client_max_size=64 * 1024 * 1024)  # vLLM (uvicorn) takes large prompts
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/health", self._health)

@@ -585,6 +585,65 @@ async def test_12_invalid_chunked_framing_from_upstream(make_gateway: GatewayFac
     assert not [r for r in caplog.records if r.exc_info or "unhandled" in r.getMessage()]
 
 
+# --- 12. a large body is converted off the event loop -----------------------------------------------
+
+
+async def test_12_large_body_does_not_stop_other_clients(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                         tmp_path: Any) -> None:
+    """A 16 MB body of 480,000 input items (stored, as by default) is decoded and converted on the
+    converter thread: meanwhile the gateway serves others. Its conversion is held at its very end
+    (NeMo Gym's metadata.audio_path names a FIFO the test writes only after GET /health was
+    answered), so "meanwhile" needs no clock: before, the event loop itself waited in the
+    conversion and /health got no answer until the FIFO was written (here: after 60 s, by the
+    watcher thread, since the test's own loop is the gateway's)."""
+    import os
+    import threading
+    import urllib.request
+
+    gateway = await make_gateway()
+    fifo = tmp_path / "clip.wav"
+    os.mkfifo(fifo)
+    items = [{"role": "user", "content": "hi"}] * 480_000
+    body = json.dumps({"input": items, "metadata": {"audio_path": str(fifo)}, "max_output_tokens": 5},
+                      separators=(",", ":")).encode()
+    assert 14_000_000 < len(body) < 16 * 1024 * 1024  # just under max_request_bytes
+    seen: dict[str, Any] = {}
+
+    def watcher() -> None:
+        """Waits until the conversion has opened the FIFO, asks /health, then lets it go on."""
+        deadline = time.monotonic() + 300
+        while True:  # a writer's non-blocking open succeeds once the reader (the conversion) is there
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    seen["error"] = "the conversion never read the audio file"
+                    return
+                time.sleep(0.05)
+        try:
+            with urllib.request.urlopen(gateway.url + "/health", timeout=60) as r:
+                seen["health"] = r.status
+        except Exception as exc:  # noqa: BLE001 - the failure the test reports
+            seen["health"] = repr(exc)
+        finally:
+            os.set_blocking(fd, True)
+            os.write(fd, b"RIFF")
+            os.close(fd)
+
+    thread = threading.Thread(target=watcher, daemon=True)
+    thread.start()
+    async with gateway.session.post(gateway.url + "/v1/responses", data=body,
+                                    headers={"Content-Type": "application/json"}) as r:
+        assert r.status == 200, await r.text()
+        final = await r.json()
+    await asyncio.get_running_loop().run_in_executor(None, thread.join, 60)
+    assert seen.get("health") == 200, seen  # answered while the body was being converted
+    assert final["status"] == "completed"
+    sent = upstream.requests[-1]["body"]["messages"]
+    assert len(sent) == 480_000 and sent[-1]["content"][0]["type"] == "audio_url"
+
+
 # --- 7. SIGTERM drains every kind of request in flight ---------------------------------------------
 
 
@@ -680,3 +739,4 @@ async def test_8_stall_is_detected_while_keepalive_writes_are_slow(make_gateway:
     final = check_stream(parse_sse(body))
     assert final["status"] == "failed" and final["error"]["code"] == "upstream_stalled", final["error"]
     await asyncio.wait_for(upstream.closed_early.wait(), 10)
+

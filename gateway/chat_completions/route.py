@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Optional
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from .. import offload
 from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, REQUEST_ID, SETTINGS_KEY, error_response,
                            session_key, upstream_error_response)
 from ..server.body import BodyError, read_body
 from ..translate.errors import InvalidRequest
 from ..upstream.client import UpstreamError, UpstreamHTTPError
 from .convert import TokenError, client_answer, empty_answer, plan_upstream_body, synthesize_sse
+
+
+def _decoded_and_planned(raw: bytes, settings: Any) -> tuple[Any, tuple[dict[str, Any], Optional[dict[str, Any]]]]:
+    request_body = orjson.loads(raw)
+    return request_body, plan_upstream_body(request_body, settings)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -28,11 +35,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except RequestPayloadError as exc:
         return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
     try:
-        request_body = orjson.loads(raw)
+        # a large body is decoded and converted off the event loop (gateway/offload.py)
+        request_body, (body, tokenize) = await offload.run(offload.is_large(raw), _decoded_and_planned, raw, settings)
         stream = isinstance(request_body, dict) and bool(request_body.get("stream"))
         options = request_body.get("stream_options") if isinstance(request_body, dict) else None
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        body, tokenize = plan_upstream_body(request_body, settings)
     except orjson.JSONDecodeError as exc:
         return error_response(400, f"We could not parse the JSON body of your request: {exc}.", code="invalid_json")
     except InvalidRequest as exc:

@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
+from .. import offload
 from ..config import Config
 from ..redact import Secrets, secrets_of
 from ..observe import Outcome, RequestObserver, join, observe
@@ -212,14 +213,16 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
     settings = request.app[SETTINGS_KEY]
     store = request.app[STORE_KEY]
     stored = None
+    large = offload.is_large(raw)  # then decoding and converting run off the event loop
     try:
-        req = decode_request(raw)
-        if has_developer_messages(req) and await request.app[DEVELOPER_KEY].must_fold():
+        req, developer = await offload.run(large, _decode, raw)
+        if developer and await request.app[DEVELOPER_KEY].must_fold():
             settings = request.app[FOLDING_SETTINGS_KEY]
         if store is not None:  # previous_response_id becomes input; store and background are read
-            stored = await store.prepare(request, req)
-            req = stored.request
-        plan = plan_chat_request(req, settings, response_id=random_id("resp"), created_at=int(time.time()))
+            stored = await store.prepare(request, req, large)
+            req, large = stored.request, stored.large
+        plan = await offload.run(large, plan_chat_request, req, settings, response_id=random_id("resp"),
+                                 created_at=int(time.time()))
     except InvalidRequest as exc:
         return invalid_request_response(exc)
     recorder = stored.adopt(plan) if stored is not None else None  # None unless the response is kept
@@ -235,6 +238,12 @@ async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestO
     finally:
         if recorder is not None:
             recorder.ended(outcome)  # type: ignore[arg-type]
+
+
+def _decode(raw: bytes) -> tuple[Any, bool]:
+    """The Responses request, and whether it has developer messages (folding may apply)."""
+    req = decode_request(raw)
+    return req, has_developer_messages(req)
 
 
 async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Optional[RequestObserver],

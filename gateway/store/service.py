@@ -28,6 +28,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from .. import offload
 from ..config import Config
 from ..schema.responses import Response, ResponsesRequest
 from ..observe import Outcome, RequestObserver
@@ -83,6 +84,7 @@ class StoredRequest:
     previous_response_id: Optional[str] = None
     chain: list[str] = field(default_factory=list)
     own_input: bytes = b"[]"
+    large: bool = False  # the body, or the history it continues, is large: converted off the event loop
     service: Optional["StoreService"] = None
     recorder: Optional["Recorder"] = None
 
@@ -146,14 +148,18 @@ class StoreService:
 
     # --- POST /v1/responses ----------------------------------------------------------------------
 
-    async def prepare(self, request: web.Request, req: ResponsesRequest) -> StoredRequest:
+    async def prepare(self, request: web.Request, req: ResponsesRequest, large: bool = False) -> StoredRequest:
+        """``large``: the body is (gateway/offload.py); so is a request whose stored history is.
+        Work proportional to either runs off the event loop then (``stored.large`` says so to
+        the converter too)."""
         keep = req.store is not False
         background = bool(req.background)
         if background and not keep:
             raise InvalidRequest("background responses are stored: 'store' cannot be false with 'background'.",
                                  param="store", code="invalid_value")
         owner = self.owner(request)
-        stored = StoredRequest(request=req, owner=owner, keep=keep, background=background, service=self)
+        stored = StoredRequest(request=req, owner=owner, keep=keep, background=background, service=self,
+                               large=large)
         prefix: list[dict[str, Any]] = []
         if req.conversation is not None:
             if req.previous_response_id is not None:
@@ -162,8 +168,9 @@ class StoreService:
             stored.conversation_id = conversation_id(req.conversation)
             if await self._call(self.store.get_conversation(owner, stored.conversation_id)) is None:
                 raise not_found("Conversation", stored.conversation_id, "conversation")
-            prefix = [orjson.loads(item) for item in
-                      await self._call(self.store.conversation_items(owner, stored.conversation_id))]
+            stored_items = await self._call(self.store.conversation_items(owner, stored.conversation_id))
+            stored.large = stored.large or sum(map(len, stored_items)) > offload.LARGE_BODY_BYTES
+            prefix = await offload.run(stored.large, _decoded_items, stored_items)
         if req.previous_response_id is not None:
             previous = await self._get(owner, req.previous_response_id)
             if previous is None:
@@ -174,13 +181,7 @@ class StoreService:
                     param="previous_response_id", code="previous_response_in_progress")
             stored.chain = previous.chain + [previous.id]
             stored.previous_response_id = previous.id
-        own = normalize_input(req.input)
-        if keep or stored.conversation_id:
-            try:
-                stored.own_input = orjson.dumps(own)
-            except orjson.JSONEncodeError as exc:  # e.g. an unknown key nested hundreds of levels deep
-                raise InvalidRequest(f"The input cannot be stored: {exc}. Send it with store: false.",
-                                     param="input") from None
+        own, stored.own_input = await offload.run(large, _own_input, req.input, keep or bool(stored.conversation_id))
         if stored.chain:
             histories = await self._call(self.store.history(owner, stored.chain))
             missing = [rid for rid, h in zip(stored.chain, histories) if h is None]
@@ -188,7 +189,9 @@ class StoreService:
                 raise NotFound(f"Response with id '{missing[0]}', an earlier turn of previous_response_id "
                                f"'{stored.previous_response_id}', was deleted or expired.",
                                param="previous_response_id", code="not_found")
-            own = history_items(histories) + own  # type: ignore[arg-type]
+            stored.large = stored.large or sum(len(h.input) + len(h.response)  # type: ignore[union-attr]
+                                               for h in histories) > offload.LARGE_BODY_BYTES
+            own = await offload.run(stored.large, history_items, histories) + own
         if prefix:
             own = prefix + own
         if stored.chain or prefix or req.background is not None or req.store is not None \
@@ -424,6 +427,21 @@ class StoreService:
                     await asyncio.wait_for(self.store.sweep(self.clock()), STORE_WAIT_S * 6)
             except (StoreError, asyncio.TimeoutError) as exc:
                 log.warning("store housekeeping failed: %s", exc or "timed out")
+
+
+def _own_input(value: Any, kept: bool) -> tuple[list[dict[str, Any]], bytes]:
+    """The request's own input items (with ids) and, when they are kept, their JSON."""
+    own = normalize_input(value)
+    if not kept:
+        return own, b"[]"
+    try:
+        return own, orjson.dumps(own)
+    except orjson.JSONEncodeError as exc:  # e.g. an unknown key nested hundreds of levels deep
+        raise InvalidRequest(f"The input cannot be stored: {exc}. Send it with store: false.", param="input") from None
+
+
+def _decoded_items(items: list[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(item) for item in items]
 
 
 def conversation_id(value: Any) -> str:
