@@ -8,6 +8,7 @@ The sync ``OpenAI`` client runs in a worker thread (the gateway runs on the test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any, AsyncIterator
@@ -380,6 +381,66 @@ async def test_size_bound_drops_the_oldest(tmp_path: Any) -> None:
     now[0] += 200
     await store.sweep(now[0])
     assert await store.get("", "r4") is None  # expired
+    await store.close()
+
+
+async def test_writes_queued_together_commit_together_and_fail_alone(tmp_path: Any) -> None:
+    """The writer thread commits the writes queued while it was busy in one transaction (a
+    thousand streams storing at once cost one commit, not a thousand); one that fails in the
+    group (here a duplicate id) fails alone: the others are done."""
+    import threading
+
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    record = Record(id="r0", owner="", status="in_progress", response=b"{}", input=b"[]", expires_at=2000.0)
+    await store.create(record)
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_writer(conn: Any) -> None:
+        busy.set()
+        release.wait(60)
+
+    holding = asyncio.ensure_future(store._write(hold_the_writer))
+    await asyncio.get_running_loop().run_in_executor(None, busy.wait, 60)
+    commits: list[str] = []
+    conn_of_writer: list[Any] = []
+
+    def count_commits(conn: Any) -> None:
+        conn_of_writer.append(conn)
+        conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+    tracing = asyncio.ensure_future(store._write(count_commits))
+    writes = [asyncio.ensure_future(w) for w in (
+        store.append("r0", 0, b"event: a\ndata: {}\n\n"),
+        store.create(record),  # a duplicate: fails
+        store.create(dataclasses.replace(record, id="r1")),
+        store.finish("r0", "completed", b'{"status": "completed"}', 1, b"event: b\ndata: {}\n\n"),
+    )]
+    await asyncio.sleep(0)  # all four queued behind the held writer
+    release.set()
+    await holding
+    await tracing
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType", "StoreError", "NoneType", "NoneType"], results
+    assert "UNIQUE" in str(results[1])
+    assert len(commits) == 3  # the group (rolled back), then each alone: the three that worked committed
+    finished = await store.get("", "r0")
+    assert finished is not None and finished.status == "completed" and finished.last_seq == 1
+    assert await store.get("", "r1") is not None
+    assert [seq for seq, _ in await store.events_after("r0", -1)] == [0, 1]
+    busy.clear()
+    release.clear()
+    holding = asyncio.ensure_future(store._write(hold_the_writer))
+    await asyncio.get_running_loop().run_in_executor(None, busy.wait, 60)
+    commits.clear()
+    appends = [asyncio.ensure_future(store.append("r1", seq, b"event: c\ndata: {}\n\n")) for seq in range(50)]
+    await asyncio.sleep(0)
+    release.set()
+    await holding
+    await asyncio.gather(*appends)
+    assert len(commits) == 1  # fifty writes, one transaction
+    assert [seq for seq, _ in await store.events_after("r1", -1)] == list(range(50))
+    conn_of_writer[0].set_trace_callback(None)
     await store.close()
 
 

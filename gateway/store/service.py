@@ -42,11 +42,17 @@ from .items import history_items, new_id, normalize_input
 log = logging.getLogger("gateway.store")
 
 # A flush that does not finish in this long (a hung disk, an unreachable Redis) gives up: the
-# client gets its answer, the response is not stored.
+# client gets its answer, the response is not stored. (asyncio.timeout, not wait_for, on the
+# per-response path: wait_for makes a task per call.)
 STORE_WAIT_S = 10.0
 # A batch waits this long for the next ones before it is written: a fast stream's reads share one
 # store write (followers of a running response see its events this much later, at most).
 FLUSH_DELAY_S = 0.05
+# A response whose client is attached (not background) is, nearly always, followed by nobody
+# else: its events are written at most this often, until a follower in this process asks for
+# them (then every FLUSH_DELAY_S). A write per upstream read of every stream was most of what
+# storing cost: with 1,000 streams trickling tokens the gateway could not keep up.
+ATTACHED_FLUSH_DELAY_S = 1.0
 # Frames waiting for the store beyond this: it fell behind; stop storing this response.
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 # How often this process looks for cancel requests of its background runs made on other replicas.
@@ -350,6 +356,9 @@ class StoreService:
         seq = after
         quiet_since = time.monotonic()
         keepalive = self.config.gateway.keepalive_interval_s
+        running = self._running.get(response_id)
+        if running is not None:
+            running.followed()  # its events go to the store as fast as a background run's from now on
         while True:
             out = bytearray()
             for first, frames in await self._call(self.store.events_after(response_id, seq)):
@@ -477,6 +486,7 @@ class Recorder(RequestObserver):
         self.store = service.store
         self.record = record
         self._frames = frames
+        self._flush_delay = FLUSH_DELAY_S if record.background else ATTACHED_FLUSH_DELAY_S
         self._pending = bytearray()
         self._body = b""  # without streaming: the Response JSON the client gets
         self._next_seq = 0
@@ -489,7 +499,8 @@ class Recorder(RequestObserver):
 
     async def create(self) -> None:
         if not self._created:
-            await asyncio.wait_for(self.store.create(self.record), STORE_WAIT_S)
+            async with asyncio.timeout(STORE_WAIT_S):
+                await self.store.create(self.record)
             self._created = True
             self.service.running(self)
 
@@ -510,7 +521,14 @@ class Recorder(RequestObserver):
         if len(self._pending) > MAX_PENDING_BYTES:
             self._fail("the store fell behind the stream")
         elif self._flushing is None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY_S, self._start_flush)
+            self._timer = asyncio.get_running_loop().call_later(self._flush_delay, self._start_flush)
+
+    def followed(self) -> None:
+        """Someone here follows this response: what waits goes now, and then every FLUSH_DELAY_S."""
+        self._flush_delay = FLUSH_DELAY_S
+        if self._timer is not None:
+            self._cancel_timer()
+            self._start_flush()
 
     def _start_flush(self) -> None:
         self._timer = None
@@ -525,7 +543,8 @@ class Recorder(RequestObserver):
         self._ending = True
         self._cancel_timer()
         try:
-            await asyncio.wait_for(self._finish(), STORE_WAIT_S)
+            async with asyncio.timeout(STORE_WAIT_S):
+                await self._finish()
         except (StoreError, asyncio.TimeoutError, ValueError) as exc:
             self._fail(exc)
 
@@ -549,7 +568,8 @@ class Recorder(RequestObserver):
                 self._pending.clear()
                 first, last = sequence_numbers(data)
                 self._next_seq = last + 1
-                await asyncio.wait_for(self.store.append(self.record.id, first, data), STORE_WAIT_S)
+                async with asyncio.timeout(STORE_WAIT_S):
+                    await self.store.append(self.record.id, first, data)
                 self.service.changed(self.record.id)
         except (StoreError, asyncio.TimeoutError, ValueError) as exc:  # ValueError: frames without events
             self._fail(exc)
@@ -591,7 +611,8 @@ class Recorder(RequestObserver):
             await self._flushing
         response, frames = failed_ending(self.record.response, "client_disconnected", message, self._next_seq)
         try:
-            await asyncio.wait_for(self._finish(frames, response), STORE_WAIT_S)
+            async with asyncio.timeout(STORE_WAIT_S):
+                await self._finish(frames, response)
         except (StoreError, asyncio.TimeoutError) as exc:
             self._fail(exc)
 

@@ -1,16 +1,24 @@
 """The embedded default store: one SQLite file (WAL) under ``gateway.data_dir``.
 
 Every call runs off the event loop: writes on one writer thread (SQLite has one writer at a time
-anyway, and one thread keeps batches in order), reads on a small pool of reader threads with their
-own connections (WAL lets them read while the writer writes). Several gateway processes
-(``--workers``) may share the file: each write is one short transaction, and SQLite's busy timeout
-queues them.
+anyway, and one thread keeps them in order), reads on a small pool of reader threads with their own
+connections (WAL lets them read while the writer writes). Several gateway processes (``--workers``)
+may share the file: each commit is one short transaction, and SQLite's busy timeout queues them.
+
+Writes are group-committed: the writes queued while the writer was busy (a thousand streams each
+storing a batch of events, ends, creations) are run in one transaction, and their results reach
+the event loop in one wake-up. One transaction and one thread hand-off per write made the store
+the gateway's bottleneck: with 1,000 streams it took most of a core between the writer thread
+(a commit per write) and the event loop (a future, a lock and a wake-up per write), so new
+connections waited seconds to be accepted. A write that fails inside a group (a full disk) is
+told apart by running the group's writes again one transaction each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import sqlite3
 import threading
 import zlib
@@ -81,6 +89,9 @@ def default_data_dir() -> str:
 # ":", never with zlib's first byte, and is read as it is.
 _ZLIB_FIRST_BYTE = 0x78
 
+# Most writes run in one group transaction (their results are told to the loop in one wake-up).
+MAX_GROUP = 512
+
 
 def _pack(frames: bytes) -> bytes:
     return zlib.compress(frames, 1)
@@ -97,7 +108,8 @@ class SQLiteStore(Store):
         self.path = os.path.join(os.path.expanduser(data_dir or default_data_dir()), FILE_NAME)
         self.max_bytes = max_bytes
         self._clock = clock
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-write")
+        self._writes: "queue.SimpleQueue[Optional[_Write]]" = queue.SimpleQueue()
+        self._writer: Optional[threading.Thread] = None
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="store-read")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -116,19 +128,98 @@ class SQLiteStore(Store):
                 self._connections.append(conn)
         return conn
 
-    async def _run(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         def call() -> T:
             try:
                 return fn(self._connection(), *args)
             except sqlite3.Error as exc:
-                raise StoreError(f"the SQLite store at {self.path} failed: {exc}") from exc
-        return await asyncio.get_running_loop().run_in_executor(pool, call)
+                raise StoreError(self._failed(exc)) from exc
+        return await asyncio.get_running_loop().run_in_executor(self._readers, call)
+
+    def _failed(self, exc: BaseException) -> str:
+        return f"the SQLite store at {self.path} failed: {exc}"
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(self._writer, fn, *args)
+        """``fn(conn, *args)`` on the writer thread, alone, in autocommit mode (it manages its own
+        transaction, if any)."""
+        return await self._queue(fn, args, grouped=False)
 
-    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(self._readers, fn, *args)
+    async def _grouped(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` on the writer thread, inside a transaction it shares with the other
+        writes queued meanwhile (``fn`` must not begin or end one): atomic, and as durable as
+        the others."""
+        return await self._queue(fn, args, grouped=True)
+
+    async def _queue(self, fn: Callable[..., Any], args: tuple[Any, ...], grouped: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_forever, name="store-write", daemon=True)
+            self._writer.start()
+        self._writes.put(_Write(fn, args, grouped, loop, future))
+        return await future
+
+    # --- the writer thread -----------------------------------------------------------------------
+
+    def _write_forever(self) -> None:
+        after: Optional[_Write] = None  # taken from the queue while a group was gathered; not of it
+        while True:
+            first, after = (after, None) if after is not None else (self._writes.get(), None)
+            if first is None:
+                return  # close(): every write queued before it is done
+            group = [first]
+            while first.grouped and len(group) < MAX_GROUP:
+                try:
+                    more = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None or not more.grouped:
+                    after = more
+                    if more is None:
+                        self._writes.put(None)  # the group first, then stop
+                        after = None
+                    break
+                group.append(more)
+            group = [w for w in group if not w.future.cancelled()]  # its caller stopped waiting: skip
+            if group:
+                self._deliver(self._run_group(group) if first.grouped else [self._run(first)])
+
+    def _run(self, write: "_Write", in_transaction: bool = False) -> "_Done":
+        conn = self._connection()
+        try:
+            if in_transaction:
+                with _transaction(conn):
+                    return write, write.fn(conn, *write.args), None
+            return write, write.fn(conn, *write.args), None
+        except Exception as exc:  # noqa: BLE001 - the caller gets it
+            return write, None, self._error(exc)
+
+    def _run_group(self, group: list["_Write"]) -> list["_Done"]:
+        conn = self._connection()
+        try:
+            with _transaction(conn):
+                done: list[_Done] = [(w, w.fn(conn, *w.args), None) for w in group]
+            return done
+        except Exception as exc:  # noqa: BLE001 - one write failed, or the commit did
+            if len(group) == 1:
+                return [(group[0], None, self._error(exc))]
+        # Each again in a transaction of its own: the one that fails is told, the others are done.
+        return [self._run(w, in_transaction=True) for w in group]
+
+    def _error(self, exc: Exception) -> Exception:
+        return StoreError(self._failed(exc)) if isinstance(exc, sqlite3.Error) else exc
+
+    @staticmethod
+    def _deliver(done: list["_Done"]) -> None:
+        """The results, to the event loop(s) that wait for them: one wake-up per group."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+        for item in done:
+            by_loop.setdefault(item[0].loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -136,8 +227,11 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for pool in (self._writer, self._readers):
-            await loop.run_in_executor(None, pool.shutdown)
+        if self._writer is not None:
+            self._writes.put(None)  # after every write queued before it
+            await loop.run_in_executor(None, self._writer.join)
+            self._writer = None
+        await loop.run_in_executor(None, self._readers.shutdown)
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -146,41 +240,35 @@ class SQLiteStore(Store):
     # --- writes ----------------------------------------------------------------------------------
 
     async def create(self, record: Record) -> None:
-        await self._write(_insert, record)
+        await self._grouped(_insert, record)
 
     async def create_finished(self, record: Record, status: str, response: bytes, first_seq: int,
                               frames: bytes) -> None:
         def create_finished(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _insert(conn, record)
-                _finish(conn, record.id, status, response, first_seq, frames)
-        await self._write(create_finished)
+            _insert(conn, record)
+            _finish(conn, record.id, status, response, first_seq, frames)
+        await self._grouped(create_finished)
 
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
         def append(conn: sqlite3.Connection) -> None:
             last = _last_seq(first_seq, frames)
-            blob = _pack(frames)
-            with _transaction(conn):
-                conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, blob))
-                conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
-                             "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
-                             (last, len(frames), response_id))
-        await self._write(append)
+            conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
+            conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
+                         "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
+                         (last, len(frames), response_id))
+        await self._grouped(append)
 
     async def finish(self, response_id: str, status: str, response: bytes, first_seq: int, frames: bytes) -> None:
-        def finish(conn: sqlite3.Connection) -> None:
-            with _transaction(conn):
-                _finish(conn, response_id, status, response, first_seq, frames)
-        await self._write(finish)
+        await self._grouped(_finish, response_id, status, response, first_seq, frames)
 
     async def renew(self, response_ids: list[str], lease_until: float) -> None:
         def renew(conn: sqlite3.Connection) -> None:
             conn.executemany("UPDATE responses SET lease_until = ? WHERE id = ? AND lease_until IS NOT NULL",
                              [(lease_until, rid) for rid in response_ids])
-        await self._write(renew)
+        await self._grouped(renew)
 
     async def request_cancel(self, owner: str, response_id: str) -> None:
-        await self._write(lambda conn: conn.execute(
+        await self._grouped(lambda conn: conn.execute(
             "UPDATE responses SET cancel_requested = 1 WHERE id = ? AND owner = ?", (response_id, owner)))
 
     async def cancel_requested(self, response_ids: list[str]) -> list[str]:
@@ -193,23 +281,21 @@ class SQLiteStore(Store):
 
     async def abandon(self, response_id: str, now: float, response: bytes, first_seq: int, frames: bytes) -> bool:
         def abandon(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                row = conn.execute("SELECT last_seq FROM responses WHERE id = ? AND lease_until < ?",
-                                   (response_id, now)).fetchone()
-                if row is None or row[0] != first_seq - 1:
-                    return False
-                _finish(conn, response_id, "failed", response, first_seq, frames)
-                return True
-        return await self._write(abandon)
+            row = conn.execute("SELECT last_seq FROM responses WHERE id = ? AND lease_until < ?",
+                               (response_id, now)).fetchone()
+            if row is None or row[0] != first_seq - 1:
+                return False
+            _finish(conn, response_id, "failed", response, first_seq, frames)
+            return True
+        return await self._grouped(abandon)
 
     async def delete(self, owner: str, response_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
-            with _transaction(conn):
-                gone = conn.execute("DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)).rowcount
-                if gone:
-                    conn.execute("DELETE FROM events WHERE response_id = ?", (response_id,))
-                return bool(gone)
-        return await self._write(delete)
+            gone = conn.execute("DELETE FROM responses WHERE id = ? AND owner = ?", (response_id, owner)).rowcount
+            if gone:
+                conn.execute("DELETE FROM events WHERE response_id = ?", (response_id,))
+            return bool(gone)
+        return await self._grouped(delete)
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -387,3 +473,28 @@ class _transaction:
         # SQLite may have rolled back by itself (SQLITE_FULL does): the first error is the one to tell.
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+class _Write:
+    """One write waiting for the writer thread: ``fn(conn, *args)``, and the future of the event
+    loop that waits for it."""
+
+    __slots__ = ("fn", "args", "grouped", "loop", "future")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], grouped: bool,
+                 loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Any]") -> None:
+        self.fn, self.args, self.grouped, self.loop, self.future = fn, args, grouped, loop, future
+
+
+_Done = tuple[_Write, Any, Optional[Exception]]  # a write, its result, or the exception it raised
+
+
+def _settle(done: list[_Done]) -> None:
+    """On the event loop: each waiting future gets its write's result (a caller that stopped
+    waiting, a timeout, has none to get)."""
+    for write, result, error in done:
+        if not write.future.done():
+            if error is not None:
+                write.future.set_exception(error)
+            else:
+                write.future.set_result(result)
