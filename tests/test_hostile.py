@@ -644,6 +644,33 @@ async def test_12_large_body_does_not_stop_other_clients(make_gateway: GatewayFa
     assert len(sent) == 480_000 and sent[-1]["content"][0]["type"] == "audio_url"
 
 
+# --- 12. a client that half-closes is a client that left (kept on purpose: README) ---------------
+
+
+async def test_12_half_close_after_sending_is_taken_for_leaving(make_gateway: GatewayFactory,
+                                                               upstream: FakeVLLM) -> None:
+    """shutdown(SHUT_WR) right after the request, as ``nc -N`` does: the gateway closes the
+    connection and its upstream request (vLLM stops generating), as nginx and Go's net/http do
+    with a client's FIN; it does not leave vLLM generating for a client that may be gone."""
+    gateway = await make_gateway()
+    upstream.queue(Generation(deltas=content("never sent"), hold_at=0, hold=asyncio.Event()))
+    host, port = gateway.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(post_bytes("/v1/responses", b'{"input": "hi", "stream": true}'))
+        await writer.drain()
+        writer.write_eof()
+        async with asyncio.timeout(30):
+            answer = await reader.read()  # to EOF: the gateway closed the connection
+    finally:
+        writer.close()
+    assert b"response.completed" not in answer and b"response.failed" not in answer
+    deadline = time.monotonic() + 30
+    while not all(r["closed_early"] for r in upstream.requests):  # asked upstream or not: never left open
+        assert time.monotonic() < deadline, upstream.requests
+        await asyncio.sleep(0.02)
+
+
 # --- 7. SIGTERM drains every kind of request in flight ---------------------------------------------
 
 
