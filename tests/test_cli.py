@@ -164,6 +164,16 @@ def test_check_reports_an_unreachable_server() -> None:
     assert f"Connection refused to {dead}" in result.stdout and "sk-do-not-print" not in result.stdout
 
 
+def test_workers_auto_is_one_per_usable_core_and_nonsense_is_refused() -> None:
+    from gateway.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--workers", "auto"])
+    assert args.workers == len(os.sched_getaffinity(0))
+    assert build_parser().parse_args(["serve", "--workers", "3"]).workers == 3
+    refused = run("serve", "--base-url", "http://localhost:8000/v1", "--model", "m", "--workers", "many")
+    assert refused.returncode == 2 and "must be a number or 'auto', not 'many'" in refused.stderr
+
+
 def test_the_inspector_refuses_several_workers() -> None:
     # its buffer lives in one process: a page would see one worker's requests only
     result = run("serve", "--base-url", "http://localhost:8000/v1", "--model", "m", "--workers", "2",
