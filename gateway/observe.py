@@ -11,6 +11,8 @@ For one request the server calls, in this order (each call is optional but the l
 
 - ``planned(request, plan)``: the decoded Responses request and the Chat Completions body made of it
   (``plan.body``, sent as ``plan.payload``). Not called for a request the gateway refused (400);
+  a ``POST /v1/chat/completions`` gets ``chat_planned(body, payload, stream)`` instead: the body
+  sent to vLLM (always without streaming) and whether the client streams;
 - ``attempt_started(server)`` / ``attempt_ended(server, error)``: each try at a vLLM server (the
   client retries on another one when a server fails before answering); ``error`` None: it answered;
 - ``read(data)``: each network read from vLLM, the bytes as they came (an SSE event may span two
@@ -18,8 +20,9 @@ For one request the server calls, in this order (each call is optional but the l
   collector) is cheaper than keeping the decoded chunks;
 - ``received(chunks)``: then the chunks that read completed, as a list of ``ChatChunk`` (``None`` in
   it is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
-- ``sent(data)``: each write to the client, as the bytes written (SSE frames; without streaming,
-  the JSON body). The frames written after a ``received`` are the events made of its chunks;
+- ``sent(data)``: each write to the client, as the bytes written (SSE frames, keepalives too;
+  without streaming, the JSON body). The frames written after a ``received`` are the events made
+  of its chunks;
 - ``await ending()``: right after the ``sent`` of the write that ends the response (its terminal
   event; without streaming, the JSON body), before the client gets it: the one awaited call, so
   that what the client is told has ended has also been stored as ended (the response store). It
@@ -55,9 +58,12 @@ class Outcome:
     status: int  # the HTTP status the client got; 499: the client left before the end
     response: Optional["Response"] = None  # the final Response (streamed or not), when there is one
     # The OpenAI-style error object the client got as an HTTP error (``{"message", "type", "param",
-    # "code"}``); a streamed failure is in ``response.error`` instead.
+    # "code"}``); a streamed failure is in ``response.error`` instead (/v1/chat/completions, which
+    # has no Response: here, the status 200 of the stream that carried it).
     error: Optional[dict[str, Any]] = None
     finish_reason: Optional[str] = None  # vLLM's, when it sent one
+    # /v1/chat/completions: the answer the client got (a chat.completion object), when there is one
+    completion: Optional[dict[str, Any]] = None
 
 
 class RequestObserver:
@@ -66,6 +72,9 @@ class RequestObserver:
     __slots__ = ()  # subclasses may have slots only
 
     def planned(self, request: "ResponsesRequest", plan: "ChatPlan") -> None:
+        pass
+
+    def chat_planned(self, body: dict[str, Any], payload: bytes, stream: bool) -> None:
         pass
 
     def attempt_started(self, server: str) -> None:
@@ -104,6 +113,10 @@ class _Fanout(RequestObserver):
     def planned(self, request: "ResponsesRequest", plan: "ChatPlan") -> None:
         for o in self._observers:
             o.planned(request, plan)
+
+    def chat_planned(self, body: dict[str, Any], payload: bytes, stream: bool) -> None:
+        for o in self._observers:
+            o.chat_planned(body, payload, stream)
 
     def attempt_started(self, server: str) -> None:
         for o in self._observers:

@@ -37,7 +37,8 @@ class Generation:
     pauses: dict[int, float] = field(default_factory=dict)  # extra seconds before delta i
     hold_at: Optional[int] = None  # wait for ``hold`` before delta i (a test decides when it goes on)
     hold: Optional[asyncio.Event] = None
-    # before delta gate_before, wait until the test sets ``gate`` (no timing assumptions)
+    # before delta gate_before (without streaming: before the answer), wait until the test sets
+    # ``gate`` (no timing assumptions)
     gate_before: Optional[int] = None
     gate: Optional[asyncio.Event] = None
     send_done: bool = True
@@ -166,6 +167,8 @@ class FakeVLLM:
         else:
             gen = Generation(deltas=content("Hello from the fake vLLM."))
         if gen.status != 200:
+            if gen.gate is not None and not body.get("stream"):
+                await gen.gate.wait()
             return web.json_response(
                 {"error": {"message": gen.error_message, "type": "BadRequestError", "param": None,
                            "code": gen.status}}, status=gen.status)
@@ -186,6 +189,8 @@ class FakeVLLM:
         if not body.get("stream"):
             try:
                 await asyncio.sleep(gen.stall_before)
+                if gen.gate is not None:  # without streaming the gate holds the whole answer
+                    await gen.gate.wait()
             except asyncio.CancelledError:  # the gateway dropped the request before the answer
                 record["closed_early"] = True
                 self.closed_early.set()

@@ -168,3 +168,23 @@ async def test_inspector_shows_a_stream_live_and_replays_it(make_gateway: Gatewa
     assert [s["replay_of"] for s in replay] == [None, None, original_id]
     assert {s["session"] for s in replay} == {"agent-run-42"}
     await asyncio.to_thread(browser.save_screenshot, str(artifacts_dir() / "inspect-replay.png"))
+
+
+async def test_inspector_shows_a_chat_completion(make_gateway: GatewayFactory, browser: Any) -> None:
+    """A streamed /v1/chat/completions request on the page: marked as chat, its answer as items, its
+    chunks and [DONE] in the stream table, no script error."""
+    gateway = await make_gateway("gateway.inspect=true", f"gateway.inspect_admin_key={ADMIN_KEY}")
+    gateway.upstream.queue(Generation(deltas=reasoning("Weigh it.") + content("Chat answer.", size=50)))
+    async with gateway.session.post(gateway.url + "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "stream": True}) as response:
+        assert response.status == 200 and (await response.read()).endswith(b"data: [DONE]\n\n")
+        request_id = response.headers["X-Request-Id"]
+    await asyncio.to_thread(browser.get, f"{gateway.url}/inspect?key={ADMIN_KEY}#{request_id}")
+    await until(browser, lambda d: text_of(d, "#status-badge") == "completed", "the chat completion")
+    assert "chat" in text_of(browser, ".req .badge")
+    await until(browser, lambda d: "Chat answer." in text_of(d, ".item.message .body"), "the answer")
+    assert "<think>Weigh it.</think>" in text_of(browser, ".item.message .body")  # Gym's form of the answer
+    assert "[DONE]" in text_of(browser, "table.stream") and "chat.completion.chunk" in text_of(browser, "table.stream")
+    errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+    assert not errors, errors
+    await asyncio.to_thread(browser.save_screenshot, str(artifacts_dir() / "inspect-chat.png"))

@@ -131,3 +131,35 @@ async def test_a_retry_is_a_second_child(make_gateway: GatewayFactory, upstream2
     assert children[0].attributes["error.type"] == "upstream_unreachable"
     assert children[1].status.status_code is StatusCode.UNSET
     assert parent.status.status_code is StatusCode.UNSET and parent.attributes["gateway.stream"] is False
+
+
+async def test_spans_of_chat_completions(make_gateway: GatewayFactory, spans: InMemorySpanExporter) -> None:
+    """/v1/chat/completions goes through the same observer hook: a span with the body sent to vLLM,
+    the answer's usage, and an error for a stream that failed after it started."""
+    gateway = await make_gateway("gateway.tracing=true", "gateway.keepalive_interval_s=0.02")
+    gateway.upstream.queue(Generation(deltas=content("Hi."), prompt_tokens=9))
+    body = {"messages": [{"role": "user", "content": "q"}], "temperature": 0.3, "prompt_cache_key": "run-8"}
+    async with gateway.session.post(gateway.url + "/v1/chat/completions", json=body) as response:
+        answer = await response.json()
+        rid = response.headers["X-Request-Id"]
+    parent, [attempt] = await request_spans(spans, rid)
+    a = parent.attributes
+    assert parent.name == "chat Qwen/Qwen3-8B" and a["url.path"] == "/v1/chat/completions"
+    assert a["gen_ai.request.temperature"] == 0.3 and a["gen_ai.conversation.id"] == "run-8"
+    assert a["gen_ai.usage.input_tokens"] == 9 and a["gen_ai.usage.output_tokens"] == 1
+    assert a["gen_ai.response.id"] == answer["id"] and a["gateway.stream"] is False
+    assert parent.status.status_code is StatusCode.UNSET and attempt.name == "POST"
+
+    from tests.test_chat_completions import watch
+
+    gate = asyncio.Event()
+    gateway.upstream.queue(Generation(status=400, error_message="refused late", gate=gate))
+    watch(gateway, gate)  # vLLM refuses once the stream has started (two keepalives are out)
+    async with gateway.session.post(gateway.url + "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status == 200
+        assert "event: error" in await response.text()
+        rid = response.headers["X-Request-Id"]
+    parent, _ = await request_spans(spans, rid)
+    assert parent.status.status_code is StatusCode.ERROR and "refused late" in parent.status.description
+    assert parent.attributes["error.type"] == "invalid_request_error"  # vLLM sent no code: the type
+    assert parent.attributes["http.response.status_code"] == 200

@@ -10,7 +10,7 @@ installed by ``install`` when the config turns them on; otherwise nothing of thi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from aiohttp import web
 
@@ -24,10 +24,11 @@ TRACING_KEY = web.AppKey("tracing", object)
 
 
 def install(app: web.Application, config: Config, observers: list[Any], client_keys: list[bytes],
-            secrets: Secrets, create_response: Handler) -> None:
+            secrets: Secrets, handlers: Mapping[str, Handler]) -> None:
     """Adds the inspector and/or tracing to ``app``, as ``config.gateway`` says; ``observers`` is
     the app's observer list, ``client_keys`` the clients' API keys, ``secrets`` what to mask,
-    ``create_response`` the handler of ``POST /v1/responses`` (which answers the inspector's replays)."""
+    ``handlers`` the handlers of ``/v1/responses`` and ``/v1/chat/completions`` by route (they answer
+    the inspector's replays)."""
     gw = config.gateway
     if gw.inspect:
         if gw.inspect_admin_key and gw.inspect_admin_key.encode() in client_keys:
@@ -35,7 +36,7 @@ def install(app: web.Application, config: Config, observers: list[Any], client_k
         inspector = Inspector(gw.inspect_buffer, gw.session_header, secrets, gw.inspect_buffer_mb << 20,
                               nemo_cookie_session(session_cookie_name(config)))
         observers.append(inspector.observe)
-        install_routes(app, inspector, gw.inspect_admin_key, create_response)
+        install_routes(app, inspector, gw.inspect_admin_key, handlers)
     if gw.tracing:
         from .otel import Tracing, default_tracer_provider
 

@@ -12,11 +12,13 @@ A record's entries are ``(t, kind, payload)``, ``t`` in seconds since the reques
 ======== ===========================================================================================
 kind     payload
 ======== ===========================================================================================
-plan     the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes)
+plan     the Chat Completions body sent to vLLM (``plan.payload``, the exact bytes; for a
+         ``/v1/chat/completions`` request, the body it became)
 attempt  ``{server, state, error}`` (JSON): a try at a vLLM server started, answered or failed
 read     the bytes of one network read from vLLM (SSE; an event may span reads), or the whole body
 sent     the bytes written to the client: SSE frames, or the JSON body without streaming
-end      ``{status, error, finish_reason, response}`` (JSON): how it ended, the final Response
+end      ``{status, error, finish_reason, response, completion}`` (JSON): how it ended, the final
+         Response (``/v1/responses``) or chat.completion (``/v1/chat/completions``)
 ======== ===========================================================================================
 """
 
@@ -65,24 +67,27 @@ class Record(RequestObserver):
     and numbers: nothing for the garbage collector to walk, nothing that holds a stream's objects
     (an exception would hold its traceback, and so the stream's frames) after the request ended."""
 
-    __slots__ = ("inspector", "id", "started_at", "_t0", "raw", "headers", "remote", "replay_of", "session",
-                 "session_source", "model", "stream", "response_id", "entries", "size", "dropped", "duration",
-                 "first_output", "viewers", "http_status", "response_status", "error_code", "finish_reason",
-                 "input_tokens", "output_tokens")
+    __slots__ = ("inspector", "id", "started_at", "_t0", "raw", "route", "headers", "remote", "replay_of", "session",
+                 "session_source", "model", "stream", "upstream_stream", "response_id", "entries", "size", "dropped",
+                 "duration", "first_output", "viewers", "http_status", "response_status", "error_code",
+                 "finish_reason", "input_tokens", "output_tokens")
 
     def __init__(self, inspector: "Inspector", request_id: str, raw: bytes, headers: dict[str, str],
-                 remote: Optional[str], session: Optional[tuple[str, str]], replay_of: Optional[str]) -> None:
+                 remote: Optional[str], session: Optional[tuple[str, str]], replay_of: Optional[str],
+                 route: str = "/v1/responses") -> None:
         self.inspector = inspector
         self.id = request_id
         self.started_at = time.time()
         self._t0 = time.perf_counter()
         self.raw = raw
+        self.route = route  # /v1/responses or /v1/chat/completions
         self.headers = headers
         self.remote = remote
         self.replay_of = replay_of
         self.session, self.session_source = session if session else (None, None)
         self.model: Optional[str] = None
-        self.stream: Optional[bool] = None
+        self.stream: Optional[bool] = None  # the client's stream
+        self.upstream_stream: Optional[bool] = None  # vLLM's: /v1/chat/completions asks without
         self.response_id: Optional[str] = None
         self.entries: list[tuple[float, str, bytes]] = []
         self.size = len(raw)  # bytes it holds, roughly: what the inspector's memory budget counts
@@ -121,6 +126,12 @@ class Record(RequestObserver):
         self._add("plan", plan.payload or orjson.dumps(plan.body))  # the exact bytes vLLM gets
         self.inspector.changed(self)
 
+    def chat_planned(self, body: Any, payload: bytes, stream: bool) -> None:
+        self.model = body.get("model")
+        self.stream, self.upstream_stream = stream, False
+        self._add("plan", payload)
+        self.inspector.changed(self)
+
     def attempt_started(self, server: str) -> None:
         self._add("attempt", orjson.dumps({"server": server, "state": "started", "error": None}))
 
@@ -133,7 +144,8 @@ class Record(RequestObserver):
         self._add("read", data)
 
     def sent(self, data: bytes) -> None:
-        if self.first_output is None and (b"_text.delta" in data or b"arguments.delta" in data):
+        if self.first_output is None and (b"_text.delta" in data or b"arguments.delta" in data
+                                          or b'"chat.completion' in data):
             self.first_output = time.perf_counter() - self._t0
         self._add("sent", data)
 
@@ -145,15 +157,21 @@ class Record(RequestObserver):
         self.http_status, self.finish_reason = outcome.status, outcome.finish_reason
         if outcome.error is not None:
             self.error_code = outcome.error.get("code") or outcome.error.get("type")
+            if outcome.status < 400:  # a chat stream that failed after it started
+                self.response_status = "failed"
         if response is not None:
             self.response_status = response.status
             if response.error is not None and self.error_code is None:
                 self.error_code = response.error.code
             if response.usage is not None:
                 self.input_tokens, self.output_tokens = response.usage.input_tokens, response.usage.output_tokens
+        usage = outcome.completion.get("usage") if outcome.completion is not None else None
+        if isinstance(usage, dict):
+            self.input_tokens, self.output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         self._add("end", orjson.dumps({
             "status": outcome.status, "error": outcome.error, "finish_reason": outcome.finish_reason,
-            "response": orjson.Fragment(_encoder.encode(response))}))  # encoded once, at the end
+            "response": orjson.Fragment(_encoder.encode(response)),  # encoded once, at the end
+            "completion": outcome.completion}))
         self.inspector.ended(self)
 
     # --- views ----------------------------------------------------------------------------------
@@ -175,8 +193,10 @@ class Record(RequestObserver):
             "id": self.id,
             "response_id": self.response_id,
             "started_at": self.started_at,
+            "route": self.route,
             "model": self.model,
             "stream": self.stream,
+            "upstream_stream": self.stream if self.upstream_stream is None else self.upstream_stream,
             "session": self.session,
             "session_source": self.session_source,
             "replay_of": self.replay_of,
@@ -211,7 +231,8 @@ def _sse_events_json(data: bytes) -> bytes:
     for frame in data.split(b"\n\n"):
         at = frame.find(b"data: ")
         if at >= 0:
-            events.append(frame[at + 6:])
+            event = frame[at + 6:]
+            events.append(b'"[DONE]"' if event == b"[DONE]" else event)  # Chat Completions' end: not JSON
     return b"[" + b",".join(events) + b"]"
 
 
@@ -292,7 +313,8 @@ class Inspector:
     # --- recording ------------------------------------------------------------------------------
 
     def observe(self, request_id: str, request: Any, raw: bytes) -> Record:
-        """The ``Observer`` registered on the app: every request to /v1/responses gets a record."""
+        """The ``Observer`` registered on the app: every request to /v1/responses and
+        /v1/chat/completions gets a record."""
         headers = mask_headers(request.headers.items(), self.session_header)
         session = None
         header = request.headers.get(self.session_header)
@@ -309,7 +331,7 @@ class Inspector:
         original = self.get(replay_of) if replay_of else None
         if session is None and original is not None and original.session:
             session = (original.session, original.session_source or "replay")  # a replay stays in its session
-        record = Record(self, request_id, raw, headers, request.remote, session, replay_of)
+        record = Record(self, request_id, raw, headers, request.remote, session, replay_of, replay_route(request))
         self.records[request_id] = record
         self.records.move_to_end(request_id)
         self.live[request_id] = record
@@ -427,6 +449,13 @@ class Inspector:
                 out += b"event: detail\ndata: " + self.mask(encode_record(record, value)) + b"\n\n"
         flush_entries()
         return bytes(out)
+
+
+def replay_route(request: Any) -> str:
+    """The route a request is for: its path, or for a replay the route it replays."""
+    if request.path.startswith("/v1/"):
+        return request.path
+    return request.headers.get("X-Inspector-Route", "/v1/responses")
 
 
 def nemo_cookie_session(cookie_name: str) -> Any:

@@ -95,7 +95,19 @@ class RequestSpans(RequestObserver):
         self._first_output = False
 
     def planned(self, request: Any, plan: Any) -> None:
-        body = plan.body
+        self._request(plan.body, plan.stream)
+        self.span.set_attribute("gen_ai.response.id", plan.response.id)
+        if request.prompt_cache_key and not self._has_session:
+            self.span.set_attribute("gen_ai.conversation.id", request.prompt_cache_key)
+
+    def chat_planned(self, body: Any, payload: bytes, stream: bool) -> None:
+        self._request(body, stream)
+        key = body.get("prompt_cache_key")
+        if isinstance(key, str) and key and not self._has_session:
+            self.span.set_attribute("gen_ai.conversation.id", key)
+
+    def _request(self, body: Any, stream: bool) -> None:
+        """The attributes of the Chat Completions body that went to vLLM."""
         model = body.get("model")
         span = self.span
         if model:
@@ -108,10 +120,7 @@ class RequestSpans(RequestObserver):
         stop = body.get("stop")
         if stop:
             span.set_attribute("gen_ai.request.stop_sequences", [stop] if isinstance(stop, str) else list(stop))
-        span.set_attribute("gen_ai.response.id", plan.response.id)
-        span.set_attribute("gateway.stream", bool(plan.stream))
-        if request.prompt_cache_key and not self._has_session:
-            span.set_attribute("gen_ai.conversation.id", request.prompt_cache_key)
+        span.set_attribute("gateway.stream", bool(stream))
 
     def attempt_started(self, server: str) -> None:
         trace = self._tracing._trace
@@ -162,13 +171,23 @@ class RequestSpans(RequestObserver):
             if response.error is not None:
                 failure = response.error.code or "error"
                 span.set_status(self._status(self._status_code.ERROR, response.error.message))
+        completion = outcome.completion
+        if completion is not None:  # /v1/chat/completions
+            if isinstance(completion.get("model"), str):
+                span.set_attribute("gen_ai.response.model", completion["model"])
+            if isinstance(completion.get("id"), str):
+                span.set_attribute("gen_ai.response.id", completion["id"])
+            usage = completion.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+                span.set_attribute("gen_ai.usage.input_tokens", usage["prompt_tokens"])
+                span.set_attribute("gen_ai.usage.output_tokens", usage.get("completion_tokens") or 0)
         if outcome.finish_reason:
             span.set_attribute("gen_ai.response.finish_reasons", [outcome.finish_reason])
         span.set_attribute("http.response.status_code", outcome.status)
         if outcome.status == 499:
             failure = "cancelled"  # the client left
             span.set_status(self._status(self._status_code.ERROR, "the client left before the end"))
-        elif outcome.status >= 400:
+        elif outcome.status >= 400 or outcome.error is not None:  # (a chat stream fails with 200)
             error = outcome.error or {}
             failure = error.get("code") or error.get("type") or str(outcome.status)
             span.set_status(self._status(self._status_code.ERROR, error.get("message") or f"HTTP {outcome.status}"))

@@ -17,13 +17,13 @@ import hmac
 import ipaddress
 import os
 from importlib import resources
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Mapping, Optional
 
 import orjson
 from aiohttp import web
 
 from ..server.http import error_response
-from .buffer import Inspector, encode_record
+from .buffer import Inspector, encode_record, replay_route
 
 INSPECTOR_KEY = web.AppKey("inspector", Inspector)
 COOKIE = "gateway_inspect"
@@ -129,7 +129,8 @@ def _static_files() -> dict[str, bytes]:
 
 
 def install_routes(app: web.Application, inspector: Inspector, admin_key: Optional[str],
-                   create_response: Handler) -> None:
+                   handlers: Mapping[str, Handler]) -> None:
+    """``handlers``: route -> its handler, for replays (``/v1/responses``, ``/v1/chat/completions``)."""
     guard = Guard(admin_key)
     files = _static_files()
     app[INSPECTOR_KEY] = inspector
@@ -203,11 +204,16 @@ def install_routes(app: web.Application, inspector: Inspector, admin_key: Option
             inspector.disconnect(viewer)
 
     async def replay(request: web.Request) -> web.StreamResponse:
-        """The edited request, answered exactly as /v1/responses would (it appears in the list as a
-        replay of the original). The header check stops other sites' forms from sending one."""
+        """The edited request, answered exactly as its route (``X-Inspector-Route``: /v1/responses,
+        or /v1/chat/completions) would (it appears in the list as a replay of the original). The
+        header check stops other sites' forms from sending one."""
         if request.headers.get("X-Inspector") != "replay":
             return _error(403, "A replay must carry the header X-Inspector: replay.", "missing_inspector_header")
-        return await create_response(request)
+        route = replay_route(request)
+        handler = handlers.get(route)
+        if handler is None:
+            return _error(400, f"Cannot replay to {route!r}: replays go to {', '.join(handlers)}.", "unknown_route")
+        return await handler(request)
 
     async def close_feeds(app: web.Application) -> None:
         inspector.close_viewers()

@@ -896,7 +896,8 @@ def create_app(config: Config, client: Optional[VLLMClient] = None) -> web.Appli
     if config.gateway.inspect or config.gateway.tracing:
         from ..inspect import install  # only then: nothing of it is imported, let alone run
 
-        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY], app[SECRETS_KEY], create_response)
+        install(app, config, app[OBSERVERS_KEY], app[KEYS_KEY], app[SECRETS_KEY],
+                {"/v1/responses": create_response, "/v1/chat/completions": chat_completions})
     return app
 
 

@@ -1,18 +1,20 @@
 """What the server's parts share, so that the store, the inspector and /v1/chat/completions need
 nothing from ``app.py`` (which wires them in): the app's keys, OpenAI-style error answers, the SSE
-headers, and NeMo Gym's session affinity (header, ``prompt_cache_key``, cookie)."""
+headers, the observers' bracket around a request, and NeMo Gym's session affinity (header,
+``prompt_cache_key``, cookie)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 import orjson
 from aiohttp import web
 
 from ..config import Config
+from ..observe import Outcome, RequestObserver
 from ..redact import Secrets
 from ..translate.errors import InvalidRequest
 from ..translate.request import ConversionSettings
@@ -70,6 +72,31 @@ def invalid_request_response(exc: InvalidRequest) -> web.Response:
     """A 4xx naming the field; or a 5xx (the response store unavailable) that is no client's fault."""
     kind = "server_error" if exc.status >= 500 else "invalid_request_error"
     return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
+
+
+# --- observers ------------------------------------------------------------------------------------
+
+
+async def observed(observer: Optional[RequestObserver],
+                   answer: Callable[[Optional[Outcome]], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """``answer(outcome)`` for a request that ``observer`` watches (None: nobody, and no cost),
+    which is told how the request ended whatever happens (``RequestObserver.ended``)."""
+    if observer is None:
+        return await answer(None)
+    outcome = Outcome(status=499)  # stays so when the client leaves before the end
+    try:
+        response = await answer(outcome)
+        outcome.status = response.status
+        if response.status >= 400 and isinstance(response, web.Response) and isinstance(response.body, bytes):
+            outcome.error = orjson.loads(response.body).get("error")
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise  # the client left
+    except Exception:
+        outcome.status = 500
+        raise
+    finally:
+        observer.ended(outcome)
 
 
 # --- session affinity -----------------------------------------------------------------------------

@@ -186,6 +186,16 @@ class Model {
         if (this.firstOutput === null) this.firstOutput = t;
         continue;
       }
+      if (event && (event.object === "chat.completion" || event.object === "chat.completion.chunk")) {
+        if (event.object === "chat.completion") this.itemsFromCompletion(event);  // /v1/chat/completions
+        if (this.firstOutput === null) this.firstOutput = t;
+        continue;
+      }
+      if (!event || typeof event !== "object") continue;  // a chat stream's [DONE]
+      if (!event.type && event.error) {  // a chat stream's error frame
+        this.errors.push(`stream error ${event.error.code || event.error.type}: ${event.error.message}`);
+        continue;
+      }
       this.applyEvent(t, event);
     }
   }
@@ -242,12 +252,28 @@ class Model {
     });
   }
 
+  // A chat.completion (/v1/chat/completions) shown as the output items a Response would have.
+  itemsFromCompletion(completion) {
+    const message = ((completion.choices || [])[0] || {}).message || {};
+    const items = [];
+    const reasoning = message.reasoning_content || message.reasoning;
+    if (reasoning) items.push({type: "reasoning", text: reasoning, pieces: [], args: ""});
+    if (message.content) items.push({type: "message", text: "", pieces: [{text: message.content, logprobs: []}], args: ""});
+    for (const call of message.tool_calls || []) {
+      const fn = call.function || {};
+      items.push({type: "function_call", name: fn.name, callId: call.id, text: "", pieces: [], args: fn.arguments || ""});
+    }
+    this.items.clear();
+    items.forEach((item, index) => this.items.set(index, {...item, id: `${completion.id || "chat"}#${index}`, open: false}));
+  }
+
   applyEnd(end) {
     this.end = end;
     if (end.response && !this.response) {
       this.response = end.response;
       if (!this.items.size) this.itemsFromResponse(end.response);
     }
+    if (end.completion && !this.items.size) this.itemsFromCompletion(end.completion);
     if (end.error) this.errors.push(`HTTP ${end.status} ${end.error.code || end.error.type}: ${end.error.message}`);
   }
 
@@ -283,7 +309,7 @@ function connect() {
     const record = JSON.parse(e.data);
     if (record.summary.id !== state.selected) return;
     state.detail = record;
-    state.model = new Model(record.summary.stream);
+    state.model = new Model(record.summary.upstream_stream);
     for (const entry of record.entries) state.model.apply(entry);
     buildDetail();
     detailChanged();
@@ -373,6 +399,7 @@ function renderGroup(key, list, now) {
       h("div", {class: "row1"},
         h("span", {class: `badge ${s.status}`}, s.status),
         s.replay_of ? h("span", {class: "badge replay", title: `replay of ${s.replay_of}`}, "replay") : null,
+        s.route === "/v1/chat/completions" ? h("span", {class: "badge replay", title: s.route}, "chat") : null,
         h("span", {class: "rid", title: s.id}, s.id)),
       h("div", {class: "row2"},
         h("span", {}, fmtTime(s.started_at)),
@@ -412,6 +439,7 @@ function buildDetail() {
   const exportLink = h("a", {class: "button", href: `/inspect/api/requests/${encodeURIComponent(id)}?download=1`,
                              download: `${id}.json`}, "Export JSON");
   const replayButton = h("button", {class: "primary", onclick: openReplay}, "Replay…");
+  const api = state.detail.summary.route === "/v1/chat/completions" ? "Chat Completions" : "Responses";
   parts.head.append(h("h2", {}, id), h("span", {id: "status-badge"}),
                     h("div", {class: "actions"}, exportLink, replayButton));
   $("detail").replaceChildren(
@@ -420,13 +448,13 @@ function buildDetail() {
     parts.tokens, parts.tracking,
     h("h3", {}, "Upstream attempts"), parts.attempts,
     h("h3", {}, "Requests"),
-    h("details", {}, h("summary", {}, "Responses request (from the client)"), parts.request),
+    h("details", {}, h("summary", {}, `${api} request (from the client)`), parts.request),
     h("details", {}, h("summary", {}, "Chat Completions body (sent to vLLM)"), parts.chat),
     h("details", {}, h("summary", {}, "Request headers (secrets masked)"), parts.headers),
-    h("h3", {}, "Stream: vLLM's chunks and the Responses events made of them"),
+    h("h3", {}, `Stream: vLLM's chunks and the ${api} events made of them`),
     h("div", {class: "stream-wrap"}, h("table", {class: "stream"},
       h("thead", {}, h("tr", {}, h("th", {class: "t"}, "t"), h("th", {}, "vLLM chunks (one row per network read)"),
-                                h("th", {}, "Responses events sent to the client"))),
+                                h("th", {}, `${api} events sent to the client`))),
       parts.stream)));
 }
 
@@ -602,6 +630,13 @@ function renderTracking(model) {
 function eventView(event) {
   if (!event || typeof event !== "object") return h("span", {class: "ev"}, JSON.stringify(event));
   if (event.object === "response") return h("span", {class: "ev done"}, h("b", {}, "Response"), ` ${event.id} ${event.status}`);
+  if (!event.type) {  // /v1/chat/completions: a chat.completion, a chunk, or an error frame
+    const rest = compact({...event});
+    delete rest.object;
+    const cls = event.error ? "bad" : event.object === "chat.completion" ? "done" : "delta";
+    return h("span", {class: `ev ${cls}`}, h("b", {}, event.object || (event.error ? "error" : "event")), " ",
+             JSON.stringify(rest));
+  }
   const rest = compact({...event});
   delete rest.type;
   delete rest.sequence_number;
@@ -667,7 +702,8 @@ async function sendReplay(originalId, textarea, message) {
   message.className = "msg";
   const response = await fetch("/inspect/api/replay", {
     method: "POST", body, credentials: "same-origin",
-    headers: {"Content-Type": "application/json", "X-Inspector": "replay", "X-Inspector-Replay-Of": originalId},
+    headers: {"Content-Type": "application/json", "X-Inspector": "replay", "X-Inspector-Replay-Of": originalId,
+              "X-Inspector-Route": state.detail.summary.route || "/v1/responses"},
   });
   const newId = response.headers.get("X-Request-Id");
   if (response.status >= 400) {
