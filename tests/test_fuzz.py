@@ -558,6 +558,9 @@ def must_reject(body: Any) -> Optional[str]:
         if not isinstance(tools_, list):
             return "tools not a list"
         for tool in tools_:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind not in ("", "function", "custom", "namespace"):
+                continue  # a hosted tool (web_search, ...): left out of the model's request, not refused
             if not isinstance(tool, dict) or tool.get("type") != "function":
                 return f"tool {tool!r} is not a function tool"
             if not isinstance(tool.get("name"), str) or not tool["name"]:
