@@ -112,14 +112,16 @@ def thread_cpu(pid: int) -> dict[str, float]:
         name = "the event loop (main thread)" if task.name == str(pid) else "the other threads (store, executors)"
         fields = stat[stat.rindex(")") + 2:].split()
         out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        out[name + ", in the kernel"] += int(fields[12]) / tick
     return out
 
 
 def threads_report(before: dict[str, float], after: dict[str, float]) -> str:
     spent = {name: after[name] - before.get(name, 0.0) for name in after}
-    total = sum(spent.values()) or 1.0
-    lines = ["", "  CPU by thread while sampled (from /proc, not from py-spy)", "  " + "-" * 56]
-    for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
+    total = sum(v for k, v in spent.items() if not k.endswith("kernel")) or 1.0
+    lines = ["", "  CPU by thread while sampled (from /proc, not from py-spy; user + kernel, then the kernel's part)",
+             "  " + "-" * 56]
+    for name, seconds in sorted(spent.items()):
         lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:6.2f} s  {name}")
     return "\n".join(lines)
 

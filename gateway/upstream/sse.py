@@ -1,10 +1,11 @@
 """Sans-IO reader of a Server-Sent Events body: feed bytes, get each event's ``data`` payload.
 
 vLLM writes ``data: <json>\\n\\n`` per chunk and ``data: [DONE]`` at the end. The fast path splits
-the buffer on the blank lines that end events and takes ``data: `` off a one-line event, all in C
-(bytes.split); anything else — comment lines (``: ping``), other fields (``event:``, ``id:``),
-several ``data:`` lines (joined with ``\\n``), ``data:`` without its space, ``\\r\\n`` line ends —
-goes through the general parser. Events may be split anywhere across network reads.
+the buffer on what separates two such events (``\\n\\ndata: ``), which leaves the payloads
+themselves, all in C (bytes.split, and one newline count to prove the shape); anything else —
+comment lines (``: ping``), other fields (``event:``, ``id:``), several ``data:`` lines (joined
+with ``\\n``), ``data:`` without its space, ``\\r\\n`` line ends — goes through the general parser.
+Events may be split anywhere across network reads.
 """
 
 from __future__ import annotations
@@ -47,6 +48,35 @@ class SSEDecoder:
             pending.clear()
         else:
             buffer = data
+        if buffer.startswith(b"data: "):
+            payloads = self._fast(buffer)
+            if payloads is not None:
+                return payloads
+        return self._general(buffer)
+
+    def _fast(self, buffer: bytes) -> "list[bytes] | None":
+        """vLLM's shape: ``data: <one line>`` events only. One split in C on the separator between
+        two such events gives the payloads themselves; a newline count over the whole proves that
+        none holds another line. None: not that shape, for the general parser."""
+        payloads = buffer.split(b"\n\ndata: ")
+        last = payloads.pop()  # the last event: whole (``...\n\n`` and maybe more), or not ended
+        if buffer.count(b"\n", 0, len(buffer) - len(last)) != 2 * len(payloads):
+            return None  # an event of several lines, a comment, an empty event: the general case
+        if payloads:
+            payloads[0] = payloads[0][6:]
+            last_event = b"data: " + last
+        else:
+            last_event = buffer
+        end = last_event.find(b"\n\n")
+        if end < 0 or b"\n" in last_event[:end]:
+            return payloads + self._general(last_event)  # not ended yet, or of several lines
+        payloads.append(last_event[6:end])
+        rest = last_event[end + 2:]
+        return payloads + self._general(rest) if rest else payloads
+
+    def _general(self, buffer: bytes) -> list[bytes]:
+        """Any SSE: split on blank lines; the part after the last one is held for the next read."""
+        pending = self._pending
         blocks = buffer.split(b"\n\n")
         tail = blocks.pop()  # after the last blank line: not complete yet
         if tail:
