@@ -351,6 +351,30 @@ _FLOAT_RE = re.compile(r"[-+]?(?:(?:\d+\.\d*|\.\d+)(?:[eE][-+]?\d+)?|\d+[eE][-+]
 _ARG_ESCAPES = set("\\,}]{[ ()'\":=$")
 
 
+class _Pieces:
+    """Literal text and interpolations, gathered as a string is read."""
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self._literal: list[str] = []
+
+    def text(self, text: str) -> None:
+        self._literal.append(text)
+
+    def node(self, node: _Node) -> None:
+        self._flush()
+        self.parts.append(node)
+
+    def done(self, keep_empty: bool = False) -> list[Any]:
+        self._flush(keep_empty and not self.parts)
+        return self.parts
+
+    def _flush(self, keep_empty: bool = False) -> None:
+        if self._literal or keep_empty:
+            self.parts.append(_Text("".join(self._literal)))
+            self._literal = []
+
+
 class _Parser:
     """Recursive descent over one string value; errors name the key the string is at."""
 
@@ -393,17 +417,11 @@ class _Parser:
             self.i = m.end()
             args = self.arguments()
             return _Call(m.group(1), args, text[start + 2: self.i - 1])
-        parts: list[Any] = []
-        literal: list[str] = []
+        pieces = _Pieces()
         while True:
             if self.i >= len(text):
                 raise self.error("unterminated ${...} interpolation")
-            if text.startswith("${", self.i):
-                if literal:
-                    parts.append(_Text("".join(literal)))
-                    literal = []
-                self.i += 2
-                parts.append(self.interpolation(self.i - 2))
+            if self.nested(pieces):
                 continue
             char = text[self.i]
             self.i += 1
@@ -411,9 +429,8 @@ class _Parser:
                 break
             if char in "{'\"":
                 raise self.error(f"unexpected {char!r} in a key")
-            literal.append(char)
-        if literal:
-            parts.append(_Text("".join(literal)))
+            pieces.text(char)
+        parts = pieces.done()
         if parts and isinstance(parts[0], _Text):
             parts[0] = _Text(parts[0].text.lstrip())
         if parts and isinstance(parts[-1], _Text):
@@ -464,60 +481,56 @@ class _Parser:
             return _ListArg(tuple(items))
         if char == "{":
             raise self.error("mapping arguments ({...}) to a resolver are not supported")
-        parts: list[Any] = []
-        literal: list[str] = []
+        pieces = _Pieces()
         text = self.text
         while self.i < len(text):
             char = text[self.i]
-            if text.startswith("${", self.i):
-                if literal:
-                    parts.append(_Text("".join(literal)))
-                    literal = []
-                self.i += 2
-                parts.append(self.interpolation(self.i - 2))
+            if self.nested(pieces):
                 continue
             if char == "\\" and self.i + 1 < len(text) and text[self.i + 1] in _ARG_ESCAPES:
-                literal.append(text[self.i + 1])
+                pieces.text(text[self.i + 1])
                 self.i += 2
                 continue
             if char in stops:
                 break
-            literal.append(char)
+            pieces.text(char)
             self.i += 1
-        if literal:
-            parts.append(_Text("".join(literal).rstrip()))
+        parts = pieces.done()
+        if parts and isinstance(parts[-1], _Text):  # unescaped spaces around an argument do not count
+            parts[-1] = _Text(parts[-1].text.rstrip())
         return _Primitive(tuple(p for p in parts if not (isinstance(p, _Text) and not p.text)))
 
     def quoted(self, quote: str) -> _Quoted:
         self.i += 1
-        parts: list[Any] = []
-        literal: list[str] = []
+        pieces = _Pieces()
         text = self.text
         while True:
             if self.i >= len(text):
                 raise self.error("unterminated quoted string")
             char = text[self.i]
             if char == "\\" and text[self.i + 1: self.i + 2] in (quote, "\\"):
-                literal.append(text[self.i + 1])
+                pieces.text(text[self.i + 1])
                 self.i += 2
             elif text.startswith("\\${", self.i):
-                literal.append("${")
+                pieces.text("${")
                 self.i += 3
-            elif text.startswith("${", self.i):
-                if literal:
-                    parts.append(_Text("".join(literal)))
-                    literal = []
-                self.i += 2
-                parts.append(self.interpolation(self.i - 2))
+            elif self.nested(pieces):
+                continue
             elif char == quote:
                 self.i += 1
                 break
             else:
-                literal.append(char)
+                pieces.text(char)
                 self.i += 1
-        if literal or not parts:
-            parts.append(_Text("".join(literal)))
-        return _Quoted(tuple(parts))
+        return _Quoted(tuple(pieces.done(keep_empty=True)))
+
+    def nested(self, pieces: _Pieces) -> bool:
+        """An interpolation starts here: read it into ``pieces``."""
+        if not self.text.startswith("${", self.i):
+            return False
+        self.i += 2
+        pieces.node(self.interpolation(self.i - 2))
+        return True
 
     def peek(self) -> str:
         return self.text[self.i] if self.i < len(self.text) else ""
