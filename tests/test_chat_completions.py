@@ -223,3 +223,34 @@ async def test_a_chat_completion_is_replayed_to_its_own_route(make_gateway: Gate
     headers["X-Inspector-Route"] = "/v1/embeddings"
     async with gateway.session.post(gateway.url + "/inspect/api/replay", json=edited, headers=headers) as response:
         assert response.status == 400 and (await response.json())["error"]["code"] == "unknown_route"
+
+
+async def test_a_shutdown_answers_chat_completions_in_flight(make_gateway: GatewayFactory) -> None:
+    """SIGTERM: after the grace period a request vLLM has not answered gets a 503
+    server_shutting_down, and a stream already sending keepalives ends with that error as its frame;
+    both requests to vLLM are closed."""
+    gateway = await make_gateway(FAST_KEEPALIVE, "gateway.shutdown_grace_s=0.5")
+    never = asyncio.Event()
+    gateway.upstream.queue(Generation(deltas=content("late"), gate=never), Generation(deltas=content("late"), gate=never))
+    streaming = asyncio.Event()
+    watch(gateway, streaming, count=1)  # set once the stream has started
+
+    async def send(body: dict[str, Any]) -> tuple[int, bytes]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(gateway.url + "/v1/chat/completions", json=body) as response:
+                return response.status, await response.read()
+
+    plain = asyncio.ensure_future(send({"messages": MESSAGES}))
+    streamed = asyncio.ensure_future(send({"messages": MESSAGES, "stream": True}))
+    await asyncio.wait_for(streaming.wait(), WAIT_S)
+    while len(gateway.upstream.requests) < 2:  # both are with vLLM
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(gateway.runner.cleanup(), WAIT_S)  # what SIGTERM does
+    status, body = await plain
+    assert status == 503 and json.loads(body)["error"]["code"] == "server_shutting_down"
+    status, body = await streamed
+    assert status == 200 and body.startswith(KEEPALIVE)
+    last = body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    assert last.startswith(b"event: error\ndata: ")
+    assert json.loads(last.split(b"data: ", 1)[1])["error"]["code"] == "server_shutting_down"
+    assert all(r["closed_early"] for r in gateway.upstream.requests)

@@ -8,8 +8,9 @@ before that is an ordinary HTTP answer), and a failure after it started is an ``
 frame carrying the error object, which Chat Completions clients raise (the openai SDK does).
 
 The request is seen by the app's observers (the inspector, traces; ``gateway/observe.py``) and
-written to the transport log, with its tokens in the metrics and its log line, as on
-/v1/responses. The response store keeps Responses only: chat completions are not stored.
+written to the transport log, with its tokens in the metrics and its log line, and a graceful
+shutdown waits for it, as on /v1/responses. The response store keeps Responses only: chat
+completions are not stored.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from .. import offload
 from ..observe import Outcome, RequestObserver, observe
 from ..server.body import BodyError, read_body
 from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, METRICS_KEY, OBSERVERS_KEY, REQUEST_ID, SECRETS_KEY,
-                           SETTINGS_KEY, SSE_HEADERS, TRANSPORT_KEY, error_response, observed, session_key,
-                           upstream_error_response)
+                           SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS, TRANSPORT_KEY, error_response, observed,
+                           session_key, shutting_down_response, tracked, upstream_error_response)
 from ..server.observability import nemo_gym_log_context
 from ..server.sse import KEEPALIVE
 from ..translate.errors import InvalidRequest
@@ -42,6 +43,11 @@ Result = Union[dict[str, Any], web.Response]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """Known while in flight, for a graceful shutdown (``tracked``), as /v1/responses."""
+    return await tracked(request, _chat_completions)
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
     gw = request.app[CONFIG_KEY].gateway
     try:
         raw = await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
@@ -219,16 +225,26 @@ async def _stream(request: web.Request, generation: Any, include_usage: bool, ca
             return work.result()  # failed before the stream started: an ordinary HTTP error
         response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
         await response.prepare(request)
+        result: Optional[Result] = None
         while not work.done():
             call.sent(KEEPALIVE)
             await response.write(KEEPALIVE)
-            await asyncio.wait({work}, timeout=interval)
-        try:
-            result = work.result()
-        except Exception:
-            log.exception("chat completion %s failed in the gateway", request[REQUEST_ID])
-            result = error_response(500, "The gateway failed unexpectedly; the error has been logged.",
-                                    type_="server_error", code="internal_error")
+            try:
+                await asyncio.wait({work}, timeout=interval)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not request.app[SHUTDOWN_KEY].is_set() or task is None:
+                    raise  # the client left
+                task.uncancel()  # the shutdown's grace period is over: the stream says so, and ends
+                result = shutting_down_response()
+                break
+        if result is None:
+            try:
+                result = work.result()
+            except Exception:
+                log.exception("chat completion %s failed in the gateway", request[REQUEST_ID])
+                result = error_response(500, "The gateway failed unexpectedly; the error has been logged.",
+                                        type_="server_error", code="internal_error")
         if isinstance(result, web.Response):  # failed after the stream started: an error frame
             assert isinstance(result.body, bytes)
             call.failed_in_stream(orjson.loads(result.body)["error"])

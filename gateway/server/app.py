@@ -47,7 +47,7 @@ from .body import BodyError, read_body
 from .http import (CLIENT_KEY, CONFIG_KEY, DEVELOPER_KEY, FOLDING_SETTINGS_KEY, KEYS_KEY, LOG_FIELDS, METRICS_KEY,
                    OBSERVERS_KEY, REQUEST_ID, REQUESTS_KEY, SECRETS_KEY, SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS,
                    STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response, session_cookie_name,
-                   session_key)
+                   session_key, tracked)
 from .http import upstream_error_response as _upstream_error_response
 from .observability import Metrics, NemoGymTransportLog, TransportLog, nemo_gym_log_context, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
@@ -161,25 +161,9 @@ def cors_middleware(origins: list[str]) -> Any:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    """Every request in flight is known (``REQUESTS_KEY``) so that SIGTERM can wait for it: streamed
-    or not, answered by vLLM yet or not. When the grace period is over, what is still running is
-    cancelled and answered here: a stream that started ends with response.failed (in _stream), a
-    request not answered yet gets a 503 ``server_shutting_down``, never a bare disconnect."""
-    task = asyncio.current_task()
-    requests: set[asyncio.Task[Any]] = request.app[REQUESTS_KEY]
-    if task is not None:
-        requests.add(task)
-    try:
-        return await _create_response(request)
-    except asyncio.CancelledError:
-        if task is None or not request.app[SHUTDOWN_KEY].is_set() or request.transport is None \
-                or request.writer.output_size > 0:
-            raise  # the client left, or the answer has started: nothing more can be said
-        task.uncancel()
-        return error_response(503, "The gateway is shutting down; the request was not completed. Retry it.",
-                              type_="server_error", code="server_shutting_down", headers={"Retry-After": "1"})
-    finally:
-        requests.discard(task)  # type: ignore[arg-type]
+    """Known while in flight, for a graceful shutdown (``tracked``); a stream that started ends
+    with response.failed (in _stream)."""
+    return await tracked(request, _create_response)
 
 
 async def _create_response(request: web.Request) -> web.StreamResponse:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import orjson
 from aiohttp import web
@@ -72,6 +72,37 @@ def invalid_request_response(exc: InvalidRequest) -> web.Response:
     """A 4xx naming the field; or a 5xx (the response store unavailable) that is no client's fault."""
     kind = "server_error" if exc.status >= 500 else "invalid_request_error"
     return error_response(exc.status, exc.message, type_=kind, param=exc.param, code=exc.code)
+
+
+# --- requests in flight ---------------------------------------------------------------------------
+
+
+def shutting_down_response() -> web.Response:
+    return error_response(503, "The gateway is shutting down; the request was not completed. Retry it.",
+                          type_="server_error", code="server_shutting_down", headers={"Retry-After": "1"})
+
+
+async def tracked(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    """``handler(request)``, known while it runs (``REQUESTS_KEY``) so that SIGTERM can wait for it:
+    streamed or not, answered by vLLM yet or not. When the grace period is over, what is still
+    running is cancelled; an answer that has not started is a 503 ``server_shutting_down`` from
+    here, never a bare disconnect (one that started ends itself: response.failed on /v1/responses,
+    an error frame on /v1/chat/completions)."""
+    task = asyncio.current_task()
+    requests: set[asyncio.Task[Any]] = request.app[REQUESTS_KEY]
+    if task is not None:
+        requests.add(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        if task is None or not request.app[SHUTDOWN_KEY].is_set() or request.transport is None \
+                or request.writer.output_size > 0:
+            raise  # the client left, or the answer has started: nothing more can be said
+        task.uncancel()
+        return shutting_down_response()
+    finally:
+        requests.discard(task)  # type: ignore[arg-type]
 
 
 # --- observers ------------------------------------------------------------------------------------
