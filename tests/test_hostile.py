@@ -509,6 +509,19 @@ async def test_11_whole_stream_is_bounded(make_gateway: GatewayFactory, upstream
     await asyncio.wait_for(upstream.closed_early.wait(), 10)
 
 
+async def test_11_a_large_streams_end_arrives_whole(gateway: Gateway) -> None:
+    """An end bigger than a slice (its terminal events carry the 1.5 MB text four times) is written
+    in slices, not copied whole: the client still gets every event, framed, in order, and the
+    stored response is the same."""
+    text = " ".join(f"{i:07d}" for i in range(187_500))  # 1.5 MB
+    gateway.upstream.queue(Generation(deltas=content(text, size=100_000)))
+    events, final = await gateway.stream({"input": "hi"})
+    assert final["output"][0]["content"][0]["text"] == text
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == text
+    async with gateway.session.get(gateway.url + f"/v1/responses/{final['id']}") as r:
+        assert (await r.json())["output"][0]["content"][0]["text"] == text
+
+
 @pytest.mark.parametrize("value", [b"1" + b"0" * 400, b"-7", b"18446744073709551616"], ids=["1e400", "negative", "2^64"])
 @pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
 async def test_11_absurd_usage_is_not_passed_on(gateway: Gateway, value: bytes, stream: bool) -> None:

@@ -601,16 +601,28 @@ async def _write(response: web.StreamResponse, data: bytes, observer: Optional[R
     await response.write(data)
 
 
-async def _write_end(response: Any, data: bytes, call: "UpstreamCall") -> None:
+# A stream's end bigger than this (its terminal events carry the whole text four times) is written
+# in slices of it: aiohttp joins a chunk with its framing into one new bytes, a copy of all of it.
+_END_SLICE_BYTES = 1 << 20
+
+
+async def _write_end(response: Any, data: bytes | bytearray, call: "UpstreamCall") -> None:
     """The write that carries a stream's terminal events: where upstream text (an error message, a
     context-length refusal) reaches the client, so configured secrets are taken out here; observers
-    settle (the store writes the end) before the client sees it."""
-    data = call.request.app[SECRETS_KEY].scrub_bytes(data)
+    settle (the store writes the end) before the client sees it. ``data`` may be the relay's own
+    buffer (nothing is written after it, so it is not copied)."""
+    data = call.request.app[SECRETS_KEY].scrub_bytes(data)  # type: ignore[arg-type]
     observer = call.observer
     if observer is not None:
-        observer.sent(data)
+        observer.sent(data)  # type: ignore[arg-type]
         await observer.ending()
-    await response.write_eof(data)  # the last chunk and the end of the chunked body: one socket write
+    if len(data) <= _END_SLICE_BYTES:
+        await response.write_eof(data)  # the last chunk and the end of the chunked body: one socket write
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), _END_SLICE_BYTES):
+        await response.write(view[start:start + _END_SLICE_BYTES])
+    await response.write_eof()
 
 
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: Any,
@@ -651,11 +663,11 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
             if out:
                 if call.first_output is None and machine.has_output:
                     call.output_started()
-                data = bytes(out)
-                out.clear()
                 if machine.done:
-                    await _write_end(response, data, call)
+                    await _write_end(response, out, call)
                 else:
+                    data = bytes(out)
+                    out.clear()
                     if observer is not None:
                         observer.sent(data)
                     await response.write(data)
@@ -673,7 +685,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
         events = machine.fail(exc.code, exc.message)
     encode_events_into(events, out)
     if out:
-        await _write_end(response, bytes(out), call)
+        await _write_end(response, out, call)
 
 
 async def _json_end(response: Optional[Response], observer: Optional[RequestObserver] = None) -> web.Response:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Optional
@@ -53,6 +54,9 @@ FLUSH_DELAY_S = 0.05
 # them (then every FLUSH_DELAY_S). A write per upstream read of every stream was most of what
 # storing cost: with 1,000 streams trickling tokens the gateway could not keep up.
 ATTACHED_FLUSH_DELAY_S = 1.0
+# Frames waiting this much are written at once, whatever the delay (a fast stream's second of
+# frames would not fit in MAX_PENDING_BYTES).
+FLUSH_NOW_BYTES = 1024 * 1024
 # Frames waiting for the store beyond this: it fell behind; stop storing this response.
 MAX_PENDING_BYTES = 8 * 1024 * 1024
 # How often this process looks for cancel requests of its background runs made on other replicas.
@@ -517,11 +521,18 @@ class Recorder(RequestObserver):
         if not self.keep:
             self._pending[:] = data  # only the terminal batch matters: it carries the final Response
             return
+        if len(self._pending) + len(data) > MAX_PENDING_BYTES:  # checked first: a huge end is not copied
+            self._fail("the store fell behind the stream" if len(data) < MAX_PENDING_BYTES else
+                       f"its last events ({len(data)} bytes: the whole text, four times) are more than the "
+                       f"{MAX_PENDING_BYTES} bytes that may wait for the store")
+            return
         self._pending += data
-        if len(self._pending) > MAX_PENDING_BYTES:
-            self._fail("the store fell behind the stream")
-        elif self._flushing is None and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._flush_delay, self._start_flush)
+        if self._flushing is None:
+            if len(self._pending) >= FLUSH_NOW_BYTES:  # a fast stream does not wait for the timer
+                self._cancel_timer()
+                self._start_flush()
+            elif self._timer is None:
+                self._timer = asyncio.get_running_loop().call_later(self._flush_delay, self._start_flush)
 
     def followed(self) -> None:
         """Someone here follows this response: what waits goes now, and then every FLUSH_DELAY_S."""
@@ -595,7 +606,7 @@ class Recorder(RequestObserver):
         if frames:
             first, last = sequence_numbers(frames)
             self._next_seq = last + 1
-        status = orjson.loads(response)["status"]
+        status = _status_of(response)
         if self._created:
             await self.store.finish(self.record.id, status, response, first, frames)
         else:  # nothing of it is stored yet: one write, not two
@@ -641,6 +652,16 @@ class Recorder(RequestObserver):
         except (StoreError, asyncio.TimeoutError) as exc:
             log.warning("could not remove the partly stored response %s: %s", self.record.id, exc or "timed out")
         self.service.changed(self.record.id)
+
+
+_STATUS = re.compile(rb'"status":"([a-z_]+)"')
+
+
+def _status_of(response: bytes) -> str:
+    """The status of a Response JSON, read from its head (``status`` is among its first keys, after
+    id, object and the timestamps): decoding a whole answer of 200 MB for it took 200 MB more."""
+    found = _STATUS.search(response, 0, 512)
+    return found.group(1).decode() if found else orjson.loads(response)["status"]
 
 
 def _terminal_response(frames: bytes) -> bytes:
