@@ -198,6 +198,8 @@ async def test_6_base_url_credentials_with_api_key(make_gateway: GatewayFactory,
 
 
 async def test_6_base_url_credentials_are_sent_as_basic_auth(make_gateway: GatewayFactory, upstream: FakeVLLM) -> None:
+    """A guard of item 3's fix (credentials are taken out of the URL shown anywhere): they still
+    reach vLLM, as aiohttp sent them from the URL before (so this passed before the fix too)."""
     with_credentials = upstream.url.replace("http://", "http://user:p%40ss@")  # type: ignore[attr-defined]
     gateway = await make_gateway(base_url=with_credentials)
     assert (await gateway.post({"input": "hi"})).status == 200
@@ -237,6 +239,9 @@ async def test_10_control_characters_in_a_path_cannot_forge_a_log_line(gateway: 
                                   "bad_chunked", "unknown_path", "unknown_method", "response_by_id"])
 async def test_12_aiohttp_errors_are_openai_error_objects(gateway: Gateway, case: str,
                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's own refusals fail on the code before the fix (text/plain, echoing the request);
+    unknown_path, unknown_method and response_by_id are guards: that code already answered them
+    with the error object (the issue's text/plain for them did not reproduce on it)."""
     body = json.dumps({"input": "hi"}).encode()
     request = {
         "long_header": b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
@@ -576,6 +581,9 @@ CHUNK_SSE = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n'
 async def test_12_invalid_chunked_framing_from_upstream(make_gateway: GatewayFactory, raw_upstream: Any,
                                                         caplog: pytest.LogCaptureFixture, framing: str,
                                                         stream: bool) -> None:
+    """Not answered at all before (the non-streamed answer hung); the streamed cases are guards:
+    aiohttp 3.14 never raises a body's broken framing to a reader waiting for it, so the idle timer
+    ends the stream, before the fix as after."""
     ctype = b"text/event-stream" if stream else b"application/json"
     head = b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
     first = b"%x\r\n%s\r\n" % (len(CHUNK_SSE), CHUNK_SSE) if stream else b""
@@ -727,7 +735,9 @@ async def test_7_shutdown_answers_every_kind_of_request(make_gateway: GatewayFac
 def test_8_stall_and_keepalive_timers_on_uvloop() -> None:
     """The gateway runs on uvloop in production, whose clock ticks in milliseconds: a stall is
     still detected (before: a silence that the coarse clock measured a hair short of the limit
-    was taken for a keepalive tick, again and again), keepalives stay at their interval."""
+    was taken for a keepalive tick, again and again), keepalives stay at their interval. A guard
+    of item 8's fix (a regression of its first version, found after it): the code before the
+    fix passed it."""
     uvloop = pytest.importorskip("uvloop")
     from gateway.server.runner import bound_url, start
     from tests.conftest import _start_fake, gateway_config
