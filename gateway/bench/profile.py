@@ -40,8 +40,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--mix", default="text", choices=["text", "reasoning", "tools", "mixed"])
     parser.add_argument("--top", type=int, default=30, help="rows per table (default 30)")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks in this file")
+    parser.add_argument("--from-raw", type=Path, metavar="FILE",
+                        help="no load: report on collapsed stacks kept earlier with --raw")
     args = parser.parse_args(argv)
 
+    if args.from_raw:
+        print(report(args.from_raw.read_text(), args.top, {}))
+        return 0
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not os.path.exists(py_spy):
         parser.error("py-spy is not installed: pip install -e '.[profile]'")
@@ -75,7 +80,41 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
+# Where a sample's time goes: the first rule that matches, from the innermost frame outwards.
+AREAS = [
+    ("gateway/store/", "the response store"),
+    ("gateway/upstream/sse.py", "upstream: SSE framing"),
+    ("ChatStream._decode", "upstream: JSON decode of chunks"),
+    ("aiohttp/streams.py", "upstream: aiohttp's body reader"),
+    ("aiohttp/client_proto.py", "upstream: aiohttp's body reader"),
+    ("aiohttp/http_parser.py", "upstream: aiohttp's body reader"),
+    ("gateway/translate/", "the state machine (and request conversion)"),
+    ("gateway/server/sse.py", "SSE encoding of events"),
+    ("aiohttp/http_writer.py", "writes to the client's socket"),
+    ("selector_events.py", "writes to the client's socket"),
+    ("aiohttp/client", "upstream: aiohttp's request"),
+    ("aiohttp/connector.py", "upstream: aiohttp's request"),
+    ("gateway/upstream/", "upstream: the gateway's client"),
+    ("_relay (", "the relay loop (gateway/server/app.py)"),
+    ("aiohttp/web", "request handling (aiohttp server, middlewares, handler)"),
+    ("gateway/server/", "request handling (aiohttp server, middlewares, handler)"),
+    ("gateway/observe.py", "request handling (aiohttp server, middlewares, handler)"),
+]
+
+
+def area(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for marker, name in AREAS:
+            if marker in frame:
+                if name == "the response store":
+                    return name + (" (its writer thread)" if any("threading.py" in f for f in frames) else
+                                   " (on the event loop)")
+                return name
+    return "the event loop itself, and the rest"
+
+
 def report(collapsed: str, top: int, result: dict) -> str:
+    areas: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -87,10 +126,14 @@ def report(collapsed: str, top: int, result: dict) -> str:
         total += n
         frames = stack.split(";")
         own[_short(frames[-1])] += n
+        areas[area(frames)] += n
         for frame in {_short(f, line=False) for f in frames}:  # a function once per stack, whatever line
             inclusive[frame] += n
     lines = [f"{total} samples of the gateway's threads; "
              f"{result.get('completed', '?')} responses, {result.get('errors', '?')} errors during the load"]
+    lines += ["", "  by area of the gateway", "  " + "-" * 22]
+    for name, n in areas.most_common():
+        lines.append(f"  {100 * n / max(total, 1):5.1f}%  {name}")
     for title, counter in (("own time (the function itself)", own), ("with what it calls (by function)", inclusive)):
         lines += ["", f"  {title}", "  " + "-" * len(title)]
         for frame, n in counter.most_common(top):
