@@ -319,7 +319,7 @@ def memory(opts: Options, ctx: Context) -> dict[str, Any]:
     base = upstream.url + wl.path_for("trickle", opts.trickle_interval_ms) + "/v1"
     runs = []
     for rep in range(opts.repeats):
-        gateway = ctx.procs.gateway(base, name="gateway-memory")
+        gateway = ctx.procs.gateway(base, name="gateway-memory", overrides=opts.gateway_settings)
         try:
             watch = {"gateway": gateway.pid}
             url = gateway.url + "/v1/responses"
