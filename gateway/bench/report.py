@@ -61,7 +61,8 @@ def machine_info() -> dict[str, Any]:
 def header(info: dict[str, Any]) -> str:
     load = " ".join(f"{x:.2f}" for x in info["load_avg"]) if info["load_avg"] else "?"
     uv = f"uvloop {info['uvloop']} (the gateway runs on it)" if info["uvloop"] else \
-        "uvloop not installed (the gateway runs on asyncio's loop; it is a dependency on Linux and macOS: pip install -e . installs it)"
+        ("uvloop not installed (the gateway runs on asyncio's loop; it is a dependency on Linux and macOS: "
+         "pip install -e . installs it)")
     return "\n".join([
         f"vllm-responses-gateway benchmark, {info['time']}",
         f"machine: {info['cores']} cores ({info['usable_cores']} usable), {info['cpu'] or '?'}, {info['os']}, "
