@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from .. import offload
+from .. import jsonbytes, offload
 from ..observe import Outcome, RequestObserver, observe
 from ..server.body import BodyError, read_body
 from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, METRICS_KEY, OBSERVERS_KEY, REQUEST_ID, SECRETS_KEY,
@@ -143,7 +143,7 @@ async def _serve(request: web.Request, raw: bytes, call: Call) -> web.StreamResp
     key = session_key(request, body.get("prompt_cache_key") if isinstance(body.get("prompt_cache_key"), str) else None)
     if model.forward_session_id_as_conversation_id and key:
         body["conversation_params"] = {"conversation_id": key}
-    payload = orjson.dumps(body)
+    payload = jsonbytes.dumps(body)  # kept for the request's whole life
     if call.observer is not None:
         call.observer.chat_planned(body, payload, stream)
     try:

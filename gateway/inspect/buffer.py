@@ -32,6 +32,7 @@ from typing import Any, Iterable, Optional
 import msgspec
 import orjson
 
+from .. import jsonbytes
 from ..observe import Outcome, RequestObserver
 from ..redact import MASK, Secrets, is_secret_header
 from ..server.http import cookie_session_id
@@ -123,7 +124,7 @@ class Record(RequestObserver):
         session = self.inspector.session_of(self, request, plan.response)
         if session is not None:
             self.session, self.session_source = session
-        self._add("plan", plan.payload or orjson.dumps(plan.body))  # the exact bytes vLLM gets
+        self._add("plan", plan.payload or jsonbytes.dumps(plan.body))  # the exact bytes vLLM gets
         self.inspector.changed(self)
 
     def chat_planned(self, body: Any, payload: bytes, stream: bool) -> None:
@@ -133,11 +134,11 @@ class Record(RequestObserver):
         self.inspector.changed(self)
 
     def attempt_started(self, server: str) -> None:
-        self._add("attempt", orjson.dumps({"server": server, "state": "started", "error": None}))
+        self._add("attempt", jsonbytes.dumps({"server": server, "state": "started", "error": None}))
 
     def attempt_ended(self, server: str, error: Any) -> None:
         failure = None if error is None else {"code": error.code, "message": error.message}
-        self._add("attempt", orjson.dumps({"server": server, "state": "failed" if error else "answered",
+        self._add("attempt", jsonbytes.dumps({"server": server, "state": "failed" if error else "answered",
                                            "error": failure}))
 
     def read(self, data: bytes) -> None:
@@ -168,7 +169,7 @@ class Record(RequestObserver):
         usage = outcome.completion.get("usage") if outcome.completion is not None else None
         if isinstance(usage, dict):
             self.input_tokens, self.output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        self._add("end", orjson.dumps({
+        self._add("end", jsonbytes.dumps({
             "status": outcome.status, "error": outcome.error, "finish_reason": outcome.finish_reason,
             "response": orjson.Fragment(_encoder.encode(response)),  # encoded once, at the end
             "completion": outcome.completion}))
@@ -216,7 +217,7 @@ def encode_entry(entry: tuple[float, str, bytes], stream: Optional[bool]) -> byt
     """One entry as the JSON array ``[t_ms, kind, payload]`` the page reads."""
     t, kind, payload = entry
     if kind == "read":  # as text: the page splits it into vLLM's events, as the gateway's reader does
-        body = orjson.dumps(payload.decode("utf-8", "replace"))
+        body = jsonbytes.dumps(payload.decode("utf-8", "replace"))
     elif kind == "sent":
         body = _sse_events_json(payload) if stream else b"[" + payload + b"]"
     else:  # plan, attempt, end: JSON already
@@ -242,13 +243,13 @@ def _request_json(raw: bytes) -> bytes:
         orjson.loads(raw)
         return raw
     except (orjson.JSONDecodeError, UnicodeDecodeError):
-        return orjson.dumps({"unparsed_body": raw[:65536].decode("utf-8", "replace")})
+        return jsonbytes.dumps({"unparsed_body": raw[:65536].decode("utf-8", "replace")})
 
 
 def encode_record(record: Record, upto: Optional[int] = None) -> bytes:
     """The whole record (the export format, and what a viewer opening it first gets)."""
     entries = record.entries if upto is None else record.entries[:upto]
-    head = orjson.dumps({"summary": record.summary(), "headers": record.headers, "remote": record.remote})
+    head = jsonbytes.dumps({"summary": record.summary(), "headers": record.headers, "remote": record.remote})
     return (head[:-1] + b',"request":' + _request_json(record.raw) + b',"entries":['
             + b",".join(encode_entry(e, record.stream) for e in entries) + b"]}")
 
@@ -442,9 +443,9 @@ class Inspector:
                 continue
             flush_entries()
             if kind == "summary":
-                out += b"event: summary\ndata: " + self.mask(orjson.dumps(record.summary())) + b"\n\n"
+                out += b"event: summary\ndata: " + self.mask(jsonbytes.dumps(record.summary())) + b"\n\n"
             elif kind == "list":
-                out += b"event: list\ndata: " + self.mask(orjson.dumps([r.summary() for r in value])) + b"\n\n"
+                out += b"event: list\ndata: " + self.mask(jsonbytes.dumps([r.summary() for r in value])) + b"\n\n"
             elif kind == "detail":
                 out += b"event: detail\ndata: " + self.mask(encode_record(record, value)) + b"\n\n"
         flush_entries()

@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-from .. import offload
+from .. import jsonbytes, offload
 from ..config import Config
 from ..redact import Secrets, secrets_of
 from ..observe import Outcome, RequestObserver, join, observe
@@ -243,7 +243,7 @@ async def _generate(request: web.Request, req: Any, plan: ChatPlan, observer: Op
     if model.forward_session_id_as_conversation_id and key:
         # NeMo Gym's rank-affine routing: the session as the backend's conversation id.
         plan.body["conversation_params"] = {"conversation_id": key}
-        plan.payload = orjson.dumps(plan.body)
+        plan.payload = jsonbytes.dumps(plan.body)
     if not model.sequential_reasoning_allowed and _ends_with_empty_assistant_turn(plan.body["messages"]):
         return await _local_answer(request, plan, "content_filter", observer)
     client = request.app[CLIENT_KEY]

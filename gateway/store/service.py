@@ -29,7 +29,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from .. import offload
+from .. import jsonbytes, offload
 from ..config import Config
 from ..schema.responses import Response, ResponsesRequest
 from ..observe import Outcome, RequestObserver
@@ -346,7 +346,7 @@ class StoreService:
                         event = orjson.loads(data)
                         output[event["output_index"]] = event["item"]
             snapshot["output"] = [output[i] for i in sorted(output)]
-        return orjson.dumps(snapshot)
+        return jsonbytes.dumps(snapshot)
 
     async def input_items(self, record: Record) -> list[dict[str, Any]]:
         histories = await self._call(self.store.history(record.owner, record.chain)) if record.chain else []
@@ -448,7 +448,7 @@ def _own_input(value: Any, kept: bool) -> tuple[list[dict[str, Any]], bytes]:
     if not kept:
         return own, b"[]"
     try:
-        return own, orjson.dumps(own)
+        return own, jsonbytes.dumps(own)  # kept with the record
     except orjson.JSONEncodeError as exc:  # e.g. an unknown key nested hundreds of levels deep
         raise InvalidRequest(f"The input cannot be stored: {exc}. Send it with store: false.", param="input") from None
 

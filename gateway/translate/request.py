@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import msgspec
 import orjson
 
+from .. import jsonbytes
 from ..schema import responses as r
 from .errors import InvalidRequest, from_validation_error
 from .stream import StreamOptions
@@ -215,7 +216,7 @@ def plan_chat_request(
     if req.stream:
         body["stream_options"] = {"include_usage": True}
     try:
-        payload = orjson.dumps(body)
+        payload = jsonbytes.dumps(body)  # kept for the stream's whole life
     except (TypeError, orjson.JSONEncodeError) as exc:  # the checks above should leave nothing for here
         raise InvalidRequest(f"The request cannot be passed on to vLLM: {exc}.", param=None) from None
 
