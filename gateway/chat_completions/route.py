@@ -22,14 +22,12 @@ from typing import Any, Optional, Union
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from .. import jsonbytes, offload
 from ..observe import Outcome, RequestObserver, observe
-from ..server.body import BodyError, read_body
 from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, METRICS_KEY, OBSERVERS_KEY, REQUEST_ID, SECRETS_KEY,
                            SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS, TRANSPORT_KEY, error_response, observed,
-                           session_key, shutting_down_response, tracked, upstream_error_response)
+                           request_body, session_key, shutting_down_response, tracked, upstream_error_response)
 from ..server.observability import nemo_gym_log_context
 from ..server.sse import KEEPALIVE
 from ..translate.errors import InvalidRequest
@@ -48,14 +46,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    gw = request.app[CONFIG_KEY].gateway
-    try:
-        raw = await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
-                              max_bytes=gw.max_request_bytes, max_compressed_bytes=gw.max_compressed_request_bytes)
-    except BodyError as exc:
-        return error_response(exc.status, exc.message, code=exc.code)
-    except RequestPayloadError as exc:
-        return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
+    raw = await request_body(request)
+    if isinstance(raw, web.Response):
+        return raw
     observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
     return await observed(observer, lambda outcome: _serve(request, raw, Call(request, observer, outcome)))
 

@@ -21,7 +21,6 @@ from typing import Any, Optional
 import msgspec
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from .. import jsonbytes, offload
 from ..config import Config
@@ -43,11 +42,10 @@ from ..upstream.client import (
 )
 from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
-from .body import BodyError, read_body
 from .http import (CLIENT_KEY, CONFIG_KEY, DEVELOPER_KEY, FOLDING_SETTINGS_KEY, KEYS_KEY, LOG_FIELDS, METRICS_KEY,
                    OBSERVERS_KEY, REQUEST_ID, REQUESTS_KEY, SECRETS_KEY, SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS,
-                   STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response, session_cookie_name,
-                   session_key, tracked)
+                   STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response, observed,
+                   request_body, session_cookie_name, session_key, tracked)
 from .http import upstream_error_response as _upstream_error_response
 from .observability import Metrics, NemoGymTransportLog, TransportLog, nemo_gym_log_context, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
@@ -167,29 +165,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 async def _create_response(request: web.Request) -> web.StreamResponse:
-    gw = request.app[CONFIG_KEY].gateway
-    try:
-        raw = await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
-                              max_bytes=gw.max_request_bytes, max_compressed_bytes=gw.max_compressed_request_bytes)
-    except BodyError as exc:
-        return error_response(exc.status, exc.message, code=exc.code)
-    except RequestPayloadError as exc:  # e.g. broken chunked framing from the client
-        return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
+    raw = await request_body(request)
+    if isinstance(raw, web.Response):
+        return raw
     observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
-    if observer is None:
-        return await _respond(request, raw, None, None)
-    outcome = Outcome(status=499)  # stays so when the client leaves before the end
-    try:
-        response = await _respond(request, raw, observer, outcome)
-        outcome.status = response.status
-        if response.status >= 400 and isinstance(response, web.Response) and isinstance(response.body, bytes):
-            outcome.error = orjson.loads(response.body).get("error")
-        return response
-    except Exception:
-        outcome.status = 500
-        raise
-    finally:
-        observer.ended(outcome)
+    return await observed(observer, lambda outcome: _respond(request, raw, observer, outcome))
 
 
 async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestObserver],

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Union
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
 from ..observe import Outcome, RequestObserver
@@ -20,6 +21,7 @@ from ..translate.errors import InvalidRequest
 from ..translate.request import ConversionSettings
 from ..upstream.client import UpstreamError, UpstreamHTTPError, VLLMClient
 from ..upstream.developer_role import DeveloperRole
+from .body import BodyError, read_body
 from .observability import Metrics
 
 # --- the app's keys -------------------------------------------------------------------------------
@@ -60,6 +62,18 @@ def error_response(
 ) -> web.Response:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+async def request_body(request: web.Request) -> Union[bytes, web.Response]:
+    """The request's body, decoded within the configured limits, or the error to answer instead."""
+    gw = request.app[CONFIG_KEY].gateway
+    try:
+        return await read_body(request.content, request.headers.get("Content-Encoding", ""), request.content_length,
+                               max_bytes=gw.max_request_bytes, max_compressed_bytes=gw.max_compressed_request_bytes)
+    except BodyError as exc:
+        return error_response(exc.status, exc.message, code=exc.code)
+    except RequestPayloadError as exc:  # e.g. broken chunked framing from the client
+        return error_response(400, f"The request body could not be read: {exc}.", code="invalid_body")
 
 
 def upstream_error_response(exc: UpstreamError) -> web.Response:
