@@ -37,14 +37,19 @@ examples:
 """
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow),
+    not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
 def _workers(value: str) -> int:
-    """``--workers N`` or ``--workers auto``: one per core this process may run on (its CPU affinity,
-    which containers and taskset narrow), not the machine's count."""
+    """``--workers N``, or ``--workers auto``: one per usable core."""
     if value == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:  # no sched_getaffinity (macOS)
-            return max(1, os.cpu_count() or 1)
+        return usable_cores()
     try:
         return int(value)
     except ValueError:

@@ -618,6 +618,10 @@ def _answer(rng: random.Random, config: dict[str, Any], request: dict[str, Any],
     return completion
 
 
+# What the fake /tokenize answers for every case (11 prompt tokens).
+TOKENIZE_ANSWER = {"tokens": list(range(100, 111)), "count": 11, "max_model_len": 4096}
+
+
 def corpus() -> list[dict[str, Any]]:
     rng = random.Random(SEED)
     cases = []
@@ -629,7 +633,7 @@ def corpus() -> list[dict[str, Any]]:
         if "top_logprobs" in request:
             tags.add("top_logprobs_without_logprobs")
         cases.append({"config": config, "request": request, "answer": answer, "tags": sorted(tags),
-                      "tokenize": {"tokens": list(range(100, 111)), "count": 11, "max_model_len": 4096}})
+                      "tokenize": dict(TOKENIZE_ANSWER)})
     return cases
 
 
@@ -685,7 +689,7 @@ def chat_corpus() -> list[dict[str, Any]]:
         tags.discard("request_extension")  # Chat Completions has chat_template_kwargs (Gym's own field)
         cases.append({"config": config, "request": request, "answer": answer, "tags": sorted(tags),
                       "path": "/v1/chat/completions",
-                      "tokenize": {"tokens": list(range(100, 111)), "count": 11, "max_model_len": 4096}})
+                      "tokenize": dict(TOKENIZE_ANSWER)})
     return cases
 
 

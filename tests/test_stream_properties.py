@@ -181,10 +181,7 @@ _options = st.builds(StreamOptions, parse_think_tags=st.booleans(), reasoning_st
        data=st.data())
 def test_any_chunking_gives_the_reference_response(output: Output, options: StreamOptions, field_name: str,
                                                    data: st.DataObject) -> None:
-    whole = [one_chunk_of(output, field_name)]
-    _, one_chunk = run(whole, options)
-    events, cut_up = run(chunk_stream(output, data, field_name), options)
-    assert cut_up == one_chunk
+    events, cut_up = same_whole_or_cut_up(output, options, field_name, data)
     assert output_texts(cut_up) == reference_items(output, options)
     expected_status = "incomplete" if output.finish == "length" else "completed"
     assert cut_up["status"] == expected_status
@@ -194,6 +191,15 @@ def test_any_chunking_gives_the_reference_response(output: Output, options: Stre
         assert cut_up["output"][-1]["status"] == "incomplete"
         assert not any(e["type"] == "response.output_item.done" and e["item"]["type"] == "function_call"
                        for e in events)
+
+
+def same_whole_or_cut_up(output: Output, options: StreamOptions, field_name: str,
+                         data: st.DataObject) -> tuple[list[dict], dict]:
+    """The events and Response of a drawn chunking, checked equal to those of the one-chunk stream."""
+    _, one_chunk = run([one_chunk_of(output, field_name)], options)
+    events, cut_up = run(chunk_stream(output, data, field_name), options)
+    assert cut_up == one_chunk
+    return events, cut_up
 
 
 # NeMo Gym's conventions (gateway.response_conventions: nemo_gym): untrimmed text, kept stray tags,
@@ -219,10 +225,7 @@ _nemo_gym_options = st.builds(StreamOptions, parse_think_tags=st.booleans(), rea
        data=st.data())
 def test_nemo_gym_conventions_do_not_depend_on_chunking(output: Output, options: StreamOptions, field_name: str,
                                                         data: st.DataObject) -> None:
-    whole = [one_chunk_of(output, field_name)]
-    _, one_chunk = run(whole, options)
-    _, cut_up = run(chunk_stream(output, data, field_name), options)
-    assert cut_up == one_chunk
+    _, cut_up = same_whole_or_cut_up(output, options, field_name, data)
     assert cut_up["output"]  # never output: []
     # Every character of the text that is not a recognised tag is in the output, untrimmed.
     if not options.parse_think_tags:

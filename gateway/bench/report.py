@@ -10,6 +10,8 @@ import time
 from importlib import metadata
 from typing import Any, Optional
 
+from ..cli import usable_cores
+
 # (key, text) of the targets the issues set (#16 for the relay); evaluated in ``targets``.
 TARGETS = [
     ("cpu_per_token", "gateway CPU per token <= 5 µs (text, 1 token/chunk, c=64)"),
@@ -25,13 +27,6 @@ TARGETS = [
 # --- machine information --------------------------------------------------------------------------
 
 
-def _usable_cores() -> Optional[int]:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
 def machine_info() -> dict[str, Any]:
     def version(dist: str) -> Optional[str]:
         try:
@@ -45,7 +40,7 @@ def machine_info() -> dict[str, Any]:
             cpu_model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         pass
-    usable = _usable_cores()
+    usable = usable_cores()
     return {
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cores": os.cpu_count(), "usable_cores": usable, "cpu": cpu_model,
@@ -361,7 +356,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if l64:
         ratio = l64["ratio"].get("events_s")
         add("events_ratio", f"{ratio:.3f}x" if ratio is not None else None, ratio >= 0.5 if ratio is not None else None,
-            _ceiling_note(l64, _usable_cores()))
+            _ceiling_note(l64, usable_cores()))
     else:
         add("events_ratio", None, None, "needs the relay section at c=64")
     if l1:
