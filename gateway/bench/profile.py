@@ -39,6 +39,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tokens", type=int, default=256, help="tokens per response (default 256)")
     parser.add_argument("--mix", default="text", choices=["text", "reasoning", "tools", "mixed"])
     parser.add_argument("--top", type=int, default=30, help="rows per table (default 30)")
+    parser.add_argument("--gil", action="store_true",
+                        help="sample only the thread holding the GIL (py-spy --gil): a thread waiting for the GIL "
+                             "is not counted as busy where it waits")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks in this file")
     parser.add_argument("--from-raw", type=Path, metavar="FILE",
                         help="no load: report on collapsed stacks kept earlier with --raw")
@@ -67,7 +70,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         threading.Event().wait(1.5)  # the warm-up: the load is steady before sampling starts
         before = thread_cpu(gateway.pid)
         spy = subprocess.run([py_spy, "record", "--pid", str(gateway.pid), "--duration", str(int(args.seconds)),
-                              "--rate", str(args.rate), "--format", "raw", "--output", str(out), "--nonblocking"],
+                              "--rate", str(args.rate), "--format", "raw", "--output", str(out), "--nonblocking"]
+                             + (["--gil"] if args.gil else []),
                              capture_output=True, text=True)
         after = thread_cpu(gateway.pid)
         load.join()
@@ -156,16 +160,28 @@ def thread_cpu(pid: int) -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         out[name + ", in the kernel"] += int(fields[12]) / tick
+        try:  # how often it gave up its core: waiting for the GIL, a lock, a socket, a syscall
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                key, _, value = line.partition(":")
+                out[f"{name}: {key.split('_')[0]} context switches"] += int(value)
     return out
 
 
 def threads_report(before: dict[str, float], after: dict[str, float]) -> str:
     spent = {name: after[name] - before.get(name, 0.0) for name in after}
-    total = sum(v for k, v in spent.items() if not k.endswith("kernel")) or 1.0
+    switches = {name: n for name, n in spent.items() if name.endswith("context switches")}
+    cpu = {name: seconds for name, seconds in spent.items() if name not in switches}
+    total = sum(v for k, v in cpu.items() if not k.endswith("kernel")) or 1.0
     lines = ["", "  CPU by thread while sampled (from /proc, not from py-spy; user + kernel, then the kernel's part)",
              "  " + "-" * 56]
-    for name, seconds in sorted(spent.items()):
+    for name, seconds in sorted(cpu.items()):
         lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:6.2f} s  {name}")
+    for name, count in sorted(switches.items()):
+        lines.append(f"  {int(count):>14,}  {name}")
     return "\n".join(lines)
 
 
