@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import os
@@ -93,8 +94,19 @@ def bound_url(runner: web.AppRunner) -> str:
     return f"http://{host}:{port}"
 
 
+def tune_gc(threshold: int) -> None:
+    """A server's settings for the cyclic collector, once everything is loaded: the modules and the
+    app (tens of thousands of objects that live as long as the process) are frozen out of its passes,
+    and a pass waits for ``threshold`` new containers (see ``gc_threshold`` in config.py; the bench
+    README has the measurement)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold)  # the older generations keep Python's ratios
+
+
 async def serve_forever(config: Config, reuse_port: bool = False) -> None:
     runner = await start(config, reuse_port=reuse_port)
+    tune_gc(config.gateway.gc_threshold)
     log.info(
         "vllm-responses-gateway listening on %s, upstream %s, model %s%s",
         bound_url(runner), ", ".join(runner.app[CLIENT_KEY].base_urls), config.model_server.model,
