@@ -23,6 +23,7 @@ import orjson
 from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
+from .protocol import lean_connector
 from .sse import DONE, SSEDecoder, SSEEventTooLarge
 
 log = logging.getLogger("gateway.upstream")
@@ -445,7 +446,7 @@ class VLLMClient:
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            connector = lean_connector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=self.settings.total, connect=self.settings.connect),

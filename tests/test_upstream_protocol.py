@@ -1,0 +1,63 @@
+"""The upstream client's lean protocol (gateway/upstream/protocol.py): in use, and still pausing and
+resuming when vLLM's bytes outrun the reader."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import aiohttp
+from aiohttp import web
+
+from gateway.upstream.protocol import LeanResponseHandler, lean_connector
+from tests.conftest import GatewayFactory
+
+CHUNKS = 20_000  # more than aiohttp's high-water marks hold, in bytes (128 KiB) and in chunks (16,384)
+
+
+async def test_the_gateway_reads_vllm_through_the_lean_protocol(make_gateway: GatewayFactory) -> None:
+    """A guard: an aiohttp that builds its protocol otherwise loses the saving, and this says so."""
+    gateway = await make_gateway()
+    assert (await gateway.create({"input": "hi"}))["status"] == "completed"
+    client = gateway.runner.app[__import__("gateway.server.app", fromlist=["CLIENT_KEY"]).CLIENT_KEY]
+    connector = client._session.connector
+    assert isinstance(connector._factory(), LeanResponseHandler)
+
+
+async def test_a_paused_read_resumes_and_loses_nothing() -> None:
+    """The reader starts only once aiohttp paused reading (its buffer is past the high-water mark):
+    reading must resume, and every byte arrive in order."""
+    paused = asyncio.Event()
+
+    class Watched(LeanResponseHandler):
+        def pause_reading(self) -> None:
+            super().pause_reading()
+            paused.set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(CHUNKS):
+            await response.write(b"data: %d\n\n" % i)  # one HTTP chunk per event, as vLLM sends
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    connector = lean_connector()
+    connector._factory = functools.partial(Watched, *connector._factory.args, **connector._factory.keywords)
+    body = b""
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.get(f"http://127.0.0.1:{port}/") as response:
+                await asyncio.wait_for(paused.wait(), 60)
+                while data := await asyncio.wait_for(response.content.readany(), 60):
+                    body += data
+    finally:
+        await runner.cleanup()
+    assert body == b"".join(b"data: %d\n\n" % i for i in range(CHUNKS))
