@@ -232,6 +232,38 @@ def test_nemo_gym_conventions_do_not_depend_on_chunking(output: Output, options:
         assert "".join(t for kind, t in output_texts(cut_up) if kind == "message") == output.content
 
 
+_any_options = st.builds(StreamOptions, parse_think_tags=st.booleans(), reasoning_starts_open=st.booleans(),
+                         reasoning_presentation=st.sampled_from(["summary", "raw"]), trim_whitespace=st.booleans(),
+                         keep_stray_close_tag=st.booleans(), empty_output_message=st.booleans(),
+                         cut_items_completed=st.booleans(), reasoning_blocks_as_parts=st.booleans(),
+                         reasoning_field_as_text=st.booleans())
+
+
+def events_bytes(chunks: list[chat.ChatChunk], options: StreamOptions, fast_path: bool) -> tuple[bytes, Any]:
+    counter = itertools.count()
+    machine = ResponseStateMachine(skeleton(), options, new_id=lambda prefix: f"{prefix}_{next(counter)}",
+                                   clock=lambda: 1, track_tokens=True)
+    machine.fast_path = fast_path
+    out = [encode_events(machine.start())]
+    out += [encode_events(machine.feed(chunk)) for chunk in chunks]
+    out.append(encode_events(machine.finish()))
+    return b"".join(out), machine.tokens
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(output=outputs, options=_any_options, field_name=st.sampled_from(["reasoning", "reasoning_content"]),
+       data=st.data())
+def test_the_fast_path_emits_what_the_general_path_emits(output: Output, options: StreamOptions, field_name: str,
+                                                         data: st.DataObject) -> None:
+    """ResponseStateMachine's shortcut for "more text of the open message" changes no byte of any
+    stream, under any options, and counts the same tokens."""
+    chunks = chunk_stream(output, data, field_name)
+    fast, fast_tokens = events_bytes(chunks, options, True)
+    general, general_tokens = events_bytes(chunks, options, False)
+    assert fast == general
+    assert msgspec.to_builtins(fast_tokens) == msgspec.to_builtins(general_tokens)
+
+
 @settings(max_examples=200, deadline=None)
 @given(output=outputs, options=_options)
 def test_non_streaming_is_the_completed_event(output: Output, options: StreamOptions) -> None:

@@ -67,6 +67,11 @@ class ThinkSplitter:
             out.append((self.inside, emit))
         return out
 
+    def passes_as_answer(self, text: str) -> bool:
+        """``feed(text)`` would give ``[(False, text)]`` and change nothing: outside reasoning,
+        nothing held back, past the start, and no tag can begin in ``text``."""
+        return not self.inside and not self._held and not self._fresh and "<" not in text
+
     @property
     def holds_text(self) -> bool:
         """Answer text is held back (a possible tag start outside reasoning)."""
