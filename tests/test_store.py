@@ -715,3 +715,42 @@ async def call_conv(client: AsyncOpenAI | OpenAI, method: str, *args: Any, **kwa
     if isinstance(client, OpenAI):
         return await asyncio.to_thread(resource, *args, **kwargs)
     return await resource(*args, **kwargs)
+
+
+async def test_a_write_waits_its_turn_behind_another_process_without_sleeping_milliseconds(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process's transaction holds the file's write lock (--workers sharing it): the
+    writer retries BEGIN itself, 50 µs apart and doubling (SQLite's busy handler slept 1 ms, then
+    2, 5, 10 ...), and writes once the lock is free. Past LOCK_WAIT_S it fails with a StoreError."""
+    import sqlite3
+
+    from gateway.store import sqlite as sqlite_store
+    from gateway.store.base import StoreError
+
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the writer thread's waits: the lock is freed at the third
+        slept.append(seconds)
+        if len(slept) == 3:
+            other.execute("COMMIT")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
+    record = Record(id="r0", owner="", status="in_progress", response=b"{}", input=b"[]", expires_at=2000.0)
+    await asyncio.wait_for(store.create(record), 60)
+    assert slept == [50e-6, 100e-6, 200e-6]
+    assert await store.get("", "r0") is not None
+
+    other.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(sqlite_store, "LOCK_WAIT_S", 0.0)
+    with pytest.raises(StoreError, match="locked"):
+        await asyncio.wait_for(store.create(dataclasses.replace(record, id="r1")), 60)
+    other.execute("ROLLBACK")
+    other.close()
+    await store.create(dataclasses.replace(record, id="r1"))  # and the store goes on
+    await store.close()

@@ -3,7 +3,7 @@
 Every call runs off the event loop: writes on one writer thread (SQLite has one writer at a time
 anyway, and one thread keeps them in order), reads on a small pool of reader threads with their own
 connections (WAL lets them read while the writer writes). Several gateway processes (``--workers``)
-may share the file: each commit is one short transaction, and SQLite's busy timeout queues them.
+may share the file: each commit is one short transaction, and they take turns (``_transaction``).
 
 Writes are group-committed: the writes queued while the writer was busy (a thousand streams each
 storing a batch of events, ends, creations) are run in one transaction, and their results reach
@@ -21,6 +21,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional, TypeVar
@@ -120,7 +121,7 @@ class SQLiteStore(Store):
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a crash loses no committed WAL
             self._local.conn = conn
@@ -461,15 +462,42 @@ def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: b
                  "lease_until = NULL WHERE id = ?", (status, len(response) + len(frames), response, response_id))
 
 
+# How long a write waits for another process's transaction (``--workers`` sharing the file).
+LOCK_WAIT_S = 30.0
+_BUSY_TIMEOUT_MS = int(LOCK_WAIT_S * 1000)  # every other statement: SQLite's own busy handler
+_RETRY_FIRST_S, _RETRY_MAX_S = 50e-6, 1e-3
+
+
 class _transaction:
     """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the writer lock is taken up front, so two
-    processes never deadlock upgrading a read."""
+    processes never deadlock upgrading a read.
+
+    While another process holds the lock, BEGIN is retried here, from 50 µs apart up to 1 ms,
+    not by SQLite's busy handler: that one sleeps 1, 2, 5, 10 ... 100 ms between tries, for
+    transactions that last a fraction of a millisecond, and two workers storing every response
+    spent much of their time asleep (the bench's relay at c=64 with --workers 2, three runs each:
+    197,000 events/s with it, 253,000 without, medians)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        conn = self.conn
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            delay, deadline = _RETRY_FIRST_S, time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() > deadline:
+                        raise
+                time.sleep(delay)  # on the writer thread: the event loop runs meanwhile
+                delay = min(2 * delay, _RETRY_MAX_S)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if kind is None:
