@@ -41,7 +41,7 @@ queued Response is answered; its generation is recorded by the store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -86,8 +86,8 @@ class RequestObserver:
     def read(self, data: bytes) -> None:
         pass
 
-    def received(self, chunks: Sequence[Any]) -> None:
-        pass
+    def received(self, chunks: Iterable[Any]) -> None:
+        """The chunks of one upstream read, decoded as the relay takes them: not to be iterated here."""
 
     def sent(self, data: bytes) -> None:
         pass
@@ -130,7 +130,7 @@ class _Fanout(RequestObserver):
         for o in self._observers:
             o.read(data)
 
-    def received(self, chunks: Sequence[Any]) -> None:
+    def received(self, chunks: Iterable[Any]) -> None:
         for o in self._observers:
             o.received(chunks)
 
