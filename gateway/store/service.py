@@ -491,7 +491,9 @@ class Recorder(RequestObserver):
         self.record = record
         self._frames = frames
         self._flush_delay = FLUSH_DELAY_S if record.background else ATTACHED_FLUSH_DELAY_S
-        self._pending = bytearray()
+        # The frames sent and not stored yet, as written (not copied: joined once, when stored).
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._body = b""  # without streaming: the Response JSON the client gets
         self._next_seq = 0
         self._flushing: Optional[asyncio.Task[None]] = None
@@ -518,17 +520,20 @@ class Recorder(RequestObserver):
             return
         if data == KEEPALIVE:  # an SSE comment, not an event: nothing to replay, no sequence number
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # the relay's own buffer (its last batch): kept, so not to change
         if not self.keep:
-            self._pending[:] = data  # only the terminal batch matters: it carries the final Response
+            self._pending = [data]  # only the terminal batch matters: it carries the final Response
             return
-        if len(self._pending) + len(data) > MAX_PENDING_BYTES:  # checked first: a huge end is not copied
+        if self._pending_bytes + len(data) > MAX_PENDING_BYTES:  # checked first: a huge end is not copied
             self._fail("the store fell behind the stream" if len(data) < MAX_PENDING_BYTES else
                        f"its last events ({len(data)} bytes: the whole text, four times) are more than the "
                        f"{MAX_PENDING_BYTES} bytes that may wait for the store")
             return
-        self._pending += data
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         if self._flushing is None:
-            if len(self._pending) >= FLUSH_NOW_BYTES:  # a fast stream does not wait for the timer
+            if self._pending_bytes >= FLUSH_NOW_BYTES:  # a fast stream does not wait for the timer
                 self._cancel_timer()
                 self._start_flush()
             elif self._timer is None:
@@ -575,8 +580,7 @@ class Recorder(RequestObserver):
         try:
             await self.create()
             while self._pending and not self._ending and not self._broken:
-                data = bytes(self._pending)
-                self._pending.clear()
+                data = self._take_pending()
                 first, last = sequence_numbers(data)
                 self._next_seq = last + 1
                 async with asyncio.timeout(STORE_WAIT_S):
@@ -593,8 +597,12 @@ class Recorder(RequestObserver):
         if self._broken:
             return
         if frames is None:
-            frames, response = (bytes(self._pending), None) if self._frames else (b"", self._body)
-        self._pending.clear()
+            if self._frames:  # the terminal event is the last frame of the last batch sent
+                response = _terminal_response(self._pending[-1] if self._pending else b"")
+                frames = self._take_pending()
+            else:
+                frames, response = b"", self._body
+        self._pending, self._pending_bytes = [], 0
         if response is None:
             response = _terminal_response(frames)
         if self.conversation_id is not None:
@@ -615,6 +623,10 @@ class Recorder(RequestObserver):
         self._done = True
         self.service.stopped(self)
         self.service.changed(self.record.id)
+
+    def _take_pending(self) -> bytes:
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        return pending[0] if len(pending) == 1 else b"".join(pending)
 
     async def _end_unfinished(self) -> None:
         message = "The client disconnected before the response ended; it was not finished."
@@ -637,7 +649,7 @@ class Recorder(RequestObserver):
             return
         self._broken = True
         self._cancel_timer()
-        self._pending.clear()
+        self._pending, self._pending_bytes = [], 0
         self.service.stopped(self)
         log.error("response %s will not be stored: %s", self.record.id, exc or "the store did not answer in time")
         self.service.stop_run(self.record.id)  # a background run nobody can read is not worth running
@@ -665,8 +677,13 @@ def _status_of(response: bytes) -> str:
 
 
 def _terminal_response(frames: bytes) -> bytes:
-    """The Response carried by the terminal event, the last frame of ``frames``."""
-    last = frames.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
+    """The Response carried by the terminal event, the last frame of ``frames`` (found from the
+    end: the batch is not copied)."""
+    stop = len(frames)
+    while stop and frames[stop - 1] == 10:  # "\n"
+        stop -= 1
+    at = frames.rfind(b"\n\n", 0, stop)
+    last = frames[at + 2 if at >= 0 else 0:stop]
     _, _, data = last.partition(b"\ndata: ")
     event = orjson.loads(data)
     if not isinstance(event, dict) or not isinstance(event.get("response"), dict):
