@@ -121,8 +121,12 @@ class SQLiteStore(Store):
     def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            # The writer waits for other processes' transactions itself (_when_free); readers let
+            # SQLite's busy handler wait (WAL readers are refused only while a WAL is reset).
+            writer = threading.current_thread() is self._writer
+            conn = sqlite3.connect(self.path, timeout=0.0 if writer else LOCK_WAIT_S, isolation_level=None,
+                                   check_same_thread=False)
+            _when_free(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a crash loses no committed WAL
             self._local.conn = conn
             with self._lock:
@@ -224,7 +228,7 @@ class SQLiteStore(Store):
 
     async def start(self) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        await self._write(lambda conn: conn.executescript(_SCHEMA))
+        await self._write(lambda conn: _when_free(lambda: conn.executescript(_SCHEMA)))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -350,8 +354,9 @@ class SQLiteStore(Store):
 
     async def update_conversation(self, owner: str, conversation_id: str, metadata: bytes) -> bool:
         def update(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute("UPDATE conversations SET metadata = ? WHERE id = ? AND owner = ?",
-                                     (metadata, conversation_id, owner)).rowcount)
+            with _transaction(conn):
+                return bool(conn.execute("UPDATE conversations SET metadata = ? WHERE id = ? AND owner = ?",
+                                         (metadata, conversation_id, owner)).rowcount)
         return await self._write(update)
 
     async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
@@ -464,40 +469,38 @@ def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: b
 
 # How long a write waits for another process's transaction (``--workers`` sharing the file).
 LOCK_WAIT_S = 30.0
-_BUSY_TIMEOUT_MS = int(LOCK_WAIT_S * 1000)  # every other statement: SQLite's own busy handler
 _RETRY_FIRST_S, _RETRY_MAX_S = 50e-6, 1e-3
 
 
-class _transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the writer lock is taken up front, so two
-    processes never deadlock upgrading a read.
+def _when_free(attempt: Callable[[], T]) -> T:
+    """``attempt()`` (one statement), tried again while another process holds the file's lock:
+    from 50 µs apart, doubling up to 1 ms, for at most LOCK_WAIT_S. Not SQLite's busy handler: that
+    one sleeps 1, 2, 5, 10 ... 100 ms between tries, for transactions that last a fraction of a
+    millisecond, and two workers storing every response spent much of their time asleep (the bench's
+    relay at c=64 with --workers 2, three runs each: 197,000 events/s with it, 253,000 without,
+    medians). Runs on the writer thread: the event loop goes on meanwhile."""
+    delay, deadline = _RETRY_FIRST_S, time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, _RETRY_MAX_S)
 
-    While another process holds the lock, BEGIN is retried here, from 50 µs apart up to 1 ms,
-    not by SQLite's busy handler: that one sleeps 1, 2, 5, 10 ... 100 ms between tries, for
-    transactions that last a fraction of a millisecond, and two workers storing every response
-    spent much of their time asleep (the bench's relay at c=64 with --workers 2, three runs each:
-    197,000 events/s with it, 253,000 without, medians)."""
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the writer lock is taken up front (waiting
+    for it in _when_free), so two processes never deadlock upgrading a read, and nothing inside
+    the transaction waits for another process."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     def __enter__(self) -> None:
-        conn = self.conn
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            delay, deadline = _RETRY_FIRST_S, time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-                    if not busy or time.monotonic() > deadline:
-                        raise
-                time.sleep(delay)  # on the writer thread: the event loop runs meanwhile
-                delay = min(2 * delay, _RETRY_MAX_S)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        _when_free(lambda: self.conn.execute("BEGIN IMMEDIATE"))
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         if kind is None:
