@@ -173,3 +173,63 @@ async def _redis_info(url: str) -> dict[str, Any]:
         return await client.info("server")
     finally:
         await client.aclose()
+
+
+async def test_a_client_leaving_while_its_events_are_being_stored_leaves_one_record(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the soak (1 request in ~20,000): a stream's end waits for the flush in flight; the
+    client left then (its handler is cancelled), and the cancellation reached the flush while the
+    writer was already creating its record. The record was written anyway, so the next write
+    inserted it a second time, failed on the duplicate id, and the response was removed. It must
+    be stored once, and end as failed (its client left before the end)."""
+    import sqlite3
+    import threading
+
+    from gateway.observe import Outcome
+    from gateway.store import sqlite as sqlite_store
+    from gateway.store.base import Record
+    from gateway.store.service import Recorder, StoreService
+    from tests.conftest import gateway_config
+
+    store = sqlite_store.SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time)
+    service = StoreService(gateway_config("http://127.0.0.1:9/v1"), store)
+    await service.start()
+    now = time.time()
+    snapshot = b'{"id":"resp_left","object":"response","status":"in_progress","output":[]}'
+    record = Record(id="resp_left", owner="", status="in_progress", response=snapshot, input=b"[]",
+                    created_at=now, expires_at=now + 3600, lease_until=now + 30)
+    recorder = Recorder(service, record, frames=True, client_stream=True)
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process's transaction: the writer takes the create, then waits
+    waiting = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # the writer's wait for the lock
+        waiting.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(sqlite_store.time, "sleep", sleep)
+    recorder.sent(b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n')
+    recorder.followed()  # a follower asked: the flush (its create first) starts now
+    await asyncio.get_running_loop().run_in_executor(None, waiting.wait, 60)  # the writer holds the create
+    completed = b'{"id":"resp_left","object":"response","status":"completed","output":[]}'
+    recorder.sent(b'event: response.completed\ndata: {"type":"response.completed","sequence_number":1,'
+                  b'"response":' + completed + b'}\n\n')
+    ending = asyncio.ensure_future(recorder.ending())  # the stream's end, in the client's handler
+    for _ in range(10):
+        await asyncio.sleep(0)  # ending() is now waiting for the flush
+    ending.cancel()  # the client left: its handler is cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await ending
+    recorder.ended(Outcome(status=499))
+    other.execute("COMMIT")  # the other process is done: the writer goes on
+    other.close()
+    deadline = time.monotonic() + 60
+    while service._tasks or recorder._flushing is not None:
+        assert time.monotonic() < deadline, "the recorder did not settle"
+        await asyncio.sleep(0.01)
+    assert "will not be stored" not in caplog.text, caplog.text
+    stored = await store.get("", "resp_left")
+    assert stored is not None and stored.status == "failed"
+    assert b"client_disconnected" in stored.response
+    await service.close()

@@ -593,7 +593,10 @@ class Recorder(RequestObserver):
 
     async def _finish(self, frames: Optional[bytes] = None, response: Optional[bytes] = None) -> None:
         if self._flushing is not None:
-            await self._flushing
+            # Shielded: the caller may be cancelled (its client left, its timeout ran out), and a
+            # flush cancelled halfway through its create() leaves a row the recorder believes it
+            # never wrote; the next write inserted it again and failed on the duplicate id.
+            await asyncio.shield(self._flushing)
         if self._broken:
             return
         if frames is None:
@@ -631,7 +634,7 @@ class Recorder(RequestObserver):
     async def _end_unfinished(self) -> None:
         message = "The client disconnected before the response ended; it was not finished."
         if self._flushing is not None:
-            await self._flushing
+            await asyncio.shield(self._flushing)  # see _finish
         response, frames = failed_ending(self.record.response, "client_disconnected", message, self._next_seq)
         try:
             async with asyncio.timeout(STORE_WAIT_S):
