@@ -24,10 +24,10 @@ import orjson
 from aiohttp import web
 
 from .. import jsonbytes, offload
-from ..observe import Outcome, RequestObserver, observe
-from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, METRICS_KEY, OBSERVERS_KEY, REQUEST_ID, SECRETS_KEY,
-                           SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS, TRANSPORT_KEY, error_response, observed,
-                           request_body, session_key, shutting_down_response, tracked, upstream_error_response)
+from ..observe import Outcome, RequestObserver
+from ..server.http import (CLIENT_KEY, CONFIG_KEY, LOG_FIELDS, METRICS_KEY, REQUEST_ID, SECRETS_KEY,
+                           SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS, TRANSPORT_KEY, error_response,
+                           session_key, shutting_down_response, upstream_error_response, watched_post)
 from ..server.observability import nemo_gym_log_context
 from ..server.sse import KEEPALIVE
 from ..translate.errors import InvalidRequest
@@ -41,16 +41,9 @@ Result = Union[dict[str, Any], web.Response]
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """Known while in flight, for a graceful shutdown (``tracked``), as /v1/responses."""
-    return await tracked(request, _chat_completions)
-
-
-async def _chat_completions(request: web.Request) -> web.StreamResponse:
-    raw = await request_body(request)
-    if isinstance(raw, web.Response):
-        return raw
-    observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
-    return await observed(observer, lambda outcome: _serve(request, raw, Call(request, observer, outcome)))
+    """Known while in flight, for a graceful shutdown, and watched, as /v1/responses."""
+    return await watched_post(request, lambda request, raw, observer, outcome:
+                              _serve(request, raw, Call(request, observer, outcome)))
 
 
 class Call:

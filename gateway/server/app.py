@@ -25,7 +25,7 @@ from aiohttp import web
 from .. import jsonbytes, offload
 from ..config import Config
 from ..redact import Secrets, secrets_of
-from ..observe import Outcome, RequestObserver, join, observe
+from ..observe import Outcome, RequestObserver, join
 from ..schema import chat
 from ..schema.responses import Response
 from ..translate.errors import InvalidRequest
@@ -44,8 +44,8 @@ from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .http import (CLIENT_KEY, CONFIG_KEY, DEVELOPER_KEY, FOLDING_SETTINGS_KEY, KEYS_KEY, LOG_FIELDS, METRICS_KEY,
                    OBSERVERS_KEY, REQUEST_ID, REQUESTS_KEY, SECRETS_KEY, SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS,
-                   STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response, observed,
-                   request_body, session_cookie_name, session_key, tracked)
+                   STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response,
+                   session_cookie_name, session_key, watched_post)
 from .http import upstream_error_response as _upstream_error_response
 from .observability import Metrics, NemoGymTransportLog, TransportLog, nemo_gym_log_context, request_id
 from .sse import KEEPALIVE as KEEPALIVE_FRAME
@@ -159,17 +159,9 @@ def cors_middleware(origins: list[str]) -> Any:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    """Known while in flight, for a graceful shutdown (``tracked``); a stream that started ends
-    with response.failed (in _stream)."""
-    return await tracked(request, _create_response)
-
-
-async def _create_response(request: web.Request) -> web.StreamResponse:
-    raw = await request_body(request)
-    if isinstance(raw, web.Response):
-        return raw
-    observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
-    return await observed(observer, lambda outcome: _respond(request, raw, observer, outcome))
+    """Known while in flight, for a graceful shutdown; a stream that started ends with
+    response.failed (in _stream)."""
+    return await watched_post(request, _respond)
 
 
 async def _respond(request: web.Request, raw: bytes, observer: Optional[RequestObserver],

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..config import Config
-from ..observe import Outcome, RequestObserver
+from ..observe import Outcome, RequestObserver, observe
 from ..redact import Secrets
 from ..translate.errors import InvalidRequest
 from ..translate.request import ConversionSettings
@@ -142,6 +142,22 @@ async def observed(observer: Optional[RequestObserver],
         raise
     finally:
         observer.ended(outcome)
+
+
+Answer = Callable[[web.Request, bytes, Optional[RequestObserver], Optional[Outcome]], Awaitable[web.StreamResponse]]
+
+
+async def watched_post(request: web.Request, answer: Answer) -> web.StreamResponse:
+    """A POST of /v1/responses or /v1/chat/completions: known while in flight (``tracked``), its
+    body read within its limits, and ``answer(request, body, observer, outcome)`` watched by the
+    configured observers (``observed``)."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await request_body(request)
+        if isinstance(raw, web.Response):
+            return raw
+        observer = observe(request.app[OBSERVERS_KEY], request[REQUEST_ID], request, raw)
+        return await observed(observer, lambda outcome: answer(request, raw, observer, outcome))
+    return await tracked(request, handle)
 
 
 # --- session affinity -----------------------------------------------------------------------------
