@@ -18,8 +18,9 @@ For one request the server calls, in this order (each call is optional but the l
 - ``read(data)``: each network read from vLLM, the bytes as they came (an SSE event may span two
   reads); without streaming, once, the whole body. Keeping these (untracked by the garbage
   collector) is cheaper than keeping the decoded chunks;
-- ``received(chunks)``: then the chunks that read completed, as a list of ``ChatChunk`` (``None`` in
-  it is ``[DONE]``); without streaming, once, with ``[ChatCompletion]``;
+- ``received(chunks)``: then the chunks that read completed, an iterable of ``ChatChunk`` (``None``
+  in it is ``[DONE]``) that the relay decodes as it takes them: an observer must not iterate it;
+  without streaming, once, with ``[ChatCompletion]``;
 - ``sent(data)``: each write to the client, as the bytes written (SSE frames, keepalives too;
   without streaming, the JSON body). The frames written after a ``received`` are the events made
   of its chunks;

@@ -599,13 +599,9 @@ class Recorder(RequestObserver):
             await asyncio.shield(self._flushing)
         if self._broken:
             return
+        pending = self._take_pending()  # stored now; or dropped, for an end given here (frames)
         if frames is None:
-            if self._frames:  # the terminal event is the last frame of the last batch sent
-                response = _terminal_response(self._pending[-1] if self._pending else b"")
-                frames = self._take_pending()
-            else:
-                frames, response = b"", self._body
-        self._pending, self._pending_bytes = [], 0
+            frames, response = (pending, None) if self._frames else (b"", self._body)
         if response is None:
             response = _terminal_response(frames)
         if self.conversation_id is not None:

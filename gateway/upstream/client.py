@@ -158,16 +158,17 @@ class DecodedRead:
     def __init__(self, stream: "ChatStream", payloads: list[bytes], decode: Any) -> None:
         self._stream, self._payloads, self._decode = stream, payloads, decode
 
-    def __len__(self) -> int:
-        return len(self._payloads)
+    def __len__(self) -> int:  # what follows [DONE] is not read
+        payloads = self._payloads
+        return payloads.index(DONE) + 1 if DONE in payloads else len(payloads)
 
     def __iter__(self) -> Iterator[Streamed]:
         return self._stream._decoded(self._payloads, self._decode)
 
 
 class ChatStream:
-    """An open streaming chat completion. Iterating yields, per network read, the list of chunks
-    it carried (``None`` in it = ``[DONE]``), or ``KEEPALIVE`` during silences: the relay then
+    """An open streaming chat completion. Iterating yields, per network read, the chunks it carried
+    (a ``DecodedRead``; ``None`` in it = ``[DONE]``), or ``KEEPALIVE`` during silences: the relay then
     writes once per read, however many chunks a busy vLLM packed into it. ``close()`` aborts the
     HTTP request, which makes vLLM stop generating."""
 
@@ -287,8 +288,6 @@ class ChatStream:
                 f"{self._settings.total:g} s (request_timeout_s)")
 
     def _decode(self, payloads: list[bytes], decode: Any) -> "DecodedRead":
-        if DONE in payloads:  # what follows [DONE] is not read
-            payloads = payloads[:payloads.index(DONE) + 1]
         return DecodedRead(self, payloads, decode)
 
     def _decoded(self, payloads: list[bytes], decode: Any) -> Iterator[Streamed]:
