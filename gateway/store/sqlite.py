@@ -253,8 +253,7 @@ class SQLiteStore(Store):
 
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
         def append(conn: sqlite3.Connection) -> None:
-            last = _last_seq(first_seq, frames)
-            conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
+            last = _insert_events(conn, response_id, first_seq, frames)
             conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
                          "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
                          (last, len(frames), response_id))
@@ -433,35 +432,39 @@ def _last_seq(first_seq: int, frames: bytes) -> int:
         return first_seq + frames.count(b"\n\n") - 1
 
 
-def _insert(conn: sqlite3.Connection, record: Record) -> None:
-    size = len(record.response) + len(record.input)
+def _insert(conn: sqlite3.Connection, record: Record, status: Optional[str] = None,
+            response: Optional[bytes] = None, last_seq: Optional[int] = None, frames_size: int = 0) -> None:
+    """The record's row; a response that ended before anything of it was stored gets its end here
+    (``status``, ``response``, ``last_seq``, and no lease)."""
+    ended = status is not None
+    response = record.response if response is None else response
     conn.execute(
         f"INSERT INTO responses ({_COLUMNS}, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (record.id, record.owner, record.status, record.response, record.input, orjson.dumps(record.chain),
-         record.created_at, record.expires_at, int(record.background), record.lease_until,
-         int(record.cancel_requested), record.last_seq, size))
+        (record.id, record.owner, status or record.status, response, record.input, orjson.dumps(record.chain),
+         record.created_at, record.expires_at, int(record.background), None if ended else record.lease_until,
+         int(record.cancel_requested), record.last_seq if last_seq is None else last_seq,
+         len(response) + len(record.input) + frames_size))
+
+
+def _insert_events(conn: sqlite3.Connection, response_id: str, first_seq: int, frames: bytes) -> int:
+    """One batch of events, deflated; its last sequence number."""
+    last = _last_seq(first_seq, frames)
+    conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
+    return last
 
 
 def _insert_finished(conn: sqlite3.Connection, record: Record, status: str, response: bytes, first_seq: int,
                      frames: bytes) -> None:
     """``_insert`` then ``_finish`` in two statements, not four: the row is written once, as it ends
     (most responses end before their first flush: this is the store's most frequent write)."""
-    last = record.last_seq
-    if frames:
-        last = _last_seq(first_seq, frames)
-        conn.execute("INSERT INTO events VALUES (?,?,?,?)", (record.id, first_seq, last, _pack(frames)))
-    conn.execute(
-        f"INSERT INTO responses ({_COLUMNS}, size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (record.id, record.owner, status, response, record.input, orjson.dumps(record.chain),
-         record.created_at, record.expires_at, int(record.background), None,
-         int(record.cancel_requested), last, len(response) + len(record.input) + len(frames)))
+    last = _insert_events(conn, record.id, first_seq, frames) if frames else record.last_seq
+    _insert(conn, record, status, response, last, len(frames))
 
 
 def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: bytes, first_seq: int,
             frames: bytes) -> None:
     if frames:
-        last = _last_seq(first_seq, frames)
-        conn.execute("INSERT INTO events VALUES (?,?,?,?)", (response_id, first_seq, last, _pack(frames)))
+        last = _insert_events(conn, response_id, first_seq, frames)
         conn.execute("UPDATE responses SET last_seq = ? WHERE id = ?", (last, response_id))
     conn.execute("UPDATE responses SET status = ?, size = size - length(response) + ?, response = ?, "
                  "lease_until = NULL WHERE id = ?", (status, len(response) + len(frames), response, response_id))
