@@ -9,6 +9,7 @@ import asyncio
 import time
 
 from gateway.upstream.client import VLLMClient
+from tests.conftest import GatewayFactory
 from tests.fake_vllm import FakeVLLM, Generation, content
 
 
@@ -33,3 +34,26 @@ async def test_a_whole_answer_waiting_is_read_in_small_pieces_until_the_first_ou
     assert sum(batches) >= 300
     assert batches[0] <= 40 and batches[1] <= 40, batches[:3]  # 4 KB of ~200-byte events
     assert max(batches[2:]) > 100, batches  # after the first output, whole reads again
+
+
+async def test_a_read_is_decoded_chunk_by_chunk_as_the_relay_takes_it(make_gateway: GatewayFactory) -> None:
+    """The chunks of one read are decoded one at a time (DecodedRead), not all before the first is
+    translated: the chunks before a line that is not JSON, in the same read, reach the client
+    before the stream fails on that line (decoded all first, the read failed whole)."""
+    import json
+
+    from tests.contract import check_stream, parse_sse
+    from tests.fake_vllm import Generation
+
+    def chunk(text: str) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                       "choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(raw_body=chunk("Once") + chunk(" upon") + chunk(" a") + b"data: {not json\n\n"
+                                      + chunk(" time") + b"data: [DONE]\n\n"))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "story", "stream": True}) as r:
+        events = parse_sse(await asyncio.wait_for(r.read(), 60))
+    final = check_stream(events)
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["Once", " upon", " a"]
+    assert final["status"] == "failed" and final["error"]["code"] == "upstream_protocol_error"

@@ -380,3 +380,21 @@ def test_input_before_start_still_begins_with_created() -> None:
     assert final["status"] == "completed" and events[0].sequence_number == 0
     failed = ResponseStateMachine(skeleton(), StreamOptions())
     check_stream(parse_sse(encode_events(failed.fail("upstream_error", "down"))))
+
+
+def test_plain_text_takes_the_fast_path() -> None:
+    """The shortcut is taken (the byte-for-byte test above would pass without it): once the message
+    is open, chunks of plain text go past the general path, under both conventions."""
+    for options in (StreamOptions(), StreamOptions(trim_whitespace=False, keep_stray_close_tag=True)):
+        machine = ResponseStateMachine(skeleton(), options, new_id=lambda prefix: f"{prefix}_1", clock=lambda: 1)
+        general = []
+        feed_choice = machine._feed_choice
+        machine._feed_choice = lambda choice: general.append(choice) or feed_choice(choice)  # type: ignore[method-assign]
+        machine.start()
+        words = ["Hello", " world", ",", " how", " are", " you"]
+        for word in words:
+            machine.feed(msgspec.convert({"choices": [{"index": 0, "delta": {"content": word}}]}, chat.ChatChunk))
+        assert len(general) == 1  # the first opened the message; the other five took the shortcut
+        machine.feed(msgspec.convert({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                                     chat.ChatChunk))
+        assert machine.finish()[-1].response.output[0].content[0].text == "".join(words)

@@ -9,19 +9,34 @@ import functools
 import aiohttp
 from aiohttp import web
 
+import pytest
+from aiohttp.client_proto import ResponseHandler
+
 from gateway.upstream.protocol import LeanResponseHandler, lean_connector
 from tests.conftest import GatewayFactory
+from tests.fake_vllm import Generation, content
 
 CHUNKS = 20_000  # more than aiohttp's high-water marks hold, in bytes (128 KiB) and in chunks (16,384)
 
 
-async def test_the_gateway_reads_vllm_through_the_lean_protocol(make_gateway: GatewayFactory) -> None:
-    """A guard: an aiohttp that builds its protocol otherwise loses the saving, and this says so."""
+async def test_the_gateway_reads_vllm_through_the_lean_protocol(make_gateway: GatewayFactory,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guard: an aiohttp that builds its protocol otherwise loses the saving, and this says so.
+    And the saving itself: the gateway's reads of a stream that is never paused never run aiohttp's
+    resume (the stock protocol, the test's own client here, runs it after every HTTP chunk)."""
     gateway = await make_gateway()
-    assert (await gateway.create({"input": "hi"}))["status"] == "completed"
     client = gateway.runner.app[__import__("gateway.server.app", fromlist=["CLIENT_KEY"]).CLIENT_KEY]
-    connector = client._session.connector
-    assert isinstance(connector._factory(), LeanResponseHandler)
+    assert isinstance(client._session.connector._factory(), LeanResponseHandler)
+    resumes = []
+    stock = ResponseHandler.resume_reading
+    monkeypatch.setattr(ResponseHandler, "resume_reading",
+                        lambda self, resume_parser=True: resumes.append(type(self)) or stock(self, resume_parser))
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six seven eight", size=4)))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        body = await r.read()
+    assert b"response.completed" in body and b"output_text.delta" in body
+    assert LeanResponseHandler not in resumes  # (the test's own client, aiohttp's stock protocol, resumes)
+    assert ResponseHandler in resumes  # the count works: the stock protocol resumes after every chunk
 
 
 async def test_a_paused_read_resumes_and_loses_nothing() -> None:
