@@ -340,17 +340,18 @@ async def test_responses_outlive_the_gateway_process(make_gateway: GatewayFactor
     assert (tmp_path / "responses.sqlite3").exists()
 
 
-async def test_event_batches_are_stored_deflated_and_raw_ones_still_read(tmp_path: Any) -> None:
-    """Batches go to disk compressed (a 256-token stream's frames repeat their field names in every
-    event); a batch an older gateway wrote raw is read as it is."""
+async def test_event_batches_are_stored_compressed_and_older_ones_still_read(tmp_path: Any) -> None:
+    """Batches go to disk compressed with zstd (a 256-token stream's frames repeat their field names
+    in every event); a batch an older gateway wrote deflated (zlib) or raw is read as it is."""
     import sqlite3
+    import zlib
 
     store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time)
     await store.start()
     frames = b"".join(b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
                       b'"item_id":"msg_1","delta":"w%d","sequence_number":%d}\n\n' % (i, i + 2) for i in range(256))
     now = time.time()
-    for rid in ("fresh", "old"):
+    for rid in ("fresh", "old", "deflated"):
         await store.create(Record(id=rid, owner="", status="in_progress", response=b"{}", input=b"[]",
                                   created_at=now, expires_at=now + 100))
     await store.append("fresh", 2, frames)
@@ -359,11 +360,14 @@ async def test_event_batches_are_stored_deflated_and_raw_ones_still_read(tmp_pat
     with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
         stored = conn.execute("SELECT frames FROM events WHERE response_id = 'fresh' ORDER BY first_seq").fetchall()
         assert len(stored[0][0]) * 5 < len(frames)
+        assert stored[0][0][:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
         conn.execute("INSERT INTO events VALUES ('old', 0, 255, ?)", (frames,))  # as written before compression
+        conn.execute("INSERT INTO events VALUES ('deflated', 0, 255, ?)", (zlib.compress(frames, 1),))  # before zstd
     store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time)
     await store.start()
     assert await store.events_after("fresh", -1) == [(2, frames), (258, b"event: e\ndata: {}\n\n")]
     assert await store.events_after("old", -1) == [(0, frames)]
+    assert await store.events_after("deflated", -1) == [(0, frames)]
     await store.close()
 
 
