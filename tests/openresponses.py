@@ -149,13 +149,14 @@ def scripted_answer(body: dict[str, Any]) -> Any:
 
 async def against_gateway(checkout: Path, upstream: str, model: Optional[str] = None, *,
                           llama_cpp_flavour: bool = False, greedy: bool = False,
-                          only: Optional[list[str]] = None) -> SuiteResult:
+                          only: Optional[list[str]] = None, conventions: Optional[str] = None) -> SuiteResult:
     """Start the gateway in front of ``upstream`` and run the suite against it.
 
     ``upstream``: ``scripted`` (the vLLM-shaped fake, answering from ``scripted_answer``),
     ``llama.cpp`` (the real CPU model, started here), or the base URL of a running server
     (``llama_cpp_flavour`` when it is a llama-server). ``greedy``: the deployment's default
-    sampling is temperature 0 (always with llama.cpp's tiny model)."""
+    sampling is temperature 0 (always with llama.cpp's tiny model). ``conventions``:
+    ``gateway.response_conventions`` (unset: the default, ``nemo_gym``)."""
     from aiohttp import web
 
     from gateway.config import load_config, shortcut_overrides
@@ -184,6 +185,8 @@ async def against_gateway(checkout: Path, upstream: str, model: Optional[str] = 
         overrides = shortcut_overrides(base_url, model, "")
         if llama_cpp_flavour:
             overrides.append("gateway.upstream_flavour=llama.cpp")
+        if conventions is not None:
+            overrides.append(f"gateway.response_conventions={conventions}")
         if greedy or llama_cpp_flavour:
             # The suite's requests set no sampling values, so the deployment's defaults apply: for
             # a 0.5B CPU model greedy decoding, set where an operator sets defaults (extra_body),
@@ -211,13 +214,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     run.add_argument("--only", help="comma-separated test ids (default: every HTTP test)")
     run.add_argument("--llama-cpp", action="store_true", help="the --upstream URL is a llama-server")
     run.add_argument("--greedy", action="store_true", help="deployment default temperature 0 (small models)")
+    run.add_argument("--conventions", choices=["nemo_gym", "openai"],
+                     help="gateway.response_conventions (default: the gateway's default, nemo_gym)")
     args = parser.parse_args(argv)
     if args.command == "install":
         print(install())
         return 0
     only = args.only.split(",") if args.only else None
     outcome = asyncio.run(against_gateway(args.checkout.resolve(), args.upstream, args.model,
-                                          llama_cpp_flavour=args.llama_cpp, greedy=args.greedy, only=only))
+                                          llama_cpp_flavour=args.llama_cpp, greedy=args.greedy, only=only,
+                                          conventions=args.conventions))
     if args.json:
         args.json.write_text(json.dumps(outcome.results, indent=2))
     print(outcome.summary())
