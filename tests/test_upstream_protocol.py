@@ -1,5 +1,5 @@
-"""The upstream client's lean protocol (gateway/upstream/protocol.py): in use, and still pausing and
-resuming when vLLM's bytes outrun the reader."""
+"""The upstream client's lean protocol and body reader (gateway/upstream/protocol.py): in use, and
+still pausing and resuming when vLLM's bytes outrun the reader, every byte in order."""
 
 from __future__ import annotations
 
@@ -12,11 +12,17 @@ from aiohttp import web
 import pytest
 from aiohttp.client_proto import ResponseHandler
 
-from gateway.upstream.protocol import LeanResponseHandler, lean_connector
+from aiohttp.streams import StreamReader
+
+from gateway.upstream.protocol import LeanResponseHandler, LeanStreamReader, lean_body, lean_connector
 from tests.conftest import GatewayFactory
 from tests.fake_vllm import Generation, content
+from tests.contract import parse_sse
 
-CHUNKS = 20_000  # more than aiohttp's high-water marks hold, in bytes (128 KiB) and in chunks (16,384)
+# More than aiohttp's high-water marks hold, in chunks (16,384; aiohttp's own reader pauses on it)
+# and in bytes (512 KiB; 20,000 events of 40 bytes, for the lean reader, which counts no chunks).
+CHUNKS = 20_000
+EVENT = b"data: %d " + b"x" * 30 + b"\n\n"
 
 
 async def test_the_gateway_reads_vllm_through_the_lean_protocol(make_gateway: GatewayFactory,
@@ -39,9 +45,33 @@ async def test_the_gateway_reads_vllm_through_the_lean_protocol(make_gateway: Ga
     assert ResponseHandler in resumes  # the count works: the stock protocol resumes after every chunk
 
 
-async def test_a_paused_read_resumes_and_loses_nothing() -> None:
+async def test_the_gateway_reads_vllm_bodies_through_the_lean_reader(make_gateway: GatewayFactory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stream's body is read by LeanStreamReader.readany (a whole read in one step), not by
+    aiohttp's chunk-by-chunk reader; the answer is the same."""
+    gateway = await make_gateway()
+    lean_reads: list[int] = []
+    lean = LeanStreamReader.readany
+
+    async def counted(self: LeanStreamReader) -> bytes:
+        data = await lean(self)
+        lean_reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(LeanStreamReader, "readany", counted)
+    words = " ".join(f"w{i}" for i in range(200))
+    gateway.upstream.queue(Generation(deltas=content(words, size=3)))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        events = parse_sse(await r.read())
+    assert events[-1]["response"]["output"][-1]["content"][0]["text"] == words
+    assert sum(lean_reads) > 0  # the body after the first output went through the lean reader
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["aiohttp's reader", "the lean reader"])
+async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
     """The reader starts only once aiohttp paused reading (its buffer is past the high-water mark):
-    reading must resume, and every byte arrive in order."""
+    reading must resume, and every byte arrive in order. Part of the first piece is read with
+    read(n) first, as the relay does until its client has output."""
     paused = asyncio.Event()
 
     class Watched(LeanResponseHandler):
@@ -54,7 +84,7 @@ async def test_a_paused_read_resumes_and_loses_nothing() -> None:
         response.enable_chunked_encoding()
         await response.prepare(request)
         for i in range(CHUNKS):
-            await response.write(b"data: %d\n\n" % i)  # one HTTP chunk per event, as vLLM sends
+            await response.write(EVENT % i)  # one HTTP chunk per event, as vLLM sends
         await response.write_eof()
         return response
 
@@ -70,9 +100,28 @@ async def test_a_paused_read_resumes_and_loses_nothing() -> None:
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"http://127.0.0.1:{port}/") as response:
+                if lean:
+                    lean_body(response)
+                    assert type(response.content) is LeanStreamReader
                 await asyncio.wait_for(paused.wait(), 60)
+                body = await response.content.read(3)  # "dat": the head of the first piece
                 while data := await asyncio.wait_for(response.content.readany(), 60):
                     body += data
     finally:
         await runner.cleanup()
-    assert body == b"".join(b"data: %d\n\n" % i for i in range(CHUNKS))
+    assert body == b"".join(EVENT % i for i in range(CHUNKS))
+
+
+def test_lean_body_leaves_a_reader_of_another_kind_alone() -> None:
+    """A guard: a response whose body is not aiohttp's plain StreamReader (a subclass, another
+    aiohttp) keeps its reader."""
+
+    class Other(StreamReader):
+        __slots__ = ()
+
+    class Response:
+        content = Other.__new__(Other)
+
+    response = Response()
+    lean_body(response)  # type: ignore[arg-type]
+    assert type(response.content) is Other

@@ -297,6 +297,7 @@ async def _background_run(request: web.Request, client: VLLMClient, plan: ChatPl
             try:
                 upstream = await client.open_chat_stream(plan.payload, backend, key, request[REQUEST_ID],
                                                          call.capture, call.observer)
+                upstream.no_first_output()
                 call.server = upstream.backend.url
             except UpstreamHTTPError as exc:
                 call.error = exc

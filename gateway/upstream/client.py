@@ -23,7 +23,7 @@ import orjson
 from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
-from .protocol import lean_connector
+from .protocol import lean_body, lean_connector
 from .sse import DONE, SSEDecoder, SSEEventTooLarge
 
 log = logging.getLogger("gateway.upstream")
@@ -194,6 +194,11 @@ class ChatStream:
         that make no event (whitespace deltas, ``choices: []``, a tool call without a name yet)
         do not count, so keepalives go on while they arrive."""
         self._last_write = self._clock()
+        self._output_written = True
+
+    def no_first_output(self) -> None:
+        """Nobody waits for this stream's first output (a background run: its followers read
+        stored batches): each read takes all that has arrived, not 4 KB at a time (see __aiter__)."""
         self._output_written = True
 
     async def __aiter__(self) -> AsyncIterator[Union[DecodedRead, object]]:
@@ -515,6 +520,7 @@ class VLLMClient:
                                observer: Optional[RequestObserver] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
         backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id, observer)
+        lean_body(response)
         return ChatStream(response, backend, self, started, capture, observer)
 
     async def complete_chat(self, body: Union[bytes, dict[str, Any]], first: Optional[Backend] = None,
