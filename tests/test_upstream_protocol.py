@@ -125,3 +125,18 @@ def test_lean_body_leaves_a_reader_of_another_kind_alone() -> None:
     response = Response()
     lean_body(response)  # type: ignore[arg-type]
     assert type(response.content) is Other
+
+
+def test_the_reader_benchmark_measures_both_readers() -> None:
+    """``python -m gateway.bench.reader`` (the figures in gateway/bench/README.md) runs and prints a
+    figure for each reader, read from the same bytes."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "gateway.bench.reader", "--responses", "32", "--tokens", "16",
+                           "--repeats", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    medians = re.search(r"medians: aiohttp's StreamReader ([0-9.]+), LeanStreamReader ([0-9.]+) µs per token",
+                        done.stdout)
+    assert medians and float(medians[1]) > 0 and float(medians[2]) > 0, done.stdout
