@@ -60,10 +60,10 @@ class LeanStreamReader(StreamReader):
             raise self._exception
         while not self._buffer and not self._eof:
             await self._wait("readany")
+        self._timer.assert_timeout()  # as aiohttp's reader does, at EOF too
         buffer = self._buffer
         if not buffer:
             return b""  # EOF
-        self._timer.assert_timeout()
         data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
         buffer.clear()
         if self._buffer_offset:  # a read(n) took the head of the first piece
