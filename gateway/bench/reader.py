@@ -4,8 +4,9 @@
     .venv/bin/python -m gateway.bench.reader [--responses 1500] [--tokens 256] [--repeats 5]
 
 An upstream of a few lines (an asyncio protocol, not aiohttp: its own cost stays small) answers
-each request with one write: a chunked body of ``--tokens`` chat.completion.chunk events, one HTTP
-chunk each, as vLLM sends them, then ``[DONE]``. The client (aiohttp, through the gateway's lean
+each request with one write: the bench's fake vLLM's burst answer (gateway/bench/upstream.py), a
+chunked body of ``--tokens`` chat.completion.chunk events, one HTTP chunk each, as vLLM sends them,
+then ``[DONE]``. The client (aiohttp, through the gateway's lean
 connector, 16 requests at once) reads each body with ``readany()`` until EOF, once with aiohttp's
 reader and once with ``LeanStreamReader``, alternating, ``--repeats`` times. Printed: the process's
 CPU per token (client and upstream together: the upstream's share is the same in both) per repeat,
@@ -21,20 +22,12 @@ import time
 from typing import Any
 
 import aiohttp
-import orjson
 
+from gateway.bench.upstream import BODIES
+from gateway.bench.workload import Workload
 from gateway.upstream.protocol import lean_body, lean_connector
 
 AT_ONCE = 16
-
-
-def chunked_answer(tokens: int) -> bytes:
-    events = [b"data: " + orjson.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1,
-                                        "model": "bench", "choices": [{"index": 0, "delta": {"content": f" w{i}"},
-                                                                       "logprobs": None, "finish_reason": None}]})
-              + b"\n\n" for i in range(tokens)] + [b"data: [DONE]\n\n"]
-    body = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events) + b"0\r\n\r\n"
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
 
 
 class _Upstream(asyncio.Protocol):
@@ -71,7 +64,9 @@ async def _cpu_per_token(url: str, lean: bool, responses: int, tokens: int) -> f
 
 
 async def run(responses: int, tokens: int, repeats: int) -> None:
-    server = await asyncio.get_running_loop().create_server(lambda: _Upstream(chunked_answer(tokens)), "127.0.0.1", 0)
+    # The bench's fake vLLM's burst answer, byte for byte: role chunk, one chunk per token, finish, [DONE].
+    answer = BODIES.whole("reader", Workload("text", tokens, 1), include_usage=False)
+    server = await asyncio.get_running_loop().create_server(lambda: _Upstream(answer), "127.0.0.1", 0)
     url = "http://127.0.0.1:%d/" % server.sockets[0].getsockname()[1]
     figures: dict[str, list[float]] = {"aiohttp's StreamReader": [], "LeanStreamReader": []}
     try:
