@@ -243,7 +243,8 @@ def events_bytes(chunks: list[chat.ChatChunk], options: StreamOptions, fast_path
     counter = itertools.count()
     machine = ResponseStateMachine(skeleton(), options, new_id=lambda prefix: f"{prefix}_{next(counter)}",
                                    clock=lambda: 1, track_tokens=True)
-    machine.fast_path = fast_path
+    if not fast_path:  # the shortcut declines every chunk: the general path takes them all
+        machine._more_message_text = lambda chunk: None  # type: ignore[method-assign]
     out = [encode_events(machine.start())]
     out += [encode_events(machine.feed(chunk)) for chunk in chunks]
     out.append(encode_events(machine.finish()))

@@ -256,13 +256,11 @@ class ResponseStateMachine:
     # of its text, nothing else. That one is taken here without the general path (its checks, four
     # calls and two lists per chunk: half the machine's time); it emits exactly what the general
     # path would, which tests/test_stream_properties.py checks on every kind of stream.
-    fast_path = True
-
     def _more_message_text(self, chunk: chat.ChatChunk) -> Optional[list[r.StreamEvent]]:
         """The one ``output_text.delta`` of a chunk that only continues the open message, or None
         when the chunk is anything else (then the general path runs, as if this did not exist)."""
         open_item = self._open
-        if (open_item is None or open_item.kind is not Kind.MESSAGE or open_item.ended or not self.fast_path
+        if (open_item is None or open_item.kind is not Kind.MESSAGE or open_item.ended
                 or self.final is not None or self._held is not None or self._events or self._aligner is not None
                 or self._field_block_open or chunk.usage is not None or chunk.error is not None
                 or chunk.prompt_token_ids is not None or len(chunk.choices) != 1):
