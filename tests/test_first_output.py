@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from gateway.upstream.client import VLLMClient
 from tests.conftest import GatewayFactory
 from tests.fake_vllm import FakeVLLM, Generation, content
@@ -34,6 +36,50 @@ async def test_a_whole_answer_waiting_is_read_in_small_pieces_until_the_first_ou
     assert sum(batches) >= 300
     assert batches[0] <= 40 and batches[1] <= 40, batches[:3]  # 4 KB of ~200-byte events
     assert max(batches[2:]) > 100, batches  # after the first output, whole reads again
+
+
+async def test_a_stream_nobody_waits_on_is_read_whole_from_the_start(upstream: FakeVLLM) -> None:
+    """``no_first_output()`` (a background run's stream): the first read takes all that waits."""
+    upstream.queue(Generation(deltas=content("w " * 300, size=2)))
+    client = VLLMClient([upstream.url])  # type: ignore[attr-defined]
+    await client.start()
+    try:
+        stream = await client.open_chat_stream({"model": "m", "messages": [], "stream": True})
+        stream.no_first_output()
+        deadline = time.monotonic() + 60
+        while not upstream.requests[-1]["finished"]:
+            assert time.monotonic() < deadline, "the fake vLLM did not finish writing"
+            await asyncio.sleep(0.01)
+        batches = [len(batch) async for batch in stream]
+        stream.close()
+    finally:
+        await client.close()
+    assert sum(batches) >= 300 and batches[0] > 100, batches[:3]
+
+
+async def test_a_background_run_reads_its_stream_whole(make_gateway: GatewayFactory,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A background run's stream is one nobody waits on (its followers read stored batches)."""
+    from gateway.upstream.client import ChatStream
+
+    marked: list[ChatStream] = []
+    mark = ChatStream.no_first_output
+    monkeypatch.setattr(ChatStream, "no_first_output", lambda self: marked.append(self) or mark(self))
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(deltas=content("one two three")))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "background": True}) as r:
+        queued = await r.json()
+    deadline = time.monotonic() + 60
+    while True:
+        async with gateway.session.get(gateway.url + f"/v1/responses/{queued['id']}") as r:
+            if (await r.json())["status"] == "completed":
+                break
+        assert time.monotonic() < deadline, "the background run did not complete"
+        await asyncio.sleep(0.05)
+    assert len(marked) == 1
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        await r.read()
+    assert len(marked) == 1  # an attached stream's client waits for its first output
 
 
 async def test_a_read_is_decoded_chunk_by_chunk_as_the_relay_takes_it(make_gateway: GatewayFactory) -> None:

@@ -187,19 +187,21 @@ class ChatStream:
         self.watch = HealthWatch(client, backend, response)
         self._clock = asyncio.get_running_loop().time
         self._last_write = self._clock()  # when the client last got something (see wrote())
-        self._output_written = False  # the relay wrote events made of this stream's chunks
+        # Reads take all that has arrived: the client has its first output, or nobody waits for one.
+        # Until then a few KB at a time (see __aiter__).
+        self._whole_reads = False
 
     def wrote(self) -> None:
         """The relay wrote to the client: the keepalive interval counts from now. Upstream bytes
         that make no event (whitespace deltas, ``choices: []``, a tool call without a name yet)
         do not count, so keepalives go on while they arrive."""
         self._last_write = self._clock()
-        self._output_written = True
+        self._whole_reads = True
 
     def no_first_output(self) -> None:
         """Nobody waits for this stream's first output (a background run: its followers read
         stored batches): each read takes all that has arrived, not 4 KB at a time (see __aiter__)."""
-        self._output_written = True
+        self._whole_reads = True
 
     async def __aiter__(self) -> AsyncIterator[Union[DecodedRead, object]]:
         """The timers, all measured on the one clock:
@@ -238,7 +240,7 @@ class ChatStream:
                             # Until the client has its first output, reads are small: a busy vLLM's
                             # first read can hold a whole answer, and the first delta leaves as soon
                             # as it exists, not once the whole read is split, decoded, translated.
-                            data = await (content.readany() if self._output_written
+                            data = await (content.readany() if self._whole_reads
                                           else content.read(_FIRST_OUTPUT_READ_BYTES))
                     except TimeoutError:
                         if not timer.expired():  # aiohttp's own timeout (the session's total), not ours
