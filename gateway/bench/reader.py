@@ -45,16 +45,18 @@ class _Upstream(asyncio.Protocol):
             self.transport.write(self.answer)
 
 
-async def _cpu_per_token(url: str, lean: bool, responses: int, tokens: int) -> float:
+async def _cpu_per_token(url: str, lean: bool, responses: int, tokens: int, body_size: int) -> float:
     async with aiohttp.ClientSession(connector=lean_connector()) as session:
-        async def one() -> int:
+        async def one() -> None:
             async with session.get(url) as response:
                 if lean:
                     lean_body(response)
                 size = 0
                 while data := await response.content.readany():
                     size += len(data)
-                return size
+            if size != body_size:  # a figure for a reader that loses bytes would mean nothing
+                raise SystemExit(f"{'LeanStreamReader' if lean else 'StreamReader'} read {size} bytes of a "
+                                 f"{body_size}-byte body")
 
         await asyncio.gather(*(one() for _ in range(AT_ONCE)))  # connections open, code warm
         started = time.process_time()
@@ -65,14 +67,16 @@ async def _cpu_per_token(url: str, lean: bool, responses: int, tokens: int) -> f
 
 async def run(responses: int, tokens: int, repeats: int) -> None:
     # The bench's fake vLLM's burst answer, byte for byte: role chunk, one chunk per token, finish, [DONE].
-    answer = BODIES.whole("reader", Workload("text", tokens, 1), include_usage=False)
+    workload = Workload("text", tokens, 1)
+    answer = BODIES.whole("reader", workload, include_usage=False)
+    body_size = sum(len(frame) for frame in workload.sse_frames(include_usage=False))
     server = await asyncio.get_running_loop().create_server(lambda: _Upstream(answer), "127.0.0.1", 0)
     url = "http://127.0.0.1:%d/" % server.sockets[0].getsockname()[1]
     figures: dict[str, list[float]] = {"aiohttp's StreamReader": [], "LeanStreamReader": []}
     try:
         for repeat in range(repeats):
             for name, lean in (("aiohttp's StreamReader", False), ("LeanStreamReader", True)):
-                figure = await _cpu_per_token(url, lean, responses, tokens)
+                figure = await _cpu_per_token(url, lean, responses, tokens, body_size)
                 figures[name].append(figure)
                 print(f"repeat {repeat + 1}: {name:24s} {figure:.3f} µs of CPU per token", flush=True)
     finally:
