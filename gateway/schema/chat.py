@@ -91,11 +91,12 @@ class UpstreamErrorBody(msgspec.Struct, gc=False):
 
 
 class ChatChunk(msgspec.Struct, gc=False):
-    """One ``data:`` line of a streamed chat completion, including vLLM's mid-stream error line."""
+    """One ``data:`` line of a streamed chat completion, including vLLM's mid-stream error line.
 
-    id: str = ""
-    model: str = ""
-    created: int = 0
+    Not declared: ``id``, ``object``, ``created`` and ``model``, which every chunk repeats and the
+    gateway never reads (the response has its own). Skipped unread, they cost nothing; decoded,
+    they were 40 % of the decode (0.64 -> 0.37 µs per chunk, gateway/bench/README.md)."""
+
     choices: list[ChunkChoice] = msgspec.field(default_factory=list)
     usage: Optional[Usage] = None
     prompt_token_ids: Optional[list[int]] = None

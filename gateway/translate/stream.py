@@ -745,9 +745,6 @@ def chunk_from_completion(completion: chat.ChatCompletion) -> chat.ChatChunk:
             )
         )
     return chat.ChatChunk(
-        id=completion.id,
-        model=completion.model,
-        created=completion.created,
         choices=choices,
         usage=completion.usage,
         prompt_token_ids=completion.prompt_token_ids,
