@@ -60,8 +60,8 @@ chunked them, and a completion fed whole gets the same list as its stream.
 from __future__ import annotations
 
 import enum
+import os
 import time
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -76,8 +76,38 @@ from .tools import CustomInputDecoder, ToolTarget
 
 
 def random_id(prefix: str) -> str:
-    """``<prefix>_`` and 32 random hex digits (as uuid4().hex looks, at a third of its cost)."""
-    return f"{prefix}_{secrets.token_hex(16)}"
+    """``<prefix>_`` and 32 random hex digits (as uuid4().hex looks), from the OS's CSPRNG: ids of
+    stored responses are their only key, so they must not be guessable."""
+    try:
+        digits = next(_random_hex.pool)
+    except StopIteration:
+        digits = next(_random_hex.refill())
+    return f"{prefix}_{digits}"
+
+
+class _RandomHex:
+    """The OS's random bytes taken 4 KiB at a time, as 128 ids' worth of hex digits: one getrandom
+    call per 128 ids, not one per id (each call lets go of the GIL, and at every response's start
+    the store's writer thread took it: 5 % of the event loop's samples, gateway/bench/README.md).
+    Each id is handed out once by ``next`` (atomic under the GIL); two threads refilling at once
+    each make a pool of their own. A forked worker starts empty, never with its parent's ids."""
+
+    IDS = 128
+
+    def __init__(self) -> None:
+        self.pool: Any = iter(())
+        os.register_at_fork(after_in_child=self.forget)
+
+    def refill(self) -> Any:
+        digits = os.urandom(16 * self.IDS).hex()
+        self.pool = pool = iter([digits[i:i + 32] for i in range(0, len(digits), 32)])
+        return pool
+
+    def forget(self) -> None:
+        self.pool = iter(())
+
+
+_random_hex = _RandomHex()
 
 
 def wall_clock() -> int:
