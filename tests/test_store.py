@@ -758,3 +758,48 @@ async def test_a_write_waits_its_turn_behind_another_process_without_sleeping_mi
     other.close()
     await store.create(dataclasses.replace(record, id="r1"))  # and the store goes on
     await store.close()
+
+
+# --- the Response stored at a stream's end ---------------------------------------------------------
+
+
+def _streamed_frames(text: str) -> bytes:
+    """A whole stream's SSE frames, as the gateway writes them, for an answer of ``text``."""
+    import msgspec
+
+    from gateway.schema import chat
+    from gateway.server.sse import encode_events
+    from gateway.translate.request import ConversionSettings, decode_request, plan_chat_request
+    from gateway.translate.stream import ResponseStateMachine
+
+    plan = plan_chat_request(decode_request(b'{"model": "m", "input": "Hi", "stream": true}'),
+                             ConversionSettings(model="m"), response_id="resp_1", created_at=0)
+    machine = ResponseStateMachine(plan.response, plan.options)
+    events = machine.start()
+    events += machine.feed(msgspec.convert({"choices": [{"index": 0, "delta": {"content": text}}]}, chat.ChatChunk))
+    events += machine.feed(msgspec.convert({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                                           chat.ChatChunk))
+    return encode_events(events + machine.finish())
+
+
+@pytest.mark.parametrize("text", ["Hello", 'a tail like the event\'s own: ,"sequence_number":7}', '"}\n\nmore'])
+def test_the_stored_response_is_the_terminal_events_as_the_client_got_it(text: str) -> None:
+    from gateway.store.service import _terminal_response
+
+    frames = _streamed_frames(text)
+    last = parse_sse(frames)[-1]
+    assert last["type"] == "response.completed"
+    stored = _terminal_response(frames)
+    assert json.loads(stored) == last["response"] and json.loads(stored)["output"][0]["content"][0]["text"] == text
+    assert stored in frames  # cut out of the frames, byte for byte
+
+
+def test_a_terminal_event_of_another_shape_is_parsed_and_a_non_terminal_one_refused() -> None:
+    from gateway.store.service import _terminal_response
+
+    response = {"id": "resp_1", "status": "completed", "output": []}
+    reordered = b"event: response.completed\ndata: " + json.dumps(
+        {"sequence_number": 3, "response": response, "type": "response.completed"}).encode() + b"\n\n"
+    assert json.loads(_terminal_response(reordered)) == response
+    with pytest.raises(ValueError):
+        _terminal_response(b'event: response.in_progress\ndata: {"type":"response.in_progress","sequence_number":1}\n\n')
