@@ -67,6 +67,36 @@ async def test_the_gateway_reads_vllm_bodies_through_the_lean_reader(make_gatewa
     assert sum(lean_reads) > 0  # the body after the first output went through the lean reader
 
 
+async def test_a_head_and_body_in_one_read_reach_the_lean_reader_from_the_first_chunk() -> None:
+    """A fast upstream sends a response's head and its whole chunked body in one write (the bench's
+    burst, a short answer): the body is still read by LeanStreamReader from its first chunk, so
+    aiohttp's per-chunk records are never kept; every byte arrives, and the connection serves the
+    next response (kept alive) the same way."""
+    chunks = [EVENT % i for i in range(300)]
+    body = b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + body
+    received: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            received.append(len(answer))
+            writer.write(answer)  # the head and the body: one write, one read at the other end
+            await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(connector=lean_connector()) as session:
+            for _ in range(2):
+                async with session.get(f"http://127.0.0.1:{port}/") as response:
+                    assert type(response.content) is LeanStreamReader
+                    assert response.content._http_chunk_splits is None  # no chunk of it went through aiohttp's
+                    assert await response.read() == b"".join(chunks)
+    finally:
+        server.close()
+    assert len(received) == 2
+
+
 @pytest.mark.parametrize("lean", [False, True], ids=["aiohttp's reader", "the lean reader"])
 async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
     """The reader starts only once aiohttp paused reading (its buffer is past the high-water mark):
@@ -75,6 +105,8 @@ async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
     paused = asyncio.Event()
 
     class Watched(LeanResponseHandler):
+        lean_bodies = lean  # aiohttp's reader, or the lean one from the first byte
+
         def pause_reading(self) -> None:
             super().pause_reading()
             paused.set()
@@ -100,9 +132,7 @@ async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"http://127.0.0.1:{port}/") as response:
-                if lean:
-                    lean_body(response)
-                    assert type(response.content) is LeanStreamReader
+                assert type(response.content) is (LeanStreamReader if lean else StreamReader)
                 await asyncio.wait_for(paused.wait(), 60)
                 body = await response.content.read(3)  # "dat": the head of the first piece
                 while data := await asyncio.wait_for(response.content.readany(), 60):

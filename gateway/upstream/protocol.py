@@ -30,9 +30,33 @@ from aiohttp.streams import StreamReader
 
 
 class LeanResponseHandler(ResponseHandler):
+    # Bodies read by LeanStreamReader from their first byte (False: aiohttp's reader, for tests).
+    lean_bodies = True
+
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused or getattr(self, "_buffer_paused", False):
             super().resume_reading(resume_parser)
+
+    def data_received(self, data: bytes) -> None:
+        """Every response's body is read by LeanStreamReader from its first byte. aiohttp's parser
+        makes the reader at the response's head and, in the same call, feeds it the rest of the
+        read, chunk by chunk: a read that holds a head and the start of its body (a fast vLLM's
+        first read, or a whole short answer) is parsed in two, the head first, so that the reader
+        is lean before its first chunk. Splitting a read anywhere is safe: the parser is
+        incremental."""
+        payload = self._payload
+        if not self.lean_bodies or not (payload is None or payload.is_eof()):
+            super().data_received(data)  # inside a body: the common case, one check
+            return
+        end = data.find(b"\r\n\r\n") + 4  # between responses: a head is next
+        if 4 <= end < len(data):
+            super().data_received(data[:end])
+            if self.exception() is not None:
+                return  # the head did not parse: the connection is closed, its caller told
+            _make_lean(self._payload)
+            data = data[end:]
+        super().data_received(data)
+        _make_lean(self._payload)
 
 
 def lean_connector(**kwargs: Any) -> aiohttp.TCPConnector:
@@ -81,7 +105,12 @@ _FIELDS = {"_buffer", "_buffer_offset", "_size", "_cursor", "_eof", "_exception"
 _LEAN_FITS = _FIELDS <= set(getattr(StreamReader, "__slots__", ()))
 
 
+def _make_lean(reader: Any) -> None:
+    if _LEAN_FITS and type(reader) is StreamReader:
+        reader.__class__ = LeanStreamReader
+
+
 def lean_body(response: aiohttp.ClientResponse) -> None:
-    """Reads ``response``'s body with LeanStreamReader, when it is aiohttp's plain StreamReader."""
-    if _LEAN_FITS and type(response.content) is StreamReader:
-        response.content.__class__ = LeanStreamReader
+    """Reads ``response``'s body with LeanStreamReader, when it is aiohttp's plain StreamReader
+    (LeanResponseHandler has made it one already, unless the head came in a read of its own)."""
+    _make_lean(response.content)
