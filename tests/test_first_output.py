@@ -103,3 +103,23 @@ async def test_a_read_is_decoded_chunk_by_chunk_as_the_relay_takes_it(make_gatew
     final = check_stream(events)
     assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["Once", " upon", " a"]
     assert final["status"] == "failed" and final["error"]["code"] == "upstream_protocol_error"
+
+
+async def test_a_streams_head_leaves_with_its_first_events_in_one_write(make_gateway: GatewayFactory,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The response's head is not a socket write of its own: it leaves with response.created."""
+    from aiohttp.http_writer import StreamWriter
+
+    writes: list[bytes] = []
+    single, several = StreamWriter._write, StreamWriter._writelines
+    monkeypatch.setattr(StreamWriter, "_write", lambda self, chunk: writes.append(bytes(chunk)) or single(self, chunk))
+    monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: writes.append(
+        b"".join(bytes(c) for c in chunks)) or several(self, chunks))
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(deltas=content("one two three", size=4)))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        body = await r.read()
+    assert b"response.completed" in body
+    heads = [w for w in writes if w.startswith(b"HTTP/1.1 200") and b"X-Accel-Buffering: no" in w]  # the gateway's
+    assert len(heads) == 1, heads
+    assert b"event: response.created\ndata: " in heads[0]

@@ -44,6 +44,7 @@ from ..upstream.developer_role import DeveloperRole
 from ..upstream.pool import Backend
 from .http import (CLIENT_KEY, CONFIG_KEY, DEVELOPER_KEY, FOLDING_SETTINGS_KEY, KEYS_KEY, LOG_FIELDS, METRICS_KEY,
                    OBSERVERS_KEY, REQUEST_ID, REQUESTS_KEY, SECRETS_KEY, SETTINGS_KEY, SHUTDOWN_KEY, SSE_HEADERS,
+                   SSEResponseHeadWithFirstEvents,
                    STORE_KEY, STREAMS_KEY, TRANSPORT_KEY, error_response, invalid_request_response,
                    session_cookie_name, session_key, watched_post)
 from .http import upstream_error_response as _upstream_error_response
@@ -519,7 +520,8 @@ async def _stream(request: web.Request, client: VLLMClient, plan: ChatPlan, back
             return _upstream_error_response(exc)
 
         try:
-            response = web.StreamResponse(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
+            # its head leaves with response.created, written right after prepare(): one write
+            response = SSEResponseHeadWithFirstEvents(headers={**SSE_HEADERS, "X-Request-Id": request[REQUEST_ID]})
             if new_cookie:
                 response.set_cookie(session_cookie_name(request.app[CONFIG_KEY]), new_cookie, httponly=True)
             await response.prepare(request)

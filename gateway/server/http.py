@@ -53,6 +53,16 @@ SSE_HEADERS = {
 }
 
 
+class SSEResponseHeadWithFirstEvents(web.StreamResponse):
+    """An SSE response whose head leaves with the first events written after ``prepare()``, in one
+    socket write. aiohttp sends a StreamResponse's head on its own at ``prepare()``; a stream of
+    Responses events writes ``response.created`` right after, so that was a send(2) per response
+    for nothing. Only for a response whose first write follows ``prepare()`` at once: the head is
+    held until it. (An aiohttp without this switch sends the head at ``prepare()``, as before.)"""
+
+    _send_headers_immediately = False
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 
