@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the gateway with `serve --workers N` in the relay section (CPU and memory are summed "
                         "over its processes); the workers section compares 1 with max(2, N)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
-                   help="a gateway setting for the relay, workers and memory sections, as on `vllm-gateway serve` "
+                   help="a gateway setting for the relay, workers, floor, split and memory sections, as on `vllm-gateway serve` "
                         "(e.g. --set gateway.store=false); repeatable. The settings are printed with the results")
     p.add_argument("--memory-streams", type=int, default=1000, metavar="N",
                    help="streams held open at once in the memory section (default 1000)")

@@ -98,6 +98,22 @@ class Procs:
         child.url = f"http://{HOST}:{int(line.split()[1])}"
         return child
 
+    def floor(self, upstream_url: str) -> Child:
+        """The bare aiohttp relay (``gateway.bench.floor``) in front of ``upstream_url``."""
+        log = self.dir / "floor.log"
+        cmd = [sys.executable, "-m", "gateway.bench.floor", "--upstream", upstream_url, "--host", HOST, "--port", "0"]
+        with open(log, "wb") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    cwd=self.dir, env=_env(), preexec_fn=_child_setup)
+        child = Child("floor", proc, "", log)
+        self._children.append(child)
+        assert proc.stdout is not None
+        line = _readline(proc.stdout, 20.0)
+        if not line.startswith(b"READY "):
+            raise BenchError(f"the floor relay did not start (said {line!r}):\n{child.log_tail()}")
+        child.url = f"http://{HOST}:{int(line.split()[1])}"
+        return child
+
     # --- the gateway ----------------------------------------------------------------------------
 
     def gateway(self, base_url: str, workers: Optional[int] = None, name: str = "gateway",

@@ -172,6 +172,48 @@ def workers_text(res: dict[str, Any]) -> str:
                                    "CPU % of a core", "scaling", "errors"], rows)
 
 
+def floor_text(res: dict[str, Any]) -> str:
+    wl = res["workload"]
+    title = (f"FLOOR: direct, the bare aiohttp relay (gateway.bench.floor: vLLM's bytes copied through, nothing "
+             f"parsed) and the gateway, interleaved\n  {_workload(wl)}; median of {res['repeats']} repeat(s)")
+    rows = []
+    for c, level in res["levels"].items():
+        r = level["ratio"]
+        for target in ("direct", "floor", "gateway"):
+            m = level[target]["median"]
+            own = "loadgen" if target == "direct" else "gateway"
+            cpu = m.get(f"cpu_us_per_token_{own}")
+            ratio = {"floor": r.get("floor_events_s"), "gateway": r.get("gateway_events_s")}.get(target)
+            rows.append([str(c), target, _n(m.get("events_s")) + _spread(m, "events_s"),
+                         (f"{own[:2]} {_n(cpu, 2)}" + _spread(m, f"cpu_us_per_token_{own}")) if cpu is not None else "-",
+                         _n(ratio, 3) if ratio is not None else "-",
+                         _n(r.get("gateway_cpu_over_floor"), 2) + "x" if target == "gateway" else "-",
+                         _p(m, "delta_p50_ms", "delta_p99_ms"), _cores(m), str(m.get("errors", 0))])
+    return title + "\n\n" + table(["c", "target", "events/s", "CPU µs/token", "÷ direct events/s", "CPU ÷ floor",
+                                   "1st delta ms p50/p99", "CPU % of a core", "errors"], rows)
+
+
+def split_text(res: dict[str, Any]) -> str:
+    short, long_ = res["tokens"]
+    title = (f"SPLIT: CPU per response at {short} and {long_} tokens (c=64, interleaved), and the line through "
+             f"them: what a request costs and what each token adds\n  median of {res['repeats']} repeat(s); "
+             f"floor = the bare aiohttp relay")
+    rows = []
+    for row, r in res["rows"].items():
+        for tokens in (short, long_):
+            m = r["medians"].get(tokens) or r["medians"][str(tokens)]
+            cpu = m.get("cpu_us_per_token_gateway")
+            rows.append([row, str(tokens), _n(m.get("req_s"), 1), _n(cpu, 2) + _spread(m, "cpu_us_per_token_gateway"),
+                         _n(cpu * tokens if cpu is not None else None), _cores(m), str(m.get("errors", 0))])
+    body = table(["target", "tokens", "req/s", "CPU µs/token", "CPU µs/response", "CPU % of a core", "errors"], rows)
+    lines = [f"  {row}: a request costs {r['per_request_us']:,.0f} µs of CPU whatever its length "
+             f"({', '.join(f'{v:,.0f}' for v in r['per_request_runs'])}), each token {r['per_token_us']:.2f} µs more "
+             f"({', '.join(f'{v:.2f}' for v in r['per_token_runs'])}); at {long_} tokens "
+             f"{r['per_request_us'] / long_:.2f} µs per token is the request's"
+             for row, r in res["rows"].items()]
+    return f"{title}\n\n{body}\n\n" + "\n".join(lines)
+
+
 def inspect_text(res: dict[str, Any]) -> str:
     title = (f"INSPECT: the inspector off, on with no viewer, on with one viewer (following the live requests one "
              f"after another: a worst case)\n  {_workload(res['workload'])}; median of {res['repeats']} repeat(s); "
@@ -350,6 +392,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         cpu = lv["ratio"].get("gateway_cpu_us_per_token")
         notes = [n for n in (settings, f"store: false {store_off[c]:.2f} µs" if c in store_off else "",
+                             _floor_note(results, c),
+                             _split_note(results) if c == 64 else "",
                              "" if exact else "run with --mix text --tokens-per-chunk 1 to judge") if n]
         add(key, f"{cpu:.2f} µs" if cpu is not None else None, (cpu <= limit) if exact and cpu is not None else None,
             "; ".join(notes))
@@ -364,7 +408,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             measured = f"{measured}; --workers {n}: {w_ratio:.3f}x"
             ok = bool(ok) or w_ratio >= 0.5
             note = f"{note}; --workers {n}: the workers section's events/s at c=64 over the relay's direct"
-        add("events_ratio", measured, ok, note)
+        floor_note = _floor_note(results, 64, ratio=True)
+        add("events_ratio", measured, ok, f"{note}; {floor_note}" if floor_note else note)
     else:
         add("events_ratio", None, None, "needs the relay section at c=64")
     if l1:
@@ -408,6 +453,29 @@ def _workers_ratio(results: dict[str, Any], relay64: dict[str, Any]) -> Optional
     many = level.get(counts[-1]) or level.get(str(counts[-1]))
     events = (many or {}).get("median", {}).get("events_s")
     return (counts[-1], events / direct) if events else None
+
+
+def _floor_note(results: dict[str, Any], c: int, ratio: bool = False) -> str:
+    """The floor section's bare aiohttp relay at concurrency ``c``, when it ran."""
+    level = ((results.get("floor") or {}).get("levels") or {})
+    level = level.get(c) or level.get(str(c))
+    if not level:
+        return ""
+    cpu = level["floor"]["median"].get("cpu_us_per_token_gateway")
+    r = level["ratio"]
+    text = f"the bare aiohttp relay (floor section): {_n(cpu, 2)} µs/token"
+    if ratio:
+        text += f", {_n(r.get('floor_events_s'), 3)}x direct"
+    return text + f"; the gateway {_n(r.get('gateway_cpu_over_floor'), 2)}x its CPU"
+
+
+def _split_note(results: dict[str, Any]) -> str:
+    rows = (results.get("split") or {}).get("rows")
+    if not rows:
+        return ""
+    g, f = rows["gateway"], rows["floor"]
+    return (f"split section: the gateway {g['per_request_us']:,.0f} µs per request + {g['per_token_us']:.2f} µs per "
+            f"token, the bare aiohttp relay {f['per_request_us']:,.0f} + {f['per_token_us']:.2f}")
 
 
 def _store_off_cpu(results: dict[str, Any]) -> dict[int, float]:
@@ -459,13 +527,15 @@ def _store_text(res: dict[str, Any]) -> str:
     return store_text(res)
 
 
-SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "memory": memory_text,
+SECTION_TEXT = {"machine": machine_text, "relay": relay_text, "workers": workers_text, "floor": floor_text,
+                "split": split_text,
+                "memory": memory_text,
                 "inspect": inspect_text, "store": _store_text, "soak": soak_text}
 
 
 def render(info: dict[str, Any], results: dict[str, Any], wall_s: float) -> str:
     parts = [header(info)]
-    for name in ("relay", "workers", "memory", "inspect", "store", "soak", "machine"):
+    for name in ("relay", "workers", "floor", "split", "memory", "inspect", "store", "soak", "machine"):
         if name in results:
             parts.append(SECTION_TEXT[name](results[name]))
     parts.append(targets_text(targets(results)))

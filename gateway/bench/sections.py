@@ -45,6 +45,8 @@ class Options:
     gateway_settings: list[str] = field(default_factory=list)  # --set KEY=VALUE: the relay's and workers' gateway
     workers_levels: list[int] = field(default_factory=lambda: [64, 256])
     inspect_levels: list[int] = field(default_factory=lambda: [1, 16])
+    floor_levels: list[int] = field(default_factory=lambda: [1, 64])
+    split_tokens: tuple[int, int] = (16, 256)
     memory_streams: int = 1000
     memory_hold: float = 6.0
     trickle_interval_ms: int = 200
@@ -208,6 +210,104 @@ def _ratios(direct: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
     return {"events_s": ratio("events_s"), "tokens_s": ratio("tokens_s"), "req_s": ratio("req_s"),
             "added_delta_p50_ms": diff("delta_p50_ms"), "added_ttfb_p50_ms": diff("ttfb_p50_ms"),
             "gateway_cpu_us_per_token": gateway.get("cpu_us_per_token_gateway")}
+
+
+# --- floor: the cheapest aiohttp relay, beside the direct run and the gateway ---------------------
+
+
+def floor(opts: Options, ctx: Context) -> dict[str, Any]:
+    """Direct, the bare aiohttp byte relay (``gateway.bench.floor``) and the gateway, interleaved
+    per repeat: what any relay built on aiohttp pays per event here, and the gateway against it."""
+    wl = opts.workload
+    upstream = ctx.upstream
+    bare = ctx.procs.floor(upstream.url)
+    gateway = ctx.procs.gateway(upstream.url + opts.upstream_prefix + "/v1", overrides=opts.gateway_settings)
+    direct_url = upstream.url + opts.upstream_prefix + "/v1/chat/completions"
+    rows = ("direct", "floor", "gateway")
+    runs: dict[int, dict[str, list]] = {c: {row: [] for row in rows} for c in opts.floor_levels}
+    try:
+        for rep in range(opts.repeats):
+            for c in opts.floor_levels:
+                tag = f"floor rep {rep + 1}/{opts.repeats} c={c}"
+                targets = {
+                    "direct": (direct_url, wl.chat_request(), "chat", {"upstream": upstream.pid}),
+                    "floor": (bare.url + opts.upstream_prefix + "/v1/chat/completions", wl.chat_request(), "chat",
+                              {"gateway": bare.pid, "upstream": upstream.pid}),
+                    "gateway": (gateway.url + "/v1/responses", wl.responses_request(), "responses",
+                                {"gateway": gateway.pid, "upstream": upstream.pid}),
+                }
+                for row in rows:
+                    url, body, protocol, watch = targets[row]
+                    runs[c][row].append(_run(ctx, _spec(opts, ctx, url, body, protocol, c, watch),
+                                             f"{tag} {row:7}", wl.tokens))
+    finally:
+        ctx.procs.stop(gateway)
+        ctx.procs.stop(bare)
+    levels = {}
+    for c in opts.floor_levels:
+        by_row = runs[c]
+        paired = [{
+            "floor_events_s": f["events_s"] / d["events_s"] if d["events_s"] else None,
+            "gateway_events_s": g["events_s"] / d["events_s"] if d["events_s"] else None,
+            "gateway_cpu_over_floor": (g["cpu_us_per_token_gateway"] / f["cpu_us_per_token_gateway"]
+                                       if f.get("cpu_us_per_token_gateway") and g.get("cpu_us_per_token_gateway") else None),
+        } for d, f, g in zip(by_row["direct"], by_row["floor"], by_row["gateway"])]
+        levels[c] = {row: {"median": median_of(by_row[row]), "runs": by_row[row]} for row in rows}
+        levels[c]["ratio"] = median_of(paired)
+    return {"workload": {"mix": wl.mix, "tokens": wl.tokens, "tokens_per_chunk": wl.tokens_per_chunk,
+                         "upstream": opts.upstream},
+            "settings": opts.gateway_settings, "repeats": opts.repeats, "levels": levels}
+
+
+# --- split: what a request costs and what a token costs -------------------------------------------
+
+
+def split(opts: Options, ctx: Context) -> dict[str, Any]:
+    """CPU per response at two answer lengths (``split_tokens``), interleaved, at c=64, for the
+    gateway and for the bare aiohttp relay (the floor): a straight line through the two gives the
+    cost of a request whatever its length (HTTP in and out, the upstream request; for the gateway
+    also conversion and the store's row) and of each token after it."""
+    short, long_ = opts.split_tokens
+    upstream = ctx.upstream
+    workloads = {tokens: Workload(opts.mix, tokens, opts.tokens_per_chunk) for tokens in (short, long_)}
+    gateways: dict[int, Child] = {}  # one per length: the fake vLLM's workload is in the gateway's base URL
+    bare = ctx.procs.floor(upstream.url)
+    runs: dict[str, dict[int, list]] = {"floor": {short: [], long_: []}, "gateway": {short: [], long_: []}}
+    try:
+        for tokens, wl in workloads.items():
+            gateways[tokens] = ctx.procs.gateway(upstream.url + wl.path_for("w") + "/v1", name=f"gateway-{tokens}",
+                                                 overrides=opts.gateway_settings)
+        for rep in range(opts.repeats):
+            for tokens, wl in workloads.items():
+                gw = gateways[tokens]
+                targets = {
+                    "floor": (bare.url + wl.path_for("w") + "/v1/chat/completions", wl.chat_request(), "chat",
+                              {"gateway": bare.pid, "upstream": upstream.pid}),
+                    "gateway": (gw.url + "/v1/responses", wl.responses_request(), "responses",
+                                {"gateway": gw.pid, "upstream": upstream.pid}),
+                }
+                for row, (url, body, protocol, watch) in targets.items():
+                    runs[row][tokens].append(_run(ctx, _spec(opts, ctx, url, body, protocol, 64, watch),
+                                                  f"split rep {rep + 1}/{opts.repeats} {tokens} tokens {row}", tokens))
+    finally:
+        for gw in gateways.values():
+            ctx.procs.stop(gw)
+        ctx.procs.stop(bare)
+    return {"tokens": [short, long_], "repeats": opts.repeats, "settings": opts.gateway_settings,
+            "rows": {row: {"runs": by_len, "medians": {t: median_of(r) for t, r in by_len.items()},
+                           **split_figures(by_len, short, long_)} for row, by_len in runs.items()}}
+
+
+def split_figures(runs: dict[int, list], short: int, long_: int) -> dict[str, Any]:
+    """Per repeat (the same noise for both lengths), then the median of the repeats."""
+    per_request, per_token = [], []
+    for a, b in zip(runs[short], runs[long_]):
+        cost_a, cost_b = a["cpu_us_per_token_gateway"] * short, b["cpu_us_per_token_gateway"] * long_
+        token = (cost_b - cost_a) / (long_ - short)
+        per_token.append(token)
+        per_request.append(cost_a - short * token)
+    return {"per_request_us": statistics.median(per_request), "per_token_us": statistics.median(per_token),
+            "per_request_runs": per_request, "per_token_runs": per_token}
 
 
 # --- workers: 1 process against N ----------------------------------------------------------------
@@ -631,9 +731,11 @@ SECTIONS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
     "machine": machine,  # first: in this process, while nothing else runs
     "relay": relay,
     "workers": workers,
+    "floor": floor,
+    "split": split,
     "memory": memory,
     "inspect": inspect,
     "store": store_section,  # gateway/bench/store.py: store: false / SQLite / Redis
     "soak": soak,  # only when asked for (--only soak): it takes minutes
 }
-DEFAULT_SECTIONS = ["machine", "relay", "workers", "memory", "inspect", "store"]
+DEFAULT_SECTIONS = ["machine", "relay", "workers", "floor", "split", "memory", "inspect", "store"]

@@ -1,0 +1,47 @@
+"""The bench's floor (``gateway.bench.floor``): the bare aiohttp relay whose CPU per token the
+bench reports as the least any aiohttp relay pays. Its figure means something only if it relays
+the whole stream, so: real processes (the bench's fake vLLM and the floor), real sockets, and the
+body through the floor byte for byte the body straight from the upstream."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from gateway.bench.procs import Procs
+from gateway.bench.workload import Workload
+
+
+def _post(url: str, body: bytes) -> bytes:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return response.read()
+
+
+def test_the_floor_relays_the_upstreams_stream_byte_for_byte() -> None:
+    workload = Workload("text", 64, 1)
+    path = workload.path_for("w") + "/v1/chat/completions"
+    with Procs() as procs:
+        upstream = procs.upstream(max_seconds=120)
+        floor = procs.floor(upstream.url)
+        with urllib.request.urlopen(floor.url + "/health", timeout=10) as health:
+            assert health.status == 200
+        direct = _post(upstream.url + path, workload.chat_request())
+        relayed = [_post(floor.url + path, workload.chat_request()) for _ in range(3)]  # and on a kept connection
+    assert direct.endswith(b"data: [DONE]\n\n") and direct.count(b"\n\ndata: ") >= 64
+    assert all(body == direct for body in relayed)
+
+
+def test_the_split_recovers_a_requests_cost_and_a_tokens_from_two_lengths() -> None:
+    """``split_figures``: per repeat, the line through (16 tokens, cost) and (256 tokens, cost)."""
+    from gateway.bench.sections import split_figures
+
+    def run(per_request: float, per_token: float, tokens: int) -> dict:
+        return {"cpu_us_per_token_gateway": (per_request + per_token * tokens) / tokens}
+
+    runs = {16: [run(900, 5, 16), run(1000, 4, 16), run(950, 6, 16)],
+            256: [run(900, 5, 256), run(1000, 4, 256), run(950, 6, 256)]}
+    figures = split_figures(runs, 16, 256)
+    assert [round(v, 6) for v in figures["per_request_runs"]] == [900, 1000, 950]
+    assert [round(v, 6) for v in figures["per_token_runs"]] == [5, 4, 6]
+    assert round(figures["per_request_us"], 6) == 950 and round(figures["per_token_us"], 6) == 5
