@@ -45,3 +45,32 @@ def test_the_split_recovers_a_requests_cost_and_a_tokens_from_two_lengths() -> N
     assert [round(v, 6) for v in figures["per_request_runs"]] == [900, 1000, 950]
     assert [round(v, 6) for v in figures["per_token_runs"]] == [5, 4, 6]
     assert round(figures["per_request_us"], 6) == 950 and round(figures["per_token_us"], 6) == 5
+
+
+def _results(floor_cpu: float, pipeline: float, floor_added_ms: float, tokens_per_chunk: int = 1) -> dict:
+    level = {"floor": {"median": {"cpu_us_per_token_gateway": floor_cpu}},
+             "ratio": {"gateway_cpu_over_floor": 3.0, "floor_added_delta_p50_ms": floor_added_ms, "floor_events_s": 1.0}}
+    return {"floor": {"workload": {"tokens_per_chunk": tokens_per_chunk}, "levels": {"64": level, "1": level}},
+            "machine": {"tokens_per_chunk": tokens_per_chunk,
+                        "mixes": {"text": {"machine": {"chunks_per_s": 1e6}, "pipeline": {"us_per_chunk": pipeline}}}}}
+
+
+def test_the_targets_say_when_the_floor_and_the_pipeline_alone_exceed_a_target() -> None:
+    """The claim "cannot be met on this machine" is made only when the bare relay's CPU plus the
+    per-chunk pipeline is above the target, and only for one token per chunk."""
+    from gateway.bench.report import _bound_note, targets
+
+    assert _bound_note(_results(3.5, 2.0, 0.1), 64, 5.0, True).startswith("cannot be met on this machine")
+    assert "= 5.50 µs" in _bound_note(_results(3.5, 2.0, 0.1), 64, 5.0, True)
+    assert _bound_note(_results(2.5, 2.0, 0.1), 64, 5.0, True).startswith("lower bound on this machine")
+    assert _bound_note(_results(3.5, 2.0, 0.1, tokens_per_chunk=4), 64, 5.0, True) == ""
+
+    relay_level = {"direct": {"median": {"events_s": 400_000, "delta_p50_ms": 1.0}},
+                   "gateway": {"median": {"events_s": 100_000, "tokens_s": 97_000}},
+                   "ratio": {"gateway_cpu_us_per_token": 8.0, "events_s": 0.25, "added_delta_p50_ms": 0.6}}
+    relay = {"workload": {"mix": "text", "tokens_per_chunk": 1}, "levels": {"64": relay_level, "1": relay_level}}
+    for floor_added, says in ((0.45, True), (0.1, False)):
+        rows = {row["target"]: row for row in targets({**_results(3.5, 2.0, floor_added), "relay": relay})}
+        added = next(r for t, r in rows.items() if t.startswith("added first-delta"))
+        assert ("no relay on aiohttp can meet this" in added["note"]) is says, added
+        assert added["verdict"] == "MISSED"

@@ -184,13 +184,15 @@ def floor_text(res: dict[str, Any]) -> str:
             own = "loadgen" if target == "direct" else "gateway"
             cpu = m.get(f"cpu_us_per_token_{own}")
             ratio = {"floor": r.get("floor_events_s"), "gateway": r.get("gateway_events_s")}.get(target)
+            added = r.get(f"{target}_added_delta_p50_ms")
             rows.append([str(c), target, _n(m.get("events_s")) + _spread(m, "events_s"),
                          (f"{own[:2]} {_n(cpu, 2)}" + _spread(m, f"cpu_us_per_token_{own}")) if cpu is not None else "-",
                          _n(ratio, 3) if ratio is not None else "-",
                          _n(r.get("gateway_cpu_over_floor"), 2) + "x" if target == "gateway" else "-",
-                         _p(m, "delta_p50_ms", "delta_p99_ms"), _cores(m), str(m.get("errors", 0))])
+                         _p(m, "delta_p50_ms", "delta_p99_ms"), _n(added, 3) if added is not None else "-",
+                         _cores(m), str(m.get("errors", 0))])
     return title + "\n\n" + table(["c", "target", "events/s", "CPU µs/token", "÷ direct events/s", "CPU ÷ floor",
-                                   "1st delta ms p50/p99", "CPU % of a core", "errors"], rows)
+                                   "1st delta ms p50/p99", "added p50 ms", "CPU % of a core", "errors"], rows)
 
 
 def split_text(res: dict[str, Any]) -> str:
@@ -392,7 +394,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         cpu = lv["ratio"].get("gateway_cpu_us_per_token")
         notes = [n for n in (settings, f"store: false {store_off[c]:.2f} µs" if c in store_off else "",
-                             _floor_note(results, c),
+                             _bound_note(results, c, limit, exact) or _floor_note(results, c),
                              _split_note(results) if c == 64 else "",
                              "" if exact else "run with --mix text --tokens-per-chunk 1 to judge") if n]
         add(key, f"{cpu:.2f} µs" if cpu is not None else None, (cpu <= limit) if exact and cpu is not None else None,
@@ -408,13 +410,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             measured = f"{measured}; --workers {n}: {w_ratio:.3f}x"
             ok = bool(ok) or w_ratio >= 0.5
             note = f"{note}; --workers {n}: the workers section's events/s at c=64 over the relay's direct"
-        floor_note = _floor_note(results, 64, ratio=True)
+        floor_note = "; ".join(n for n in (_floor_note(results, 64, ratio=True), _ratio_bound_note(results, l64)) if n)
         add("events_ratio", measured, ok, f"{note}; {floor_note}" if floor_note else note)
     else:
         add("events_ratio", None, None, "needs the relay section at c=64")
     if l1:
         added = l1["ratio"].get("added_delta_p50_ms")
-        add("added_delta", f"{added:.3f} ms" if added is not None else None, added < 0.3 if added is not None else None)
+        floor_added = _floor_level(results, 1).get("ratio", {}).get("floor_added_delta_p50_ms")
+        note = ""
+        if floor_added is not None:
+            note = (f"the bare aiohttp relay alone adds {floor_added:.3f} ms (floor section)"
+                    + (": no relay on aiohttp can meet this on this machine" if floor_added >= 0.3 else ""))
+        add("added_delta", f"{added:.3f} ms" if added is not None else None, added < 0.3 if added is not None else None,
+            note)
     else:
         add("added_delta", None, None, "needs the relay section at c=1")
     machine = results.get("machine")
@@ -455,10 +463,54 @@ def _workers_ratio(results: dict[str, Any], relay64: dict[str, Any]) -> Optional
     return (counts[-1], events / direct) if events else None
 
 
+def _floor_level(results: dict[str, Any], c: int) -> dict[str, Any]:
+    levels = (results.get("floor") or {}).get("levels") or {}
+    return levels.get(c) or levels.get(str(c)) or {}
+
+
+def _lower_bound(results: dict[str, Any], c: int) -> Optional[tuple[float, float, float]]:
+    """(bound, floor, pipeline) in µs per token: the bare aiohttp relay's CPU per token at ``c``
+    (floor section) plus decode + state machine + encode per chunk (machine section, text). The
+    gateway does all the floor does, and that per chunk on top, so no build of it on aiohttp and
+    msgspec costs less on this machine. Only for 1 token per chunk (a chunk is then a token)."""
+    level, machine = _floor_level(results, c), results.get("machine")
+    if not level or not machine or machine.get("tokens_per_chunk") != 1 \
+            or (results["floor"].get("workload") or {}).get("tokens_per_chunk") != 1:
+        return None
+    floor = level["floor"]["median"].get("cpu_us_per_token_gateway")
+    pipeline = machine["mixes"]["text"]["pipeline"]["us_per_chunk"]
+    return (floor + pipeline, floor, pipeline) if floor is not None else None
+
+
+def _bound_note(results: dict[str, Any], c: int, limit: float, exact: bool) -> str:
+    bound = _lower_bound(results, c)
+    if bound is None or not exact:
+        return ""
+    total, floor, pipeline = bound
+    parts = f"the bare aiohttp relay {floor:.2f} µs/token (floor section) + decode, translate, encode {pipeline:.2f} µs/chunk"
+    over = _floor_level(results, c)["ratio"].get("gateway_cpu_over_floor")
+    spent = f"; the gateway spent {_n(over, 2)}x the bare relay's CPU"
+    if total > limit:
+        return (f"cannot be met on this machine by a gateway on aiohttp and msgspec: {parts} (machine section) = "
+                f"{total:.2f} µs{spent}")
+    return f"lower bound on this machine: {parts} = {total:.2f} µs{spent}"
+
+
+def _ratio_bound_note(results: dict[str, Any], relay64: dict[str, Any]) -> str:
+    """The lower bound at c=64, per gateway event, against what 0.5x direct allows one process."""
+    bound = _lower_bound(results, 64)
+    g, direct = relay64["gateway"]["median"], relay64["direct"]["median"].get("events_s")
+    if bound is None or not direct or not g.get("events_s") or not g.get("tokens_s"):
+        return ""
+    per_event = bound[0] * g["tokens_s"] / g["events_s"]
+    budget = 1e6 / (0.5 * direct)
+    verdict = "cannot be met in one process on this machine" if per_event > budget else "within reach in one process"
+    return f"lower bound {per_event:.2f} µs per event (floor + pipeline) against {budget:.2f} allowed: {verdict}"
+
+
 def _floor_note(results: dict[str, Any], c: int, ratio: bool = False) -> str:
     """The floor section's bare aiohttp relay at concurrency ``c``, when it ran."""
-    level = ((results.get("floor") or {}).get("levels") or {})
-    level = level.get(c) or level.get(str(c))
+    level = _floor_level(results, c)
     if not level:
         return ""
     cpu = level["floor"]["median"].get("cpu_us_per_token_gateway")

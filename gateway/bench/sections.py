@@ -251,6 +251,11 @@ def floor(opts: Options, ctx: Context) -> dict[str, Any]:
             "gateway_events_s": g["events_s"] / d["events_s"] if d["events_s"] else None,
             "gateway_cpu_over_floor": (g["cpu_us_per_token_gateway"] / f["cpu_us_per_token_gateway"]
                                        if f.get("cpu_us_per_token_gateway") and g.get("cpu_us_per_token_gateway") else None),
+            "floor_added_delta_p50_ms": (f["delta_p50_ms"] - d["delta_p50_ms"]
+                                         if f.get("delta_p50_ms") is not None and d.get("delta_p50_ms") is not None else None),
+            "gateway_added_delta_p50_ms": (g["delta_p50_ms"] - d["delta_p50_ms"]
+                                           if g.get("delta_p50_ms") is not None and d.get("delta_p50_ms") is not None
+                                           else None),
         } for d, f, g in zip(by_row["direct"], by_row["floor"], by_row["gateway"])]
         levels[c] = {row: {"median": median_of(by_row[row]), "runs": by_row[row]} for row in rows}
         levels[c]["ratio"] = median_of(paired)
