@@ -74,3 +74,12 @@ def test_the_targets_say_when_the_floor_and_the_pipeline_alone_exceed_a_target()
         added = next(r for t, r in rows.items() if t.startswith("added first-delta"))
         assert ("no relay on aiohttp can meet this" in added["note"]) is says, added
         assert added["verdict"] == "MISSED"
+
+
+def test_a_bound_inside_the_floors_noise_is_not_called_impossible() -> None:
+    from gateway.bench.report import _bound_note
+
+    results = _results(3.0, 2.1, 0.1)  # 5.1 µs: over 5, but the floor's repeats spread ±10 %
+    results["floor"]["levels"]["64"]["floor"]["median"]["cpu_us_per_token_gateway_spread"] = 0.2
+    note = _bound_note(results, 64, 5.0, True)
+    assert note.startswith("lower bound on this machine") and "inside this bound's noise" in note
