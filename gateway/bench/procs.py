@@ -83,34 +83,27 @@ class Procs:
     # --- the fake upstream ----------------------------------------------------------------------
 
     def upstream(self, max_seconds: float = 7200.0) -> Child:
-        log = self.dir / "upstream.log"
-        cmd = [sys.executable, "-m", "gateway.bench.upstream", "--host", HOST, "--port", "0",
-               "--max-seconds", str(max_seconds)]
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                    cwd=self.dir, env=_env(), preexec_fn=_child_setup)
-        child = Child("upstream", proc, "", log)
-        self._children.append(child)
-        assert proc.stdout is not None
-        line = _readline(proc.stdout, 20.0)
-        if not line.startswith(b"READY "):
-            raise BenchError(f"the fake upstream did not start (said {line!r}):\n{child.log_tail()}")
-        child.url = f"http://{HOST}:{int(line.split()[1])}"
-        return child
+        return self._ready_child("upstream", "the fake upstream", ["gateway.bench.upstream", "--max-seconds",
+                                                                    str(max_seconds)])
 
     def floor(self, upstream_url: str) -> Child:
         """The bare aiohttp relay (``gateway.bench.floor``) in front of ``upstream_url``."""
-        log = self.dir / "floor.log"
-        cmd = [sys.executable, "-m", "gateway.bench.floor", "--upstream", upstream_url, "--host", HOST, "--port", "0"]
+        return self._ready_child("floor", "the floor relay", ["gateway.bench.floor", "--upstream", upstream_url])
+
+    def _ready_child(self, name: str, what: str, module_args: list[str]) -> Child:
+        """``python -m <module_args> --host HOST --port 0``, which prints ``READY <port>`` once it
+        listens and exits when its stdin (held here) closes."""
+        log = self.dir / f"{name}.log"
+        cmd = [sys.executable, "-m", *module_args, "--host", HOST, "--port", "0"]
         with open(log, "wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
                                     cwd=self.dir, env=_env(), preexec_fn=_child_setup)
-        child = Child("floor", proc, "", log)
+        child = Child(name, proc, "", log)
         self._children.append(child)
         assert proc.stdout is not None
         line = _readline(proc.stdout, 20.0)
         if not line.startswith(b"READY "):
-            raise BenchError(f"the floor relay did not start (said {line!r}):\n{child.log_tail()}")
+            raise BenchError(f"{what} did not start (said {line!r}):\n{child.log_tail()}")
         child.url = f"http://{HOST}:{int(line.split()[1])}"
         return child
 
