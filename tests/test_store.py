@@ -371,6 +371,37 @@ async def test_event_batches_are_stored_compressed_and_older_ones_still_read(tmp
     await store.close()
 
 
+@pytest.mark.parametrize("layout", ["new", "older"])
+async def test_events_table_layout_new_files_rowid_older_files_kept(tmp_path: Any, layout: str) -> None:
+    """A new file's events table is a rowid table (its rows appended, not spilled to overflow
+    pages); a file made by an older gateway, WITHOUT ROWID, keeps its layout and is written, read,
+    replayed after a sequence number and deleted from as before."""
+    import sqlite3
+
+    if layout == "older":
+        with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+            conn.execute("CREATE TABLE events (response_id TEXT NOT NULL, first_seq INTEGER NOT NULL, "
+                         "last_seq INTEGER NOT NULL, frames BLOB NOT NULL, PRIMARY KEY (response_id, first_seq)) "
+                         "WITHOUT ROWID")
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time)
+    await store.start()
+    now = time.time()
+    batches = [b'event: e\ndata: {"sequence_number":%d}\n\n' % i for i in range(3)]
+    await store.create(Record(id="r1", owner="", status="in_progress", response=b"{}", input=b"[]",
+                              created_at=now, expires_at=now + 100))
+    await store.append("r1", 0, batches[0])
+    await store.append("r1", 1, batches[1])
+    await store.finish("r1", "completed", b'{"status":"completed"}', 2, batches[2])
+    assert await store.events_after("r1", -1) == [(0, batches[0]), (1, batches[1]), (2, batches[2])]
+    assert await store.events_after("r1", 0) == [(1, batches[1]), (2, batches[2])]
+    assert await store.delete("", "r1")
+    assert await store.events_after("r1", -1) == []
+    await store.close()
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+        sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    assert ("WITHOUT ROWID" in sql) is (layout == "older")
+
+
 async def test_size_bound_drops_the_oldest(tmp_path: Any) -> None:
     now = [1000.0]
     store = SQLiteStore(str(tmp_path), max_bytes=2500, clock=lambda: now[0])
