@@ -112,5 +112,6 @@ def _make_lean(reader: Any) -> None:
 
 def lean_body(response: aiohttp.ClientResponse) -> None:
     """Reads ``response``'s body with LeanStreamReader, when it is aiohttp's plain StreamReader
-    (LeanResponseHandler has made it one already, unless the head came in a read of its own)."""
+    (LeanResponseHandler has made it one already; this covers a connection of another protocol,
+    from its next read on)."""
     _make_lean(response.content)
