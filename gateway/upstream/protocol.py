@@ -30,9 +30,6 @@ from aiohttp.streams import StreamReader
 
 
 class LeanResponseHandler(ResponseHandler):
-    # Bodies read by LeanStreamReader from their first byte (False: aiohttp's reader, for tests).
-    lean_bodies = True
-
     def resume_reading(self, resume_parser: bool = True) -> None:
         if self._reading_paused or getattr(self, "_buffer_paused", False):
             super().resume_reading(resume_parser)
@@ -45,7 +42,7 @@ class LeanResponseHandler(ResponseHandler):
         is lean before its first chunk. Splitting a read anywhere is safe: the parser is
         incremental."""
         payload = self._payload
-        if not self.lean_bodies or not (payload is None or payload.is_eof()):
+        if not (payload is None or payload.is_eof()):
             super().data_received(data)  # inside a body: the common case, one check
             return
         end = data.find(b"\r\n\r\n") + 4  # between responses: a head is next
