@@ -50,10 +50,9 @@ def test_the_split_recovers_a_requests_cost_and_a_tokens_from_two_lengths() -> N
 def _results(floor_cpu: float, pipeline: float, floor_added_ms: float, tokens_per_chunk: int = 1) -> dict:
     """A floor section whose repeats took ``floor_cpu`` (and 20 % more, twice), and a machine section
     whose best pipeline repeat is ``pipeline`` (its median 50 % more): the bound takes the fastest."""
-    runs = [{"cpu_us_per_token_gateway": floor_cpu * k, "delta_p50_ms": 1.0 + floor_added_ms * k} for k in (1.2, 1, 1.2)]
-    direct = [{"delta_p50_ms": 1.0} for _ in runs]
-    level = {"floor": {"median": {"cpu_us_per_token_gateway": floor_cpu * 1.2}, "runs": runs},
-             "direct": {"median": {}, "runs": direct},
+    runs = [{"cpu_us_per_token_gateway": floor_cpu * k} for k in (1.2, 1, 1.2)]
+    pairs = [{"floor_added_delta_p50_ms": floor_added_ms * k} for k in (1.2, 1, 1.2)]  # against each repeat's direct
+    level = {"floor": {"median": {"cpu_us_per_token_gateway": floor_cpu * 1.2}, "runs": runs}, "pairs": pairs,
              "ratio": {"gateway_cpu_over_floor": 3.0, "floor_added_delta_p50_ms": floor_added_ms * 1.2,
                        "floor_events_s": 1.0}}
     return {"floor": {"workload": {"tokens_per_chunk": tokens_per_chunk}, "levels": {"64": level, "1": level}},

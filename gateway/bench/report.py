@@ -479,10 +479,8 @@ def _lower_bound(results: dict[str, Any], c: int) -> Optional[tuple[float, float
     if not level or not machine or machine.get("tokens_per_chunk") != 1 \
             or (results["floor"].get("workload") or {}).get("tokens_per_chunk") != 1:
         return None
-    floors = [r["cpu_us_per_token_gateway"] for r in level["floor"].get("runs") or [level["floor"]["median"]]
-              if r.get("cpu_us_per_token_gateway") is not None]
-    text = machine["mixes"]["text"]["pipeline"]
-    pipeline = text.get("best_us_per_chunk", text["us_per_chunk"])
+    floors = [r["cpu_us_per_token_gateway"] for r in level["floor"]["runs"] if r.get("cpu_us_per_token_gateway")]
+    pipeline = machine["mixes"]["text"]["pipeline"]["best_us_per_chunk"]
     return (min(floors) + pipeline, min(floors), pipeline) if floors else None
 
 
@@ -514,15 +512,10 @@ def _ratio_bound_note(results: dict[str, Any], relay64: dict[str, Any]) -> str:
 
 def _floor_added_delta(results: dict[str, Any]) -> Optional[tuple[float, float]]:
     """(median, least) over the floor section's repeats at c=1 of the floor's first delta minus
-    direct's, each repeat paired with its own direct run."""
+    direct's (each repeat against its own direct run)."""
     level = _floor_level(results, 1)
-    median = level.get("ratio", {}).get("floor_added_delta_p50_ms") if level else None
-    if median is None:
-        return None
-    pairs = [f["delta_p50_ms"] - d["delta_p50_ms"] for d, f in zip(level["direct"].get("runs") or [],
-                                                                  level["floor"].get("runs") or [])
-             if f.get("delta_p50_ms") is not None and d.get("delta_p50_ms") is not None]
-    return median, min(pairs) if pairs else median
+    added = [p["floor_added_delta_p50_ms"] for p in level.get("pairs", []) if p["floor_added_delta_p50_ms"] is not None]
+    return (level["ratio"]["floor_added_delta_p50_ms"], min(added)) if added else None
 
 
 def _floor_note(results: dict[str, Any], c: int, ratio: bool = False) -> str:

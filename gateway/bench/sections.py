@@ -246,19 +246,16 @@ def floor(opts: Options, ctx: Context) -> dict[str, Any]:
     levels = {}
     for c in opts.floor_levels:
         by_row = runs[c]
-        paired = [{
-            "floor_events_s": f["events_s"] / d["events_s"] if d["events_s"] else None,
-            "gateway_events_s": g["events_s"] / d["events_s"] if d["events_s"] else None,
-            "gateway_cpu_over_floor": (g["cpu_us_per_token_gateway"] / f["cpu_us_per_token_gateway"]
-                                       if f.get("cpu_us_per_token_gateway") and g.get("cpu_us_per_token_gateway") else None),
-            "floor_added_delta_p50_ms": (f["delta_p50_ms"] - d["delta_p50_ms"]
-                                         if f.get("delta_p50_ms") is not None and d.get("delta_p50_ms") is not None else None),
-            "gateway_added_delta_p50_ms": (g["delta_p50_ms"] - d["delta_p50_ms"]
-                                           if g.get("delta_p50_ms") is not None and d.get("delta_p50_ms") is not None
-                                           else None),
-        } for d, f, g in zip(by_row["direct"], by_row["floor"], by_row["gateway"])]
+        paired = []  # per repeat, each against its own direct run (the same noise)
+        for d, f, g in zip(by_row["direct"], by_row["floor"], by_row["gateway"]):
+            floor_vs, gateway_vs = _ratios(d, f), _ratios(d, g)
+            f_cpu, g_cpu = f.get("cpu_us_per_token_gateway"), g.get("cpu_us_per_token_gateway")
+            paired.append({"floor_events_s": floor_vs["events_s"], "gateway_events_s": gateway_vs["events_s"],
+                           "gateway_cpu_over_floor": g_cpu / f_cpu if f_cpu and g_cpu else None,
+                           "floor_added_delta_p50_ms": floor_vs["added_delta_p50_ms"],
+                           "gateway_added_delta_p50_ms": gateway_vs["added_delta_p50_ms"]})
         levels[c] = {row: {"median": median_of(by_row[row]), "runs": by_row[row]} for row in rows}
-        levels[c]["ratio"] = median_of(paired)
+        levels[c]["ratio"], levels[c]["pairs"] = median_of(paired), paired
     return {"workload": {"mix": wl.mix, "tokens": wl.tokens, "tokens_per_chunk": wl.tokens_per_chunk,
                          "upstream": opts.upstream},
             "settings": opts.gateway_settings, "repeats": opts.repeats, "levels": levels}
