@@ -171,3 +171,40 @@ def test_the_reader_benchmark_measures_both_readers() -> None:
     medians = re.search(r"medians: aiohttp's StreamReader ([0-9.]+), LeanStreamReader ([0-9.]+) µs per token",
                         done.stdout)
     assert medians and float(medians[1]) > 0 and float(medians[2]) > 0, done.stdout
+
+
+async def test_finished_streams_give_their_connection_back(make_gateway: GatewayFactory) -> None:
+    """vLLM's answer ended with [DONE] and the body's end: the connection goes back to the pool,
+    and the next responses reuse it (a new TCP connection per request costs under load)."""
+    frames = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n',
+              b'data: {"choices":[{"index":0,"delta":{"content":"hello"},"finish_reason":null}]}\n\n',
+              b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+              b"data: [DONE]\n\n"]
+    body = b"".join(b"%x\r\n%b\r\n" % (len(f), f) for f in frames) + b"0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n" + body
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(answer)  # the head, the events and the body's end: one write
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        gateway = await make_gateway(base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        for _ in range(3):
+            async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+                events = parse_sse(await r.read())
+            assert events[-1]["type"] == "response.completed"
+            assert events[-1]["response"]["output"][0]["content"][0]["text"] == "hello"
+    finally:
+        server.close()
+    assert connections == [1]  # one connection for the three

@@ -23,6 +23,7 @@ import orjson
 from ..observe import RequestObserver
 from ..schema import chat
 from .pool import Backend, BackendPool
+from .deadline import ReadDeadline
 from .protocol import lean_body, lean_connector
 from .sse import DONE, SSEDecoder, SSEEventTooLarge
 
@@ -190,6 +191,7 @@ class ChatStream:
         # Reads take all that has arrived: the client has its first output, or nobody waits for one.
         # Until then a few KB at a time (see __aiter__).
         self._whole_reads = False
+        self._deadline: Optional[ReadDeadline] = None
 
     def wrote(self) -> None:
         """The relay wrote to the client: the keepalive interval counts from now. Upstream bytes
@@ -227,6 +229,8 @@ class ChatStream:
         received = 0
         observer = self.observer
         first = True
+        # one timer for every read's deadline (not asyncio.timeout per read); stopped by close()
+        deadline = self._deadline = ReadDeadline()
         try:
             while True:
                 now = clock()
@@ -234,17 +238,19 @@ class ChatStream:
                 wait = min(stall_in, self._last_write + keepalive - now, total_in)
                 data: Optional[bytes] = None
                 if wait > 0:
-                    timer = asyncio.timeout(wait)
+                    deadline.waiting_until(now + wait)
                     try:
-                        async with timer:
-                            # Until the client has its first output, reads are small: a busy vLLM's
-                            # first read can hold a whole answer, and the first delta leaves as soon
-                            # as it exists, not once the whole read is split, decoded, translated.
-                            data = await (content.readany() if self._whole_reads
-                                          else content.read(_FIRST_OUTPUT_READ_BYTES))
-                    except TimeoutError:
-                        if not timer.expired():  # aiohttp's own timeout (the session's total), not ours
-                            raise UpstreamTimeout(self._total_message()) from None
+                        # Until the client has its first output, reads are small: a busy vLLM's
+                        # first read can hold a whole answer, and the first delta leaves as soon
+                        # as it exists, not once the whole read is split, decoded, translated.
+                        data = await (content.readany() if self._whole_reads
+                                      else content.read(_FIRST_OUTPUT_READ_BYTES))
+                    except asyncio.CancelledError:
+                        if not deadline.expired():
+                            raise  # not the deadline's: the client left, a shutdown
+                    except TimeoutError:  # aiohttp's own timeout (the session's total): ours cancels
+                        raise UpstreamTimeout(self._total_message()) from None
+                    deadline.done_waiting()
                     silence += clock() - now
                 if data is None:  # a timer ran out: which one is known from the wait chosen (the
                     # clock may be coarser than the wait: uvloop's ticks in milliseconds)
@@ -289,6 +295,8 @@ class ChatStream:
         except UpstreamError as exc:
             self._client.failed(self.backend, exc)
             raise
+        finally:
+            deadline.stop()
 
     def _total_message(self) -> str:
         return (f"the request to the vLLM server at {self.backend.url} took longer than "
@@ -324,6 +332,8 @@ class ChatStream:
             return
         self._closed = True
         self.watch.stop()
+        if self._deadline is not None:  # the relay may leave the iteration suspended (at [DONE])
+            self._deadline.stop()
         self.backend.in_flight -= 1
         if self._response.closed:
             return
