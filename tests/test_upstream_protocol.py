@@ -10,6 +10,8 @@ import aiohttp
 from aiohttp import web
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiohttp.client_proto import ResponseHandler
 
 from aiohttp.streams import StreamReader
@@ -97,11 +99,13 @@ async def test_a_head_and_body_in_one_read_reach_the_lean_reader_from_the_first_
     assert len(received) == 2
 
 
+@pytest.mark.parametrize("reads", ["readany", "read(4096)"])
 @pytest.mark.parametrize("lean", [False, True], ids=["aiohttp's reader", "the lean reader"])
-async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
+async def test_a_paused_read_resumes_and_loses_nothing(lean: bool, reads: str) -> None:
     """The reader starts only once aiohttp paused reading (its buffer is past the high-water mark):
     reading must resume, and every byte arrive in order. Part of the first piece is read with
-    read(n) first, as the relay does until its client has output."""
+    read(n) first, as the relay does until its client has output; then the rest by readany(), or
+    by read(4096) to the end (which holds back all but 4 KB of what is buffered each time)."""
     paused = asyncio.Event()
 
     class Watched(LeanResponseHandler):
@@ -136,7 +140,9 @@ async def test_a_paused_read_resumes_and_loses_nothing(lean: bool) -> None:
                 assert type(response.content) is (LeanStreamReader if lean else StreamReader)
                 await asyncio.wait_for(paused.wait(), 60)
                 body = await response.content.read(3)  # "dat": the head of the first piece
-                while data := await asyncio.wait_for(response.content.readany(), 60):
+                content = response.content
+                while data := await asyncio.wait_for(content.readany() if reads == "readany" else content.read(4096), 60):
+                    assert len(data) <= 4096 or reads == "readany"
                     body += data
     finally:
         await runner.cleanup()
@@ -208,3 +214,36 @@ async def test_finished_streams_give_their_connection_back(make_gateway: Gateway
     finally:
         server.close()
     assert connections == [1]  # one connection for the three
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=40),
+       reads=st.lists(st.integers(min_value=0, max_value=700), min_size=1, max_size=60))
+def test_the_lean_read_n_gives_what_aiohttps_gives(pieces: list[bytes], reads: list[int]) -> None:
+    """Any pieces fed, any sequence of read(n) (0 = readany()): the lean reader hands out the same
+    bytes as aiohttp's, read for read, and counts what it holds the same way."""
+
+    class Protocol:
+        _reading_paused = False
+
+        def resume_reading(self, resume_parser: bool = True) -> None:
+            pass
+
+    async def main() -> tuple[list[bytes], list[tuple[int, int]]]:
+        results: list[list[bytes]] = [[], []]
+        counts: list[list[tuple[int, int]]] = [[], []]
+        for side, kind in enumerate((StreamReader, LeanStreamReader)):
+            reader = StreamReader(Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+            reader.__class__ = kind
+            for piece in pieces:
+                reader.feed_data(piece)
+            reader.feed_eof()
+            for n in reads:
+                results[side].append(await (reader.readany() if n == 0 else reader.read(n)))
+                counts[side].append((reader._size, reader._cursor))
+        assert results[0] == results[1]
+        assert counts[0] == counts[1]
+        return results[1], counts[1]
+
+    got, _ = asyncio.run(main())
+    assert b"".join(got) == b"".join(pieces)[:len(b"".join(got))]

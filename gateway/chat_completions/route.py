@@ -94,8 +94,8 @@ class Call:
         usage = (self.answer or {}).get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
             fields["input_tokens"], fields["output_tokens"] = usage["prompt_tokens"], usage.get("completion_tokens")
-            metrics.tokens.labels("input").inc(max(0, usage["prompt_tokens"]))
-            metrics.tokens.labels("output").inc(max(0, usage.get("completion_tokens") or 0))
+            metrics.input_tokens.inc(max(0, usage["prompt_tokens"]))
+            metrics.output_tokens.inc(max(0, usage.get("completion_tokens") or 0))
         transport = self.request.app[TRANSPORT_KEY]
         if transport is not None and self.server is not None and self.body is not None:
             if isinstance(self.error, UpstreamHTTPError):

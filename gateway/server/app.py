@@ -99,12 +99,11 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
     finally:
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        metrics = request.app[METRICS_KEY]
-        metrics.requests.labels(route, str(status)).inc()
-        metrics.duration.labels(route, "true" if fields.get("stream") else "false").observe(elapsed)
-        access_log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
-                        extra={"fields": {"request_id": rid, "method": request.method, "path": request.path,
-                                          "status": status, "duration_ms": round(elapsed * 1000, 1), **fields}})
+        request.app[METRICS_KEY].answered(route, status, bool(fields.get("stream")), elapsed)
+        if access_log.isEnabledFor(logging.INFO):  # its fields are not built for a line nobody keeps
+            access_log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed * 1000,
+                            extra={"fields": {"request_id": rid, "method": request.method, "path": request.path,
+                                              "status": status, "duration_ms": round(elapsed * 1000, 1), **fields}})
 
 
 def _scrubbed(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -399,7 +398,7 @@ class UpstreamCall:
             fields["ttft_ms"] = round((self.first_output - self.started) * 1000, 1)
         final = self.final
         if final is not None:
-            metrics.responses.labels(final.status).inc()
+            metrics.response_ended(final.status)
             fields["response_status"] = final.status
             if final.error is not None:
                 fields["error_code"] = final.error.code
@@ -407,8 +406,8 @@ class UpstreamCall:
             if usage is not None:
                 fields["input_tokens"], fields["output_tokens"] = usage.input_tokens, usage.output_tokens
                 # counters only go up: a nonsensical negative count from upstream counts as 0
-                metrics.tokens.labels("input").inc(max(0, usage.input_tokens))
-                metrics.tokens.labels("output").inc(max(0, usage.output_tokens))
+                metrics.input_tokens.inc(max(0, usage.input_tokens))
+                metrics.output_tokens.inc(max(0, usage.output_tokens))
                 metrics.reasoning_tokens.inc(max(0, usage.output_tokens_details.reasoning_tokens))
         if self.error is not None:
             fields["error_code"] = self.error.code

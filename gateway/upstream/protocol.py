@@ -14,8 +14,8 @@ leaves it alone otherwise, so another aiohttp only loses the saving (a test noti
 The body reader (``lean_body``): aiohttp's StreamReader hands a read out chunk by chunk, two Python
 calls per HTTP chunk (and so per token: vLLM writes each event as a chunk of its own), and records
 where each HTTP chunk ended, for ``readchunk()``, which the gateway never calls. ``LeanStreamReader``
-takes the same fields and gives ``readany()`` the whole buffer at once; everything else (feeding,
-pausing past the high-water mark, ``read(n)``, errors, EOF) stays aiohttp's. Measured alone (a
+takes the same fields and gives ``readany()`` the whole buffer at once and ``read(n)`` its first n
+bytes at once; everything else (feeding, pausing past the high-water mark, errors, EOF) stays aiohttp's. Measured alone (a
 256-chunk burst read by readany): 0.72 -> 0.48 µs per chunk.
 """
 
@@ -96,9 +96,49 @@ class LeanStreamReader(StreamReader):
         self._protocol.resume_reading()  # the buffer is empty: below the low-water mark
         return data
 
+    async def read(self, n: int = -1) -> bytes:
+        """At most ``n`` bytes: the pieces they span, joined (aiohttp's takes each through two
+        calls and its chunk and water-mark checks, ~1.5 µs per HTTP chunk, and the gateway reads so
+        until a response's first output: a dozen chunks, or a whole short answer). What is left
+        of the last piece stays first in the buffer, read from ``_buffer_offset`` on. ``n`` <= 0,
+        and an error to raise: aiohttp's."""
+        if n <= 0 or self._exception is not None:
+            return await super().read(n)
+        if _RAISE_LIMITS is not None:
+            _RAISE_LIMITS(self, n)
+        while not self._buffer and not self._eof:
+            await self._wait("read")
+        self._timer.assert_timeout()
+        if self._size <= n:
+            return await self.readany()  # all of it (or EOF): nothing to wait for, one step
+        buffer = self._buffer
+        pieces = []
+        need, offset = n, self._buffer_offset
+        while True:  # the buffer holds more than n bytes: it never runs out here
+            piece = buffer[0]
+            available = len(piece) - offset
+            if available > need:
+                pieces.append(piece[offset:offset + need])
+                offset += need
+                break
+            pieces.append(piece[offset:] if offset else piece)
+            buffer.popleft()
+            offset = 0
+            need -= available
+            if not need:
+                break
+        self._buffer_offset = offset
+        self._size -= n
+        self._cursor += n
+        if self._size < self._low_water:
+            self._protocol.resume_reading()  # the lean protocol's: does something only when paused
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
 
 # The fields LeanStreamReader reads and writes: an aiohttp without one of them keeps its own reader.
-_FIELDS = {"_buffer", "_buffer_offset", "_size", "_cursor", "_eof", "_exception", "_timer", "_protocol"}
+_FIELDS = {"_buffer", "_buffer_offset", "_size", "_cursor", "_eof", "_exception", "_timer", "_protocol", "_low_water"}
+# aiohttp's read(n) raises its buffer's limits to n first (since 3.12); an older one has no such step.
+_RAISE_LIMITS = getattr(StreamReader, "set_read_chunk_size", None)
 _LEAN_FITS = _FIELDS <= set(getattr(StreamReader, "__slots__", ()))
 
 
