@@ -407,6 +407,20 @@ async def test_4_stream_longer_than_request_timeout_ends(make_gateway: GatewayFa
     await asyncio.wait_for(upstream.closed_early.wait(), 10)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+async def test_4_a_head_that_never_comes_ends_at_request_timeout(make_gateway: GatewayFactory, upstream: FakeVLLM,
+                                                                stream: bool) -> None:
+    """request_timeout_s bounds the wait for vLLM's response head too, when it is shorter than
+    first_byte_timeout_s (the session itself times no request: every wait has its own deadline)."""
+    gateway = await make_gateway("gateway.request_timeout_s=1", "gateway.first_byte_timeout_s=600")
+    upstream.queue(Generation(deltas=content("late"), stall_headers=300))
+    async with asyncio.timeout(120):  # the head comes after 300 s: an answer before means the timeout worked
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": stream}) as r:
+            error = error_of(r.status, r.headers["Content-Type"], await r.read())
+    assert r.status == 504 and error["code"] == "upstream_timeout", error
+    assert "within 1 s" in error["message"], error
+
+
 # --- 5. redirects are never followed ---------------------------------------------------------------
 
 

@@ -485,11 +485,17 @@ class VLLMClient:
     async def start(self) -> None:
         if self._session is None:
             connector = lean_connector(limit=0, ttl_dns_cache=300)
+            # The session times only a new connection's connect: every request has its own deadlines
+            # (the first byte, idle, request_timeout_s: _post, ChatStream, complete_chat; the
+            # auxiliary calls: _call_timeout). aiohttp's total and connect ran two more timers per
+            # request, an asyncio.timeout for the pool (limit=0: nothing ever waits there) and a
+            # timer for the total, which the stream's own deadline already ends.
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.settings.total, connect=self.settings.connect),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect),
                 auto_decompress=True,
             )
+            self._call_timeout = aiohttp.ClientTimeout(total=self.settings.total, sock_connect=self.settings.connect)
         if self.settings.health_interval > 0 and len(self.pool.backends) > 1 and self._health_task is None:
             self._health_task = asyncio.ensure_future(self._check_health_forever())
 
@@ -531,7 +537,9 @@ class VLLMClient:
                                capture: Optional[list[bytes]] = None,
                                observer: Optional[RequestObserver] = None) -> ChatStream:
         started = asyncio.get_running_loop().time()
-        backend, response = await self._send(body, first, session_key, self.settings.first_byte, request_id, observer)
+        # the wait for the head is bounded by the first-byte timeout, and by the request's total
+        header_timeout = min(self.settings.first_byte, self.settings.total)
+        backend, response = await self._send(body, first, session_key, header_timeout, request_id, observer)
         lean_body(response)
         return ChatStream(response, backend, self, started, capture, observer)
 
@@ -650,7 +658,8 @@ class VLLMClient:
     async def get_json(self, base: str, path: str) -> Any:
         url = f"{base}{path}"
         try:
-            async with self.session.get(url, headers=self.headers_for(base), allow_redirects=False) as response:
+            async with self.session.get(url, headers=self.headers_for(base), allow_redirects=False,
+                                        timeout=self._call_timeout) as response:
                 raw = await read_at_most(response, self.settings.max_response_bytes, base)
                 if response.status >= 300:
                     raise _http_error(base, response.status, raw)
@@ -689,8 +698,8 @@ class VLLMClient:
     async def _post_json(self, root: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         url = f"{root}{path}"
         try:
-            async with self.session.post(url, data=orjson.dumps(body), headers=headers,
-                                         allow_redirects=False) as response:
+            async with self.session.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False,
+                                         timeout=self._call_timeout) as response:
                 raw = await read_at_most(response, self.settings.max_response_bytes, root)
                 if response.status >= 300:
                     raise UpstreamEndpointError(f"{path} failed: {_http_error(root, response.status, raw).message}",
