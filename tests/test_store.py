@@ -420,9 +420,10 @@ async def test_size_bound_drops_the_oldest(tmp_path: Any) -> None:
 
 
 async def test_writes_queued_together_commit_together_and_fail_alone(tmp_path: Any) -> None:
-    """The writer thread commits the writes queued while it was busy in one transaction (a
-    thousand streams storing at once cost one commit, not a thousand); one that fails in the
-    group (here a duplicate id) fails alone: the others are done."""
+    """The writes asked for together commit in one transaction (a thousand streams storing at
+    once cost one commit, not a thousand), on the event loop or, queued behind a busy writer
+    thread, on it; one that fails in the group (here a duplicate id) fails alone: the others are
+    done."""
     import threading
 
     store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
@@ -445,6 +446,8 @@ async def test_writes_queued_together_commit_together_and_fail_alone(tmp_path: A
         conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
 
     tracing = asyncio.ensure_future(store._write(count_commits))
+    assert store._loop_conn is not None  # small writes commit on the event loop's own connection: counted too
+    count_commits(store._loop_conn)
     writes = [asyncio.ensure_future(w) for w in (
         store.append("r0", 0, b"event: a\ndata: {}\n\n"),
         store.create(record),  # a duplicate: fails
@@ -475,7 +478,94 @@ async def test_writes_queued_together_commit_together_and_fail_alone(tmp_path: A
     await asyncio.gather(*appends)
     assert len(commits) == 1  # fifty writes, one transaction
     assert [seq for seq, _ in await store.events_after("r1", -1)] == list(range(50))
-    conn_of_writer[0].set_trace_callback(None)
+    for conn in conn_of_writer:
+        conn.set_trace_callback(None)
+    await store.close()
+
+
+def trace_commits(conn: Any, into: list[str]) -> None:
+    conn.set_trace_callback(lambda sql: into.append(sql) if sql == "COMMIT" or "wal_checkpoint" in sql else None)
+
+
+async def test_small_writes_commit_on_the_event_loop_and_a_taken_lock_sends_them_to_the_thread(tmp_path: Any) -> None:
+    """A response's row commits on the event loop's own connection, which never waits for the
+    file's lock: while another process holds it, the write goes to the writer thread, which waits
+    for it; the write is done once the lock is free. A large write goes to the thread at once."""
+    import sqlite3
+
+    from gateway.store import sqlite as sqlite_store
+
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    record = Record(id="r0", owner="", status="in_progress", response=b"{}", input=b"[]", expires_at=2000.0)
+    on_loop: list[str] = []
+    on_thread: list[str] = []
+    trace_commits(store._loop_connection(), on_loop)
+    await store._write(lambda conn: trace_commits(conn, on_thread))
+    await store.create(record)
+    assert on_loop == ["COMMIT"] and on_thread == []
+    loop_conn = store._loop_connection()
+    assert loop_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0  # the thread checkpoints
+    assert loop_conn.execute("PRAGMA busy_timeout").fetchone()[0] == 0  # a taken lock is never waited for here
+
+    other = sqlite3.connect(store.path, isolation_level=None)  # another gateway process, writing
+    other.execute("BEGIN IMMEDIATE")
+    waiting = asyncio.ensure_future(store.create(dataclasses.replace(record, id="r1")))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop goes on: the write waits on the thread, not here
+    assert not waiting.done() and store._on_thread == 1
+    other.execute("COMMIT")
+    await asyncio.wait_for(waiting, 60)
+    assert on_thread == ["COMMIT"] and on_loop == ["COMMIT"] and store._on_thread == 0
+    assert await store.get("", "r1") is not None
+
+    large = dataclasses.replace(record, id="r2", input=b"[" + b" " * sqlite_store.INLINE_MAX_BYTES + b"]")
+    await store.create(large)
+    assert on_thread == ["COMMIT", "COMMIT"] and on_loop == ["COMMIT"]
+    other.close()
+    await store.close()
+
+
+async def test_the_writer_thread_checkpoints_what_the_event_loop_wrote(tmp_path: Any,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's connection never checkpoints the WAL (that writes the database file and syncs
+    it): every CHECKPOINT_EVERY transactions of the loop, the writer thread does."""
+    from gateway.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    on_loop: list[str] = []
+    on_thread: list[str] = []
+    trace_commits(store._loop_connection(), on_loop)
+    await store._write(lambda conn: trace_commits(conn, on_thread))
+    for i in range(5):
+        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}", input=b"[]",
+                                  expires_at=2000.0))
+    await store._write(lambda conn: None)  # after the checkpoints asked for (the thread's queue is in order)
+    assert on_loop == ["COMMIT"] * 5
+    assert on_thread == ["PRAGMA wal_checkpoint(PASSIVE)"] * 2
+    await store.close()
+
+
+async def test_a_slow_transaction_on_the_event_loop_sends_the_next_writes_to_the_thread(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A slow disk must not hold the event loop: after a transaction there took longer than
+    SLOW_ON_LOOP_S (here: any), the writes go to the writer thread, and a warning says so."""
+    from gateway.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "SLOW_ON_LOOP_S", -1.0)
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    on_loop: list[str] = []
+    on_thread: list[str] = []
+    trace_commits(store._loop_connection(), on_loop)
+    await store._write(lambda conn: trace_commits(conn, on_thread))
+    for i in range(3):
+        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}", input=b"[]",
+                                  expires_at=2000.0))
+    assert on_loop == ["COMMIT"] and on_thread == ["COMMIT", "COMMIT"]
+    assert "every write goes to its writer thread" in caplog.text
     await store.close()
 
 

@@ -71,6 +71,7 @@ async def fill_disk(gateway: Gateway) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     await store._write(limit)
+    limit(store._loop_connection())  # the event loop's own connection (small writes): full too
 
 
 @pytest.mark.parametrize("hold_at", [2, 600], ids=["mid-stream", "at-the-end"])

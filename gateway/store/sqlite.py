@@ -1,22 +1,34 @@
 """The embedded default store: one SQLite file (WAL) under ``gateway.data_dir``.
 
-Every call runs off the event loop: writes on one writer thread (SQLite has one writer at a time
-anyway, and one thread keeps them in order), reads on a small pool of reader threads with their own
-connections (WAL lets them read while the writer writes). Several gateway processes (``--workers``)
-may share the file: each commit is one short transaction, and they take turns (``_transaction``).
+Reads run on a small pool of reader threads with their own connections (WAL lets them read while
+a write is under way). Several gateway processes (``--workers``) may share the file: each commit is
+one short transaction, and they take turns (``_transaction``).
 
-Writes are group-committed: the writes queued while the writer was busy (a thousand streams each
-storing a batch of events, ends, creations) are run in one transaction, and their results reach
-the event loop in one wake-up. One transaction and one thread hand-off per write made the store
-the gateway's bottleneck: with 1,000 streams it took most of a core between the writer thread
-(a commit per write) and the event loop (a future, a lock and a wake-up per write), so new
-connections waited seconds to be accepted. A write that fails inside a group (a full disk) is
-told apart by running the group's writes again one transaction each.
+Writes are group-committed: the writes asked for in one turn of the event loop (a thousand streams
+each storing its end, a batch of events, a creation) run in one transaction, and their results
+reach their callers in that turn. Where a group runs:
+
+- **on the event loop itself**, with a connection of its own, when the group is small (a
+  response's end: a row and its compressed events, ~130 µs of CPU) and the file's write lock is
+  free. Handing each write to a thread and its result back cost more than the write: a thread
+  woken per write, the GIL passed back and forth around every statement, the loop woken by the
+  thread (on the 2-core bench machine, storing cost 1.3x the CPU of not storing at c=1 and c=64;
+  on the loop, 1.1x: gateway/bench/README.md). The loop never waits there: the lock is tried once
+  (``BEGIN IMMEDIATE`` with no busy wait), and its connection never checkpoints (which writes the
+  database file and syncs it): the writer thread does, every ``CHECKPOINT_EVERY`` transactions.
+- **on the writer thread** otherwise: a large write (a long prompt, a long answer's events), a
+  group that found the lock taken (another worker writing), or one that failed (the thread runs
+  its writes again one transaction each, and tells which failed), the writes that manage their
+  own transactions (conversations, the sweep), and every write while the thread still has some
+  (asked for earlier, they go first), and for a minute after a transaction on the loop took
+  more than 10 ms (a slow disk). The thread waits for other processes' transactions
+  (``_when_free``) and commits what queued while it was busy in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import sqlite3
@@ -36,6 +48,7 @@ except ImportError:  # before it: the same module, backported (a dependency, see
 from .base import Conversation, History, Record, Store, StoreError, sequence_numbers
 
 T = TypeVar("T")
+log = logging.getLogger("gateway.store")
 
 FILE_NAME = "responses.sqlite3"
 _SCHEMA = """
@@ -104,6 +117,16 @@ _compressors = threading.local()  # a ZstdCompressor is not to be shared between
 
 # Most writes run in one group transaction (their results are told to the loop in one wake-up).
 MAX_GROUP = 512
+# A grouped write bigger than this (its frames, Response and input, in bytes) runs on the writer
+# thread: compressing and copying it would hold the event loop (256 KB: ~0.1 ms of zstd).
+INLINE_MAX_BYTES = 256 * 1024
+# The event loop's connection never checkpoints the WAL; after this many of its transactions
+# (~5 pages each) the writer thread does, PASSIVE: it neither waits for a writer nor blocks one.
+CHECKPOINT_EVERY = 200
+# A transaction on the event loop that took longer than this (a slow or saturated disk: the OS
+# holding writes back, pages read from disk) sends every write to the thread for ON_THREAD_S.
+SLOW_ON_LOOP_S = 0.01
+ON_THREAD_S = 60.0
 
 
 def _pack(frames: bytes) -> bytes:
@@ -132,6 +155,14 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Writes on the event loop (see the module docstring): the loop they run on (the first
+        # that wrote; another loop's go to the thread), its connection, this turn's writes.
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_conn: Optional[sqlite3.Connection] = None
+        self._this_turn: list[_Write] = []
+        self._on_thread = 0  # that loop's grouped writes given to the thread, not settled yet
+        self._since_checkpoint = 0
+        self._thread_only_until = 0.0  # after a slow transaction on the loop (SLOW_ON_LOOP_S)
 
     # --- connections -----------------------------------------------------------------------------
 
@@ -166,20 +197,94 @@ class SQLiteStore(Store):
         transaction, if any)."""
         return await self._queue(fn, args, grouped=False)
 
-    async def _grouped(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(conn, *args)`` on the writer thread, inside a transaction it shares with the other
-        writes queued meanwhile (``fn`` must not begin or end one): atomic, and as durable as
-        the others."""
-        return await self._queue(fn, args, grouped=True)
+    async def _grouped(self, fn: Callable[..., T], *args: Any, size: int = 0) -> T:
+        """``fn(conn, *args)`` inside a transaction it shares with the other writes asked for in
+        this turn of the loop (``fn`` must not begin or end one): atomic, and as durable as the
+        others. On the event loop when ``size`` (its bytes) is small and the lock free, else on
+        the writer thread; ``fn`` may run twice (a group that failed on the loop runs again on the
+        thread), its first run rolled back."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        if size > INLINE_MAX_BYTES or loop is not self._loop:
+            return await self._queue(fn, args, grouped=True)
+        future = loop.create_future()
+        if not self._this_turn:
+            loop.call_soon(self._write_this_turn)
+        self._this_turn.append(_Write(fn, args, True, loop, future))
+        return await future
 
     async def _queue(self, fn: Callable[..., Any], args: tuple[Any, ...], grouped: bool) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        self._to_thread(_Write(fn, args, grouped, loop, future))
+        return await future
+
+    def _to_thread(self, write: "_Write") -> None:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_forever, name="store-write", daemon=True)
             self._writer.start()
-        self._writes.put(_Write(fn, args, grouped, loop, future))
-        return await future
+        if write.grouped and write.loop is self._loop:
+            self._on_thread += 1
+            write.future.add_done_callback(self._settled_on_thread)
+        self._writes.put(write)
+
+    def _settled_on_thread(self, _: "asyncio.Future[Any]") -> None:
+        self._on_thread -= 1
+
+    # --- writes on the event loop ----------------------------------------------------------------
+
+    def _write_this_turn(self) -> None:
+        group, self._this_turn = [w for w in self._this_turn if not w.future.cancelled()], []
+        if not group:
+            return
+        on_loop = not self._on_thread and time.monotonic() >= self._thread_only_until
+        done = self._run_on_loop(group) if on_loop else None
+        if done is None:  # the lock was taken, a write failed, or the thread has earlier writes
+            for write in group:
+                self._to_thread(write)
+            return
+        _settle(done)
+
+    def _run_on_loop(self, group: list["_Write"]) -> Optional[list["_Done"]]:
+        """The group in one transaction on the loop's connection; None, rolled back, if the lock
+        is taken (no wait) or anything fails: the writer thread then runs it."""
+        conn = self._loop_connection()
+        started = time.monotonic()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:  # another process writes now (SQLITE_BUSY), or worse: the thread waits, not the loop
+            return None
+        try:
+            done: list[_Done] = [(w, w.fn(conn, *w.args), None) for w in group]
+            conn.execute("COMMIT")
+        except Exception:  # noqa: BLE001 - the thread runs them again and tells which failed
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return None
+        took = time.monotonic() - started
+        if took > SLOW_ON_LOOP_S:
+            self._thread_only_until = started + took + ON_THREAD_S
+            log.warning("a write of the SQLite store at %s took %.0f ms on the event loop: for the next %.0f s "
+                        "every write goes to its writer thread", self.path, took * 1000, ON_THREAD_S)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY:
+            self._since_checkpoint = 0
+            checkpoint = self._loop.create_future() if self._loop is not None else None
+            if checkpoint is not None:
+                checkpoint.add_done_callback(_checkpoint_done)
+                self._to_thread(_Write(_checkpoint, (), False, checkpoint.get_loop(), checkpoint))
+        return done
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        if self._loop_conn is None:
+            conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA synchronous=NORMAL")  # as the others (the file is in WAL mode since start())
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer thread checkpoints (CHECKPOINT_EVERY)
+            with self._lock:
+                self._connections.append(conn)
+            self._loop_conn = conn
+        return self._loop_conn
 
     # --- the writer thread -----------------------------------------------------------------------
 
@@ -249,6 +354,8 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._this_turn:
+            self._write_this_turn()  # now: before the thread is told to stop
         if self._writer is not None:
             self._writes.put(None)  # after every write queued before it
             await loop.run_in_executor(None, self._writer.join)
@@ -258,15 +365,17 @@ class SQLiteStore(Store):
             for conn in self._connections:
                 conn.close()
             self._connections.clear()
+        self._loop_conn = None
 
     # --- writes ----------------------------------------------------------------------------------
 
     async def create(self, record: Record) -> None:
-        await self._grouped(_insert, record)
+        await self._grouped(_insert, record, size=len(record.response) + len(record.input))
 
     async def create_finished(self, record: Record, status: str, response: bytes, first_seq: int,
                               frames: bytes) -> None:
-        await self._grouped(_insert_finished, record, status, response, first_seq, frames)
+        await self._grouped(_insert_finished, record, status, response, first_seq, frames,
+                            size=len(record.input) + len(response) + len(frames))
 
     async def append(self, response_id: str, first_seq: int, frames: bytes) -> None:
         def append(conn: sqlite3.Connection) -> None:
@@ -274,10 +383,10 @@ class SQLiteStore(Store):
             conn.execute("UPDATE responses SET last_seq = ?, size = size + ?, "
                          "status = CASE status WHEN 'queued' THEN 'in_progress' ELSE status END WHERE id = ?",
                          (last, len(frames), response_id))
-        await self._grouped(append)
+        await self._grouped(append, size=len(frames))
 
     async def finish(self, response_id: str, status: str, response: bytes, first_seq: int, frames: bytes) -> None:
-        await self._grouped(_finish, response_id, status, response, first_seq, frames)
+        await self._grouped(_finish, response_id, status, response, first_seq, frames, size=len(response) + len(frames))
 
     async def renew(self, response_ids: list[str], lease_until: float) -> None:
         def renew(conn: sqlite3.Connection) -> None:
@@ -305,7 +414,7 @@ class SQLiteStore(Store):
                 return False
             _finish(conn, response_id, "failed", response, first_seq, frames)
             return True
-        return await self._grouped(abandon)
+        return await self._grouped(abandon, size=len(response) + len(frames))
 
     async def delete(self, owner: str, response_id: str) -> bool:
         def delete(conn: sqlite3.Connection) -> bool:
@@ -536,6 +645,15 @@ class _transaction:
         # SQLite may have rolled back by itself (SQLITE_FULL does): the first error is the one to tell.
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _checkpoint_done(future: "asyncio.Future[Any]") -> None:
+    if not future.cancelled() and future.exception() is not None:  # retrieved: the next one may do it
+        log.warning("the SQLite store could not checkpoint its WAL: %s", future.exception())
 
 
 class _Write:
