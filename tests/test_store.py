@@ -487,6 +487,22 @@ def trace_commits(conn: Any, into: list[str]) -> None:
     conn.set_trace_callback(lambda sql: into.append(sql) if sql == "COMMIT" or "wal_checkpoint" in sql else None)
 
 
+async def traced_store(tmp_path: Any) -> tuple[SQLiteStore, list[str], list[str]]:
+    """A started store, and the commits (and checkpoints) of its event loop's connection and of its
+    writer thread's, as they happen."""
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
+    await store.start()
+    on_loop: list[str] = []
+    on_thread: list[str] = []
+    trace_commits(store._loop_connection(), on_loop)
+    await store._write(lambda conn: trace_commits(conn, on_thread))
+    return store, on_loop, on_thread
+
+
+def small_record(i: int) -> Record:
+    return Record(id=f"r{i}", owner="", status="in_progress", response=b"{}", input=b"[]", expires_at=2000.0)
+
+
 async def test_small_writes_commit_on_the_event_loop_and_a_taken_lock_sends_them_to_the_thread(tmp_path: Any) -> None:
     """A response's row commits on the event loop's own connection, which never waits for the
     file's lock: while another process holds it, the write goes to the writer thread, which waits
@@ -495,13 +511,8 @@ async def test_small_writes_commit_on_the_event_loop_and_a_taken_lock_sends_them
 
     from gateway.store import sqlite as sqlite_store
 
-    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
-    await store.start()
-    record = Record(id="r0", owner="", status="in_progress", response=b"{}", input=b"[]", expires_at=2000.0)
-    on_loop: list[str] = []
-    on_thread: list[str] = []
-    trace_commits(store._loop_connection(), on_loop)
-    await store._write(lambda conn: trace_commits(conn, on_thread))
+    store, on_loop, on_thread = await traced_store(tmp_path)
+    record = small_record(0)
     await store.create(record)
     assert on_loop == ["COMMIT"] and on_thread == []
     loop_conn = store._loop_connection()
@@ -533,15 +544,9 @@ async def test_the_writer_thread_checkpoints_what_the_event_loop_wrote(tmp_path:
     from gateway.store import sqlite as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
-    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
-    await store.start()
-    on_loop: list[str] = []
-    on_thread: list[str] = []
-    trace_commits(store._loop_connection(), on_loop)
-    await store._write(lambda conn: trace_commits(conn, on_thread))
+    store, on_loop, on_thread = await traced_store(tmp_path)
     for i in range(5):
-        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}", input=b"[]",
-                                  expires_at=2000.0))
+        await store.create(small_record(i))
     await store._write(lambda conn: None)  # after the checkpoints asked for (the thread's queue is in order)
     assert on_loop == ["COMMIT"] * 5
     assert on_thread == ["PRAGMA wal_checkpoint(PASSIVE)"] * 2
@@ -555,15 +560,9 @@ async def test_a_slow_transaction_on_the_event_loop_sends_the_next_writes_to_the
     from gateway.store import sqlite as sqlite_store
 
     monkeypatch.setattr(sqlite_store, "SLOW_ON_LOOP_S", -1.0)
-    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=lambda: 1000.0)
-    await store.start()
-    on_loop: list[str] = []
-    on_thread: list[str] = []
-    trace_commits(store._loop_connection(), on_loop)
-    await store._write(lambda conn: trace_commits(conn, on_thread))
+    store, on_loop, on_thread = await traced_store(tmp_path)
     for i in range(3):
-        await store.create(Record(id=f"r{i}", owner="", status="in_progress", response=b"{}", input=b"[]",
-                                  expires_at=2000.0))
+        await store.create(small_record(i))
     assert on_loop == ["COMMIT"] and on_thread == ["COMMIT", "COMMIT"]
     assert "every write goes to its writer thread" in caplog.text
     await store.close()
