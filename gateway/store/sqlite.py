@@ -270,10 +270,10 @@ class SQLiteStore(Store):
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
-            checkpoint = self._loop.create_future() if self._loop is not None else None
-            if checkpoint is not None:
-                checkpoint.add_done_callback(_checkpoint_done)
-                self._to_thread(_Write(_checkpoint, (), False, checkpoint.get_loop(), checkpoint))
+            loop = group[0].loop
+            checkpoint = loop.create_future()
+            checkpoint.add_done_callback(_checkpoint_done)
+            self._to_thread(_Write(_checkpoint, (), False, loop, checkpoint))
         return done
 
     def _loop_connection(self) -> sqlite3.Connection:
@@ -657,8 +657,8 @@ def _checkpoint_done(future: "asyncio.Future[Any]") -> None:
 
 
 class _Write:
-    """One write waiting for the writer thread: ``fn(conn, *args)``, and the future of the event
-    loop that waits for it."""
+    """One write waiting for its turn (on the event loop, or on the writer thread): ``fn(conn,
+    *args)``, and the future of the event loop that waits for it."""
 
     __slots__ = ("fn", "args", "grouped", "loop", "future")
 

@@ -248,8 +248,6 @@ class ChatStream:
                     except asyncio.CancelledError:
                         if not deadline.expired():
                             raise  # not the deadline's: the client left, a shutdown
-                    except TimeoutError:  # aiohttp's own timeout (the session's total): ours cancels
-                        raise UpstreamTimeout(self._total_message()) from None
                     deadline.done_waiting()
                     silence += clock() - now
                 if data is None:  # a timer ran out: which one is known from the wait chosen (the
@@ -479,6 +477,8 @@ class VLLMClient:
         self.flavour = flavour
         self.retries = 0  # tries repeated after a failure, since start
         self._session: Optional[aiohttp.ClientSession] = None
+        # /models, /tokenize, /apply-template: the session times no request (start()), these carry their own
+        self._call_timeout = aiohttp.ClientTimeout(total=settings.total, sock_connect=settings.connect)
         self._health_task: Optional[asyncio.Task[None]] = None
         self._probes: dict[str, asyncio.Task[Optional[str]]] = {}  # one /health probe per server at a time
 
@@ -495,7 +495,6 @@ class VLLMClient:
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect),
                 auto_decompress=True,
             )
-            self._call_timeout = aiohttp.ClientTimeout(total=self.settings.total, sock_connect=self.settings.connect)
         if self.settings.health_interval > 0 and len(self.pool.backends) > 1 and self._health_task is None:
             self._health_task = asyncio.ensure_future(self._check_health_forever())
 

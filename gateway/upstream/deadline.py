@@ -29,17 +29,18 @@ class ReadDeadline:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        task = asyncio.current_task()
+        assert task is not None, "made by the task that reads"
+        self._task = task
         self._deadline: Optional[float] = None  # the waiting read's, on the loop's clock; None: no read waits
         self._timer: Optional[asyncio.TimerHandle] = None
-        self._timer_at = 0.0
+        self._timer_at = 0.0  # the timer's time as set (uvloop's TimerHandle.when() is rounded to ms)
         self._fired = False
         self._cancelling = 0
 
     def waiting_until(self, deadline: float) -> None:
         """A read starts waiting; it ends (``expired()`` true) if nothing came by ``deadline``."""
         self._deadline = deadline
-        assert self._task is not None
         self._cancelling = self._task.cancelling()  # others' cancellations pending now stay theirs
         if self._timer is None or self._timer_at > deadline:
             self._set(deadline)
@@ -53,7 +54,6 @@ class ReadDeadline:
         if not self._fired:
             return False
         self._fired = False
-        assert self._task is not None
         return self._task.uncancel() <= self._cancelling
 
     def stop(self) -> None:
@@ -71,7 +71,7 @@ class ReadDeadline:
     def _look(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or self._task is None or self._task.done():
+        if deadline is None or self._task.done():
             return  # no read waits: the next one that does sets the timer again
         if self._loop.time() < deadline - _EARLY_S:
             self._set(deadline)  # bytes came since: the waiting read is a later one
