@@ -167,3 +167,27 @@ def test_workers_aggregate_metrics() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
+
+
+async def test_a_requests_series_are_looked_up_once_and_still_count(make_gateway: GatewayFactory,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The series a request touches are found by labels() the first time only (it checks and locks
+    on every call); later requests of the same route and status count on the same series."""
+    from gateway.server.app import METRICS_KEY
+
+    gateway = await make_gateway()
+    gateway.upstream.queue(*[Generation(deltas=content("Hi"), prompt_tokens=3, completion_tokens=1)] * 3)
+    await gateway.stream({"input": "a"})
+    metrics = gateway.runner.app[METRICS_KEY]
+    looked_up: list[str] = []
+    for counter in (metrics.requests, metrics.duration, metrics.responses, metrics.tokens):
+        labels = counter.labels
+        monkeypatch.setattr(counter, "labels", lambda *a, _l=labels, **k: looked_up.append(str(a)) or _l(*a, **k))
+    await gateway.stream({"input": "b"})
+    await gateway.stream({"input": "c"})
+    assert looked_up == []
+    text = await (await gateway.session.get(gateway.url + "/metrics")).text()
+    assert metric(text, "gateway_requests_total", route="/v1/responses", status="200") == 3
+    assert metric(text, "gateway_request_duration_seconds_count", route="/v1/responses", stream="true") == 3
+    assert metric(text, "gateway_responses_total", status="completed") == 3
+    assert metric(text, "gateway_tokens_total", direction="input") == 9

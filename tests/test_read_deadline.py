@@ -11,6 +11,8 @@ from typing import Any, Callable, Coroutine
 import pytest
 
 from gateway.upstream.deadline import ReadDeadline
+from tests.conftest import GatewayFactory
+from tests.fake_vllm import Generation, content
 
 uvloop = pytest.importorskip("uvloop")
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -142,3 +144,35 @@ def test_someone_elses_cancellation_is_raised_not_taken_for_a_deadline(loop_name
         return f"returned {result!r}"
 
     assert run(LOOPS[loop_name], main) == "cancelled"
+
+
+async def test_a_stream_of_many_reads_enters_no_asyncio_timeout_and_makes_one_deadline(
+        make_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay's reads of vLLM's stream (here dozens, a delta each) are watched by the stream's
+    one ReadDeadline, not by an asyncio.timeout each."""
+    import asyncio.timeouts
+    import sys
+
+    from gateway.upstream import client
+
+    gateway = await make_gateway("gateway.store=false")
+    entered_by: list[str] = []
+    enter = asyncio.timeouts.Timeout.__aenter__
+
+    async def watched_enter(self: Any) -> Any:
+        entered_by.append(sys._getframe(1).f_code.co_name)
+        return await enter(self)
+
+    monkeypatch.setattr(asyncio.timeouts.Timeout, "__aenter__", watched_enter)
+    made: list[ReadDeadline] = []
+    waits: list[float] = []
+    make = ReadDeadline.__init__
+    wait = ReadDeadline.waiting_until
+    monkeypatch.setattr(client.ReadDeadline, "__init__", lambda self: made.append(self) or make(self))
+    monkeypatch.setattr(client.ReadDeadline, "waiting_until", lambda self, at: waits.append(at) or wait(self, at))
+    gateway.upstream.queue(Generation(deltas=content("one two three four five six seven eight " * 4, size=2),
+                                      delay=0.005))  # a read per delta
+    events, final = await gateway.stream({"input": "hi"})
+    assert events[-1]["type"] == "response.completed" and final["status"] == "completed"
+    assert "__aiter__" not in entered_by  # ChatStream.__aiter__: no timer of its own per read
+    assert len(made) == 1 and len(waits) > 20

@@ -229,6 +229,13 @@ def test_the_lean_read_n_gives_what_aiohttps_gives(pieces: list[bytes], reads: l
         def resume_reading(self, resume_parser: bool = True) -> None:
             pass
 
+    chunk_by_chunk: list[type] = []  # aiohttp's per-chunk step, which the lean read(n) does without
+    per_chunk = StreamReader._read_nowait_chunk
+
+    def counted(self: StreamReader, n: int) -> bytes:
+        chunk_by_chunk.append(type(self))
+        return per_chunk(self, n)
+
     async def main() -> tuple[list[bytes], list[tuple[int, int]]]:
         results: list[list[bytes]] = [[], []]
         counts: list[list[tuple[int, int]]] = [[], []]
@@ -245,5 +252,10 @@ def test_the_lean_read_n_gives_what_aiohttps_gives(pieces: list[bytes], reads: l
         assert counts[0] == counts[1]
         return results[1], counts[1]
 
-    got, _ = asyncio.run(main())
+    StreamReader._read_nowait_chunk = counted  # type: ignore[method-assign]
+    try:
+        got, _ = asyncio.run(main())
+    finally:
+        StreamReader._read_nowait_chunk = per_chunk  # type: ignore[method-assign]
     assert b"".join(got) == b"".join(pieces)[:len(b"".join(got))]
+    assert LeanStreamReader not in chunk_by_chunk
