@@ -419,6 +419,83 @@ async def test_size_bound_drops_the_oldest(tmp_path: Any) -> None:
     await store.close()
 
 
+async def test_a_responses_end_is_stored_in_its_own_row_and_replayed_after_its_other_batches(tmp_path: Any) -> None:
+    """A response's last batch of events goes in the response's row, not in the events table: a
+    response stored whole at its end is one row (the store's most frequent write), and one whose
+    events were flushed before keeps those rows and gets its end in its own. Replays are the same
+    as from separate rows, after any sequence number."""
+    import sqlite3
+
+    store = SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time)
+    await store.start()
+    now = time.time()
+    batches = [b'event: e\ndata: {"sequence_number":%d}\n\n' % i for i in range(4)]
+    whole = Record(id="whole", owner="", status="in_progress", response=b"{}", input=b"[]", created_at=now,
+                   expires_at=now + 100)
+    await store.create_finished(whole, "completed", b'{"status":"completed"}', 0, batches[0] + batches[1])
+    await store.create(Record(id="flushed", owner="", status="in_progress", response=b"{}", input=b"[]",
+                              created_at=now, expires_at=now + 100))
+    await store.append("flushed", 0, batches[0])
+    await store.append("flushed", 1, batches[1])
+    await store.finish("flushed", "completed", b'{"status":"completed"}', 2, batches[2] + batches[3])
+    await store.create_finished(dataclasses.replace(whole, id="silent"), "completed", b"{}", 0, b"")
+
+    assert await store.events_after("whole", -1) == [(0, batches[0] + batches[1])]
+    assert await store.events_after("whole", 0) == [(0, batches[0] + batches[1])]  # the batch holding seq 1
+    assert await store.events_after("whole", 1) == []
+    assert await store.events_after("flushed", -1) == [(0, batches[0]), (1, batches[1]), (2, batches[2] + batches[3])]
+    assert await store.events_after("flushed", 1) == [(2, batches[2] + batches[3])]
+    assert await store.events_after("flushed", 3) == []
+    assert await store.events_after("silent", -1) == []
+    assert (await store.get("", "whole")).last_seq == 1  # type: ignore[union-attr]
+    assert (await store.get("", "flushed")).last_seq == 3  # type: ignore[union-attr]
+    await store.close()
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+        rows = conn.execute("SELECT response_id, first_seq FROM events ORDER BY response_id, first_seq").fetchall()
+        assert rows == [("flushed", 0), ("flushed", 1)]
+        ends = dict(conn.execute("SELECT id, end_first_seq FROM responses").fetchall())
+        assert ends == {"whole": 0, "flushed": 2, "silent": None}
+        indexes = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                              "AND tbl_name = 'responses'")]
+        assert indexes == ["sqlite_autoindex_responses_1"]  # the ids' index only
+
+
+async def test_a_file_made_before_ends_were_kept_in_the_row_is_upgraded_at_start(tmp_path: Any) -> None:
+    """A file written by a gateway that kept every batch in the events table (and an index on
+    created_at): at start the row gets its end columns and the index goes, in every process that
+    starts on it at once; what was stored before replays as before, and new writes use the row."""
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+        conn.executescript("""
+            CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, status TEXT NOT NULL,
+                response BLOB NOT NULL, input BLOB NOT NULL, chain TEXT NOT NULL, created_at REAL NOT NULL,
+                expires_at REAL NOT NULL, background INTEGER NOT NULL, lease_until REAL,
+                cancel_requested INTEGER NOT NULL DEFAULT 0, last_seq INTEGER NOT NULL DEFAULT -1,
+                size INTEGER NOT NULL);
+            CREATE INDEX responses_by_creation ON responses (created_at);
+            CREATE TABLE events (response_id TEXT NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+                frames BLOB NOT NULL, PRIMARY KEY (response_id, first_seq));""")
+        conn.execute("INSERT INTO responses VALUES ('old', '', 'completed', '{}', '[]', '[]', ?, ?, 0, NULL, 0, 1, 40)",
+                     (time.time(), time.time() + 100))
+        conn.execute("INSERT INTO events VALUES ('old', 0, 1, ?)", (b"event: e\ndata: {}\n\n" * 2,))
+    stores = [SQLiteStore(str(tmp_path), max_bytes=10**9, clock=time.time) for _ in range(2)]
+    await asyncio.gather(*(s.start() for s in stores))
+    assert await stores[1].events_after("old", -1) == [(0, b"event: e\ndata: {}\n\n" * 2)]
+    now = time.time()
+    await stores[0].create_finished(Record(id="new", owner="", status="in_progress", response=b"{}", input=b"[]",
+                                           created_at=now, expires_at=now + 100), "completed", b"{}", 0,
+                                    b"event: e\ndata: {}\n\n")
+    assert await stores[1].events_after("new", -1) == [(0, b"event: e\ndata: {}\n\n")]
+    for s in stores:
+        await s.close()
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(responses)")]
+        assert columns[-2:] == ["end_first_seq", "end_frames"]
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'responses_by_creation'").fetchone() is None
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE response_id = 'new'").fetchone() == (0,)
+
+
 async def test_writes_queued_together_commit_together_and_fail_alone(tmp_path: Any) -> None:
     """The writes asked for together commit in one transaction (a thousand streams storing at
     once cost one commit, not a thousand), on the event loop or, queued behind a busy writer
