@@ -604,6 +604,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
     out = bytearray()
     observer = call.observer  # None unless someone watches: then one check per read, nothing per token
     keepalive_events = call.request.app[CONFIG_KEY].gateway.keepalive_format == "event"
+    feed = machine.feed
     try:
         async for batch in upstream:
             if batch is KEEPALIVE:
@@ -613,20 +614,22 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
             if observer is not None:
                 observer.received(batch)  # type: ignore[arg-type]
             finished = False
+            awaiting_output = call.first_output is None  # per read, not per chunk: set once in a stream
             for chunk in batch:  # type: ignore[union-attr]
                 if chunk is None:  # [DONE]
                     finished = True
                     break
-                events = machine.feed(chunk)
+                events = feed(chunk)
                 if not events:
                     continue
                 encode_events_into(events, out)
-                if machine.done:  # the terminal events: written below, by _write_end
+                if machine.final is not None:  # the terminal events: written below, by _write_end
                     finished = True
                     break
-                first_output = call.first_output is None and machine.has_output
+                first_output = awaiting_output and machine.has_output
                 if first_output or len(out) >= _WRITE_BATCH_BYTES:
                     if first_output:
+                        awaiting_output = False
                         call.output_started()
                     data = bytes(out)
                     out.clear()

@@ -28,7 +28,7 @@ def encode_events_into(events: Iterable[StreamEvent], out: bytearray) -> None:
         if prefix is None:
             prefix = _prefixes[cls] = b"event: " + event_type(event).encode() + b"\ndata: "
         out += prefix
-        _encoder.encode_into(event, out, len(out))
+        _encoder.encode_into(event, out, -1)  # -1: at the end
         out += b"\n\n"
 
 

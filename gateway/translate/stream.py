@@ -218,6 +218,9 @@ class ResponseStateMachine:
         # Tokens are matched to the text they wrote, whatever the chunking (see translate.logprobs).
         self._aligner = LogprobAligner(text_logprobs) if text_logprobs is not None else None
         self.final: Optional[r.Response] = None  # set once a terminal event was produced
+        # The open message while the machine is where the fast path applies (see _more_message_text),
+        # found once and kept until the next transition: every other one ends in _take(), which drops it.
+        self._fast_item: Optional[_OpenItem] = None
 
     # --- public API ----------------------------------------------------------------------------
 
@@ -289,11 +292,13 @@ class ResponseStateMachine:
     def _more_message_text(self, chunk: chat.ChatChunk) -> Optional[list[r.StreamEvent]]:
         """The one ``output_text.delta`` of a chunk that only continues the open message, or None
         when the chunk is anything else (then the general path runs, as if this did not exist)."""
-        open_item = self._open
-        if (open_item is None or open_item.kind is not Kind.MESSAGE or open_item.ended
-                or self.final is not None or self._held is not None or self._events or self._aligner is not None
-                or self._field_block_open or chunk.usage is not None or chunk.error is not None
-                or chunk.prompt_token_ids is not None or len(chunk.choices) != 1):
+        open_item = self._fast_item
+        if open_item is None:
+            open_item = self._fast_item = self._fast_path_item()
+            if open_item is None:
+                return None
+        if chunk.usage is not None or chunk.error is not None or chunk.prompt_token_ids is not None \
+                or len(chunk.choices) != 1:
             return None
         choice = chunk.choices[0]
         delta = choice.delta
@@ -301,9 +306,9 @@ class ResponseStateMachine:
         if (not text or choice.finish_reason is not None or delta.reasoning is not None
                 or delta.reasoning_content is not None or delta.tool_calls):
             return None
-        if self._splitter is not None and not self._splitter.passes_as_answer(text):
-            return None
-        if self._options.trim_whitespace and (open_item.pending_ws or text[-1].isspace()):
+        if self._splitter is not None and "<" in text:
+            return None  # a tag may begin here
+        if self._options.trim_whitespace and text[-1].isspace():
             return None  # trailing whitespace is held until more text shows it is inside the block
         if self.tokens is not None:
             self.tokens.add_choice(choice)
@@ -312,6 +317,18 @@ class ResponseStateMachine:
                                   delta=text, logprobs=[], sequence_number=self._seq)
         self._seq += 1
         return [event]
+
+    def _fast_path_item(self) -> Optional[_OpenItem]:
+        """The open message, when nothing but the next chunk itself can keep it from taking the
+        fast path: no other output pending or held, no logprobs to align, no reasoning-field block,
+        no <think> state (inside one, a partial tag held, the stream's start), no held whitespace."""
+        open_item = self._open
+        if (open_item is None or open_item.kind is not Kind.MESSAGE or open_item.ended or self.final is not None
+                or self._held is not None or self._events or self._aligner is not None or self._field_block_open
+                or (self._options.trim_whitespace and open_item.pending_ws)
+                or (self._splitter is not None and not self._splitter.answering)):
+            return None
+        return open_item
 
     def feed_completion(self, completion: chat.ChatCompletion) -> list[r.StreamEvent]:
         """A whole non-streaming completion: the same machine, fed it as one chunk."""
@@ -684,7 +701,10 @@ class ResponseStateMachine:
         (self._events if self._held is None else self._held).append(event)
 
     def _take(self) -> list[r.StreamEvent]:
-        """The events ready to leave the machine, numbered in the order they leave it."""
+        """The events ready to leave the machine, numbered in the order they leave it. Every
+        transition ends here but the fast path's (which changes no state it depends on): what it
+        found is looked for again."""
+        self._fast_item = None
         events, self._events = self._events, []
         seq = self._seq
         for event in events:

@@ -67,10 +67,11 @@ class ThinkSplitter:
             out.append((self.inside, emit))
         return out
 
-    def passes_as_answer(self, text: str) -> bool:
-        """``feed(text)`` would give ``[(False, text)]`` and change nothing: outside reasoning,
-        nothing held back, past the start, and no tag can begin in ``text``."""
-        return not self.inside and not self._held and not self._fresh and "<" not in text
+    @property
+    def answering(self) -> bool:
+        """Outside reasoning, nothing held back, past the start: ``feed`` of text in which no tag
+        can begin (no ``<``) would give ``[(False, text)]`` and change nothing."""
+        return not self.inside and not self._held and not self._fresh
 
     @property
     def holds_text(self) -> bool:
