@@ -630,6 +630,31 @@ async def test_the_writer_thread_checkpoints_what_the_event_loop_wrote(tmp_path:
     await store.close()
 
 
+async def test_past_its_bound_the_wal_is_started_over_by_the_writer_thread(tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PASSIVE checkpoint never completes while the event loop goes on writing, and only a
+    complete one lets the WAL start over: under steady load it grew by every page written. Once it
+    holds WAL_RESTART_FRAMES frames, the writer thread follows the PASSIVE checkpoint with a
+    RESTART, and the next write starts the WAL at its beginning."""
+    import sqlite3
+
+    from gateway.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(sqlite_store, "WAL_RESTART_FRAMES", 1)
+    store, on_loop, on_thread = await traced_store(tmp_path)
+    for i in range(4):
+        await store.create(small_record(i))
+    await store._write(lambda conn: None)  # after the checkpoints asked for
+    assert on_loop == ["COMMIT"] * 4
+    assert on_thread == ["PRAGMA wal_checkpoint(PASSIVE)", "PRAGMA wal_checkpoint(RESTART)"] * 2
+    await store.create(small_record(4))
+    with sqlite3.connect(tmp_path / "responses.sqlite3") as conn:
+        one_write = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    assert 0 < one_write <= 3  # the frames of the last write alone: the WAL started over before it
+    await store.close()
+
+
 async def test_a_slow_transaction_on_the_event_loop_sends_the_next_writes_to_the_thread(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A slow disk must not hold the event loop: after a transaction there took longer than
