@@ -110,21 +110,26 @@ class Procs:
     # --- the gateway ----------------------------------------------------------------------------
 
     def gateway(self, base_url: str, workers: Optional[int] = None, name: str = "gateway",
-                overrides: Sequence[str] = ()) -> Child:
-        """``overrides``: more ``key=value`` settings, e.g. ``gateway.idle_timeout_s=5``."""
+                overrides: Sequence[str] = (), checkout: Optional[Path] = None,
+                data_dir: Optional[Path] = None) -> Child:
+        """``overrides``: more ``key=value`` settings, e.g. ``gateway.idle_timeout_s=5``;
+        ``checkout``: another copy of the repository to run (``gateway.bench.ab``), else this one;
+        ``data_dir``: where it stores responses (by default one directory for every gateway)."""
+        repo = Path(checkout).resolve() if checkout is not None else REPO
+        config = repo / "config" / "vllm_model.yaml"
         port = free_port()
         log = self.dir / f"{name}-{port}.log"
         cmd = [sys.executable, "-m", "gateway", "serve", "--base-url", base_url, "--model", "bench", "--api-key=",
                "--host", HOST, "--port", str(port), "gateway.log_level=WARNING",
-               f"gateway.data_dir={self.dir / 'store'}", *overrides]  # stored responses: not in $HOME
-        if CONFIG.exists():
-            cmd[4:4] = ["--config", str(CONFIG)]
+               f"gateway.data_dir={data_dir or self.dir / 'store'}", *overrides]  # stored responses: not in $HOME
+        if config.exists():
+            cmd[4:4] = ["--config", str(config)]
         if workers is not None:
             cmd[4:4] = ["--workers", str(workers)]
         with open(log, "wb") as out:
             # cwd: an empty directory, so that no stray ./env.yaml changes the configuration.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=self.dir, env=_env(), preexec_fn=_child_setup)
+                                    cwd=self.dir, env=_env(repo), preexec_fn=_child_setup)
         child = Child(name, proc, f"http://{HOST}:{port}", log)
         self._children.append(child)
         self._wait_healthy(child, expected_processes=1 + (workers or 1) if (workers or 1) > 1 else 1)
@@ -215,9 +220,9 @@ class Procs:
         self._dir.cleanup()
 
 
-def _env() -> dict[str, str]:
+def _env(repo: Path = REPO) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join([str(repo)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
