@@ -209,6 +209,29 @@ async def test_text_streamed_and_not(client: AsyncOpenAI, gateway: Gateway) -> N
     assert strip_ids(await gateway.create(body)) == strip_ids((await gateway.stream(body))[1])
 
 
+async def test_a_stored_answer_replays_as_streamed_and_continues(client: AsyncOpenAI, gateway: Gateway) -> None:
+    """What the store keeps of a real generation (the default, store: true): its Response as the
+    stream ended it, its events as streamed, byte for byte from the start and after a sequence
+    number (the last batch is kept in the response's own row), and previous_response_id going on
+    from it in the real model's chat template."""
+    body = {**GREEDY, "input": "Name three colours.", "max_output_tokens": 24, "stream": True}
+    async with gateway.session.post(gateway.url + "/v1/responses", json=body) as r:
+        streamed = await r.read()
+    events = parse_sse(streamed)
+    final = check_stream(events)
+    async with gateway.session.get(gateway.url + f"/v1/responses/{final['id']}?stream=true") as r:
+        assert r.status == 200
+        assert await r.read() == streamed
+    async with gateway.session.get(gateway.url + f"/v1/responses/{final['id']}?stream=true&starting_after=3") as r:
+        assert parse_sse(await r.read()) == events[4:]
+    stored = await client.responses.retrieve(final["id"])
+    assert stored.model_dump(exclude_unset=True) == final
+    follow = await client.responses.create(model=MODEL_ALIAS, temperature=0, max_output_tokens=16,
+                                           previous_response_id=final["id"], input="And one more?")
+    assert follow.status in ("completed", "incomplete") and follow.output_text.strip()
+    assert follow.usage.input_tokens > final["usage"]["input_tokens"]  # the earlier turn is in its prompt
+
+
 @pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "name": "get_weather"}])
 async def test_forced_tool_call(client: AsyncOpenAI, tool_choice: Any) -> None:
     for stream in (False, True):
