@@ -123,3 +123,36 @@ async def test_a_streams_head_leaves_with_its_first_events_in_one_write(make_gat
     heads = [w for w in writes if w.startswith(b"HTTP/1.1 200") and b"X-Accel-Buffering: no" in w]  # the gateway's
     assert len(heads) == 1, heads
     assert b"event: response.created\ndata: " in heads[0]
+
+
+async def test_the_first_output_leaves_alone_and_the_rest_of_a_read_in_one_write(make_gateway: GatewayFactory,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole answer waiting in one read: the first delta is written the moment it exists, and the
+    events of the rest of each read leave together (one socket write per read, not one per event)."""
+    import json
+
+    from aiohttp.http_writer import StreamWriter
+
+    from tests.contract import check_stream, parse_sse
+    from tests.fake_vllm import Generation
+
+    def chunk(delta: dict) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                       "choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
+
+    writes: list[bytes] = []
+    several = StreamWriter._writelines
+    monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: writes.append(
+        b"".join(bytes(c) for c in chunks)) or several(self, chunks))
+    words = [f" w{i}" for i in range(40)]
+    body = chunk({"role": "assistant"}) + b"".join(chunk({"content": w}) for w in words) + b"data: [DONE]\n\n"
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(raw_body=body))  # one write: all of it waits for the gateway's reads
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        events = parse_sse(await asyncio.wait_for(r.read(), 60))
+    check_stream(events)
+    per_write = [w.count(b"event: response.output_text.delta\n") for w in writes]
+    carrying = [n for n in per_write if n]
+    assert sum(carrying) == len(words)
+    assert carrying[0] == 1, per_write  # the first output, at once
+    assert len(carrying) <= 4, per_write  # then a read's worth at a time (~4 KB, then the rest)
