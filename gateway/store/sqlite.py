@@ -604,23 +604,25 @@ def _insert_finished(conn: sqlite3.Connection, record: Record, status: str, resp
                      frames: bytes) -> None:
     """``_insert`` and ``_finish`` in one statement: the row is written once, as it ends, its events
     in it (most responses end before their first flush: this is the store's most frequent write)."""
-    if not frames:
-        _insert(conn, record, status, response, record.last_seq)
-        return
-    _insert(conn, record, status, response, _last_seq(first_seq, frames), len(frames), (first_seq, _pack(frames)))
+    last, end = _end_batch(first_seq, frames)
+    _insert(conn, record, status, response, record.last_seq if last is None else last, len(frames), end)
 
 
 def _finish(conn: sqlite3.Connection, response_id: str, status: str, response: bytes, first_seq: int,
             frames: bytes) -> None:
     """The end of a response whose row exists: its last batch goes in the row (see _END_COLUMNS)."""
-    if not frames:
-        conn.execute("UPDATE responses SET status = ?, size = size - length(response) + ?, response = ?, "
-                     "lease_until = NULL WHERE id = ?", (status, len(response), response, response_id))
-        return
+    last, end = _end_batch(first_seq, frames)
     conn.execute("UPDATE responses SET status = ?, size = size - length(response) + ?, response = ?, "
-                 "lease_until = NULL, last_seq = ?, end_first_seq = ?, end_frames = ? WHERE id = ?",
-                 (status, len(response) + len(frames), response, _last_seq(first_seq, frames), first_seq,
-                  _pack(frames), response_id))
+                 "lease_until = NULL, last_seq = COALESCE(?, last_seq), end_first_seq = ?, end_frames = ? "
+                 "WHERE id = ?", (status, len(response) + len(frames), response, last, *end, response_id))
+
+
+def _end_batch(first_seq: int, frames: bytes) -> tuple[Optional[int], tuple[Optional[int], Optional[bytes]]]:
+    """A response's last batch as its row keeps it: its last sequence number, then its first and its
+    compressed frames; all None for an end without events."""
+    if not frames:
+        return None, (None, None)
+    return _last_seq(first_seq, frames), (first_seq, _pack(frames))
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
@@ -694,7 +696,7 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
     RESTART follows: the writer lock for the few frames left, then the WAL starts over. Tried a
     few times a millisecond apart (the lock is held ~0.1 ms at a time); if it stays busy, the
     next checkpoint tries again."""
-    busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     if frames < WAL_RESTART_FRAMES:
         return
     delay, deadline = _RETRY_FIRST_S, time.monotonic() + RESTART_TRY_S
