@@ -25,6 +25,9 @@ def test_two_configurations_side_by_side_each_measured_in_every_round(capsys: py
         a, b, ratio = (float(v) for v in row[1:4])
         assert a > 0 and b > 0 and ratio > 0
         assert row[-1] == "0/0"  # errors of A and B
+    stored = [line for line in out.splitlines() if "responses stored" in line]
+    a, b = (int(v.strip().replace(",", "")) for v in stored[0].split(":")[1].replace("A", "").split(", B"))
+    assert a > 0 and b == 0  # the setting reached B alone, and each side stores into its own directory
 
 
 def test_results_hold_every_window_and_the_ratio_of_each_round() -> None:
@@ -33,6 +36,7 @@ def test_results_hold_every_window_and_the_ratio_of_each_round() -> None:
     assert len(level["a_us_per_token"]) == len(level["b_us_per_token"]) == len(level["b_over_a"]) == 3
     assert level["b_over_a"] == [b / a for a, b in zip(level["a_us_per_token"], level["b_us_per_token"])]
     assert level["errors"] == {"a": 0, "b": 0}
+    assert results["stored"]["a"] > 0 and results["stored"]["b"] > 0  # both store by default, apart
 
 
 def test_a_directory_that_is_not_a_checkout_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,5 +10,6 @@ Not part of the test suite. Modules:
 * ``machine``   - the in-process micro-benchmark of the Responses state machine;
 * ``soak``      - the soak run's two ends: what the fake vLLM does per request, and the client;
 * ``sections``  - the measured sections (relay, workers, memory, machine, soak), one function each;
-* ``report``    - tables, targets and JSON.
+* ``report``    - tables, targets and JSON;
+* ``ab``        - two builds (or two configurations) side by side: ``python -m gateway.bench.ab``.
 """

@@ -16,7 +16,8 @@ from .sections import DEFAULT_SECTIONS, SECTIONS, Context, Options
 from .workload import MIXES, Workload
 
 
-def _ints(text: str) -> list[int]:
+def positive_ints(text: str) -> list[int]:
+    """An argparse type: integers >= 1, comma-separated."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream", choices=("burst", "step"), default="burst",
                    help="how the fake vLLM writes: burst = each response in one write, as fast as possible (default); "
                         "step = one write per chunk, one chunk per event-loop turn, as uvicorn writes vLLM's stream")
-    p.add_argument("--concurrency", type=_ints, default=[1, 16, 64, 256], metavar="N,N,...",
+    p.add_argument("--concurrency", type=positive_ints, default=[1, 16, 64, 256], metavar="N,N,...",
                    help="concurrency levels of the relay section (default 1,16,64,256)")
     window = p.add_mutually_exclusive_group()
     window.add_argument("--duration", type=float, metavar="S", help="measured seconds per run (default 3; --quick 0.5)")

@@ -9,7 +9,8 @@ each storing into its own data directory; the load generator gives them short wi
 then B A, ...). On the 2-core development machine the host moves a figure by 15-20 % within
 minutes, so runs one after the other compare poorly; here the drift falls on both alike. For each
 concurrency it prints both sides' median CPU per token and the median of B / A over the rounds,
-with its range: the figure to read (below 1: B spends less).
+with its range: the figure to read (below 1: B spends less); and how many responses each side
+stored.
 
 ``--a-set`` / ``--b-set``: settings of one side only (e.g. ``--b-set gateway.store=false`` with no
 NEW: what storing costs).
@@ -18,13 +19,16 @@ NEW: what storing costs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from .__main__ import positive_ints
 from .loadgen import LoadGenError, Spec
 from .procs import REPO, BenchError, Procs, _env
 from .workload import Workload
@@ -40,16 +44,6 @@ def _checkout(path: str) -> Path:
     if not imported.startswith(str(root)):
         raise BenchError(f"python imports the gateway from {imported or '(nothing)'}, not from {root}")
     return root
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
-    return values
 
 
 def run(base: Path, new: Path, settings: dict[str, list[str]], concurrency: list[int], rounds: int,
@@ -91,7 +85,17 @@ def run(base: Path, new: Path, settings: dict[str, list[str]], concurrency: list
                 "errors": errors,
                 "median": {"a": _median(per_token["a"]), "b": _median(per_token["b"]), "b_over_a": _median(ratios)},
             }
+        # what each side stored: a setting meant for one side shows here (store: false stores nothing)
+        results["stored"] = {side: _stored(procs.dir / f"store-{side}") for side in ("a", "b")}
     return results
+
+
+def _stored(data_dir: Path) -> int:
+    path = data_dir / "responses.sqlite3"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        return conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
 
 def _median(values: list[float]) -> Optional[float]:
@@ -108,6 +112,7 @@ def report(results: dict[str, Any], base: Path, new: Path, settings: dict[str, l
         span = f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "-"
         lines.append(f"  {c:>4}  {_fmt(m['a']):>10}  {_fmt(m['b']):>10}  {_fmt(m['b_over_a'], 3):>6}  {span:>14}  "
                      f"{level['errors']['a']}/{level['errors']['b']}")
+    lines.append(f"\n  responses stored: A {results['stored']['a']:,}, B {results['stored']['b']:,}")
     return "\n".join(lines)
 
 
@@ -121,7 +126,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("new", nargs="?", default=str(REPO), help="B: another checkout (default: this one)")
     parser.add_argument("--a-set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of A only")
     parser.add_argument("--b-set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of B only")
-    parser.add_argument("--concurrency", type=_ints, default=[1, 64], help="levels, comma-separated (default 1,64)")
+    parser.add_argument("--concurrency", type=positive_ints, default=[1, 64], help="levels, comma-separated (default 1,64)")
     parser.add_argument("--rounds", type=int, default=10, help="windows per side and level (default 10)")
     parser.add_argument("--window", type=float, default=1.5, help="seconds per window (default 1.5)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per response (default 256)")

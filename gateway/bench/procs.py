@@ -26,7 +26,6 @@ from .loadgen import LoadGen
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "config" / "vllm_model.yaml"
 
 
 class BenchError(RuntimeError):
