@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -67,8 +68,10 @@ _VLLM_SAMPLING_EXTENSIONS = (
 )
 
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "custom_tool_call",
-               "custom_tool_call_output")
+# Each input item type's struct, by its tag. Converted to its own struct, not to the union: msgspec
+# keeps a struct's decoding plan, but builds a union's again on every call (13 µs an item, not 0.6).
+_ITEM_STRUCTS: dict[str, type] = {cls.__struct_config__.tag: cls for cls in typing.get_args(r.InputItem)}
+_ITEM_TYPES = tuple(_ITEM_STRUCTS)
 _TOKEN_KEYS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
 
@@ -563,7 +566,8 @@ def _decode_item(raw: Any, i: int) -> r.InputItem:
     if "type" not in raw and "role" in raw:
         raw = {**raw, "type": "message"}
     kind = raw.get("type")
-    if kind not in _ITEM_TYPES:
+    struct = _ITEM_STRUCTS.get(kind) if isinstance(kind, str) else None
+    if struct is None:
         raise InvalidRequest(
             f"Invalid '{where}.type': {kind!r} is not supported by this gateway "
             f"(supported: {', '.join(_ITEM_TYPES)}).",
@@ -571,7 +575,7 @@ def _decode_item(raw: Any, i: int) -> r.InputItem:
             code="unsupported_value",
         )
     try:
-        return msgspec.convert(raw, r.InputItem)
+        return msgspec.convert(raw, struct)
     except msgspec.ValidationError as exc:
         raise from_validation_error(exc, prefix=where) from None
 

@@ -47,14 +47,15 @@ class OfferedTools:
     functions: list[dict[str, Any]] = field(default_factory=list)  # Chat Completions ``tools``
     targets: dict[str, ToolTarget] = field(default_factory=dict)  # offered name -> declared tool
     left_out: list[str] = field(default_factory=list)  # types of the tools not offered (hosted)
+    # targets the other way round: a history of n calls looks up n names (not n x tools comparisons)
+    names: dict[ToolTarget, str] = field(default_factory=dict)
 
     def offered_name(self, name: str, namespace: Optional[str] = None, kind: str = "function") -> str:
         """The offered name of a declared tool (for history items sent back by the client). A tool
         no longer declared keeps the name it would have had."""
-        wanted = ToolTarget(kind, name, namespace)
-        for offered, target in self.targets.items():
-            if target == wanted:
-                return offered
+        offered = self.names.get(ToolTarget(kind, name, namespace))
+        if offered is not None:
+            return offered
         return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
 
     def select(self, names: set[str]) -> list[dict[str, Any]]:
@@ -146,7 +147,8 @@ def _add(offered: OfferedTools, tool: dict[str, Any], where: str, namespace: Opt
             "additionalProperties": False,
         }
     offered.functions.append({"type": "function", "function": function})
-    offered.targets[offered_name] = ToolTarget(kind, name, namespace)
+    target = offered.targets[offered_name] = ToolTarget(kind, name, namespace)
+    offered.names[target] = offered_name
 
 
 def _grammar(fmt: Any, where: str) -> str:
