@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import hmac
@@ -433,10 +434,18 @@ class PromptTokens:
         if plan.track_tokens and plan.tokenize is not None:
             self._task = asyncio.ensure_future(client.tokenize(base, plan.tokenize))
 
-    async def get(self, machine: ResponseStateMachine) -> Optional[list[int]]:
+    def ready(self, machine: ResponseStateMachine) -> bool:
+        """``get`` would not wait."""
+        return not self._needed(machine) or (self._task is not None and self._task.done())
+
+    @staticmethod
+    def _needed(machine: ResponseStateMachine) -> bool:
         tokens = machine.tokens
-        if tokens is None or tokens.bundle is not None or tokens.inline_prompt_ids is not None:
-            return None  # not needed
+        return not (tokens is None or tokens.bundle is not None or tokens.inline_prompt_ids is not None)
+
+    async def get(self, machine: ResponseStateMachine) -> Optional[list[int]]:
+        if not self._needed(machine):
+            return None
         if self._task is None:  # inline ids were asked for but did not come: fall back to /tokenize
             self._task = asyncio.ensure_future(self._client.tokenize(self._base, tokenize_body(self._plan.body)))
         return await self._task
@@ -606,51 +615,56 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
     keepalive_events = call.request.app[CONFIG_KEY].gateway.keepalive_format == "event"
     feed = machine.feed
     try:
-        async for batch in upstream:
-            if batch is KEEPALIVE:
-                await _write(response, encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME,
-                             observer)
-                continue
-            if observer is not None:
-                observer.received(batch)  # type: ignore[arg-type]
-            finished = False
-            awaiting_output = call.first_output is None  # per read, not per chunk: set once in a stream
-            for chunk in batch:  # type: ignore[union-attr]
-                if chunk is None:  # [DONE]
-                    finished = True
-                    break
-                events = feed(chunk)
-                if not events:
+        # Closed here when the relay leaves it early (at [DONE]): an async generator left to the
+        # garbage collector is closed by a task the loop schedules through call_soon_threadsafe.
+        async with contextlib.aclosing(upstream.__aiter__()) as reads:
+            async for batch in reads:
+                if batch is KEEPALIVE:
+                    await _write(response, encode_events(machine.keepalive()) if keepalive_events else KEEPALIVE_FRAME,
+                                 observer)
                     continue
-                encode_events_into(events, out)
-                if machine.final is not None:  # the terminal events: written below, by _write_end
-                    finished = True
-                    break
-                first_output = awaiting_output and machine.has_output
-                if first_output or len(out) >= _WRITE_BATCH_BYTES:
-                    if first_output:
-                        awaiting_output = False
+                if observer is not None:
+                    observer.received(batch)  # type: ignore[arg-type]
+                finished = False
+                awaiting_output = call.first_output is None  # per read, not per chunk: set once in a stream
+                for chunk in batch:  # type: ignore[union-attr]
+                    if chunk is None:  # [DONE]
+                        finished = True
+                        break
+                    events = feed(chunk)
+                    if not events:
+                        continue
+                    encode_events_into(events, out)
+                    if machine.final is not None:  # the terminal events: written below, by _write_end
+                        finished = True
+                        break
+                    first_output = awaiting_output and machine.has_output
+                    if first_output or len(out) >= _WRITE_BATCH_BYTES:
+                        if first_output:
+                            awaiting_output = False
+                            call.output_started()
+                        data = bytes(out)
+                        out.clear()
+                        if observer is not None:
+                            observer.sent(data)
+                        await response.write(data)
+                        upstream.wrote()
+                if out:
+                    if call.first_output is None and machine.has_output:
                         call.output_started()
-                    data = bytes(out)
-                    out.clear()
-                    if observer is not None:
-                        observer.sent(data)
-                    await response.write(data)
-                    upstream.wrote()
-            if out:
-                if call.first_output is None and machine.has_output:
-                    call.output_started()
-                if machine.done:
-                    await _write_end(response, out, call)
-                else:
-                    data = bytes(out)
-                    out.clear()
-                    if observer is not None:
-                        observer.sent(data)
-                    await response.write(data)
-                    upstream.wrote()
-            if finished:
-                break
+                    if machine.done:
+                        await _write_end(response, out, call)
+                    elif finished and prompt.ready(machine):
+                        pass  # [DONE], and the end needs no wait: the rest leaves with it, in one write
+                    else:
+                        data = bytes(out)
+                        out.clear()
+                        if observer is not None:
+                            observer.sent(data)
+                        await response.write(data)
+                        upstream.wrote()
+                if finished:
+                    break
         if machine.done:
             return
         if machine.finish_reason is None:
