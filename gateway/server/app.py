@@ -608,6 +608,16 @@ async def _write_end(response: Any, data: bytes | bytearray, call: "UpstreamCall
     await response.write_eof()
 
 
+async def _write_out(out: bytearray, response: Any, observer: Optional[RequestObserver], upstream: ChatStream) -> None:
+    """The relay's buffer to the client, emptied; the keepalive interval counts from now."""
+    data = bytes(out)
+    out.clear()
+    if observer is not None:
+        observer.sent(data)
+    await response.write(data)
+    upstream.wrote()
+
+
 async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: Any,
                  prompt: PromptTokens, call: UpstreamCall) -> None:
     out = bytearray()
@@ -643,12 +653,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                         if first_output:
                             awaiting_output = False
                             call.output_started()
-                        data = bytes(out)
-                        out.clear()
-                        if observer is not None:
-                            observer.sent(data)
-                        await response.write(data)
-                        upstream.wrote()
+                        await _write_out(out, response, observer, upstream)
                 if out:
                     if call.first_output is None and machine.has_output:
                         call.output_started()
@@ -657,12 +662,7 @@ async def _relay(upstream: ChatStream, machine: ResponseStateMachine, response: 
                     elif finished and prompt.ready(machine):
                         pass  # [DONE], and the end needs no wait: the rest leaves with it, in one write
                     else:
-                        data = bytes(out)
-                        out.clear()
-                        if observer is not None:
-                            observer.sent(data)
-                        await response.write(data)
-                        upstream.wrote()
+                        await _write_out(out, response, observer, upstream)
                 if finished:
                     break
         if machine.done:
