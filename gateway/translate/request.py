@@ -26,7 +26,7 @@ from ..schema import responses as r
 from .errors import InvalidRequest, from_validation_error
 from .stream import StreamOptions
 from .tokens import tokenize_body
-from .tools import OfferedTools, custom_arguments, offer_tools, plan_tool_choice
+from .tools import OfferedTools, custom_arguments, offer_tools, offered_name, plan_tool_choice
 
 # Parameters a client may send that the gateway accepts but which change nothing here: it has one
 # service tier, runs no hosted tools and never compacts, and vLLM caches prefixes by itself. Each is
@@ -451,11 +451,11 @@ def _messages(req: r.ResponsesRequest, settings: ConversionSettings, offered: Of
         if isinstance(item, r.MessageItem):
             turn.buffer.append(_assistant_text(item.content, where))
         elif isinstance(item, r.FunctionCallInput):
-            name = offered.offered_name(item.name, item.namespace)
+            name = offered_name(item.name, item.namespace)
             turn.tool_calls.append({"id": item.call_id, "type": "function",
                                     "function": {"name": name, "arguments": item.arguments}})
         elif isinstance(item, r.CustomToolCallInput):
-            name = offered.offered_name(item.name, item.namespace, kind="custom")
+            name = offered_name(item.name, item.namespace)
             turn.tool_calls.append({"id": item.call_id, "type": "function",
                                     "function": {"name": name, "arguments": custom_arguments(item.input)}})
         elif isinstance(item, r.ReasoningInput):

@@ -40,6 +40,12 @@ class ToolTarget:
     namespace: Optional[str] = None
 
 
+def offered_name(name: str, namespace: Optional[str] = None) -> str:
+    """The name a declared tool is offered under (a namespace's function: ``namespace__name``). A
+    history item sent back by the client gets the same, declared this time or not."""
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
+
+
 @dataclass
 class OfferedTools:
     """The functions the model is offered, and what each name means to the client."""
@@ -47,16 +53,6 @@ class OfferedTools:
     functions: list[dict[str, Any]] = field(default_factory=list)  # Chat Completions ``tools``
     targets: dict[str, ToolTarget] = field(default_factory=dict)  # offered name -> declared tool
     left_out: list[str] = field(default_factory=list)  # types of the tools not offered (hosted)
-    # targets the other way round: a history of n calls looks up n names (not n x tools comparisons)
-    names: dict[ToolTarget, str] = field(default_factory=dict)
-
-    def offered_name(self, name: str, namespace: Optional[str] = None, kind: str = "function") -> str:
-        """The offered name of a declared tool (for history items sent back by the client). A tool
-        no longer declared keeps the name it would have had."""
-        offered = self.names.get(ToolTarget(kind, name, namespace))
-        if offered is not None:
-            return offered
-        return f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
 
     def select(self, names: set[str]) -> list[dict[str, Any]]:
         return [tool for tool in self.functions if tool["function"]["name"] in names]
@@ -113,9 +109,9 @@ def _add(offered: OfferedTools, tool: dict[str, Any], where: str, namespace: Opt
          context: Optional[str]) -> None:
     name = _name(tool, where)
     kind = tool["type"]
-    offered_name = f"{namespace}{NAMESPACE_SEPARATOR}{name}" if namespace else name
-    if offered_name in offered.targets:
-        raise InvalidRequest(f"Invalid '{where}.name': a tool named {offered_name!r} was declared twice.",
+    offered_as = offered_name(name, namespace)
+    if offered_as in offered.targets:
+        raise InvalidRequest(f"Invalid '{where}.name': a tool named {offered_as!r} was declared twice.",
                              param=f"{where}.name", code="duplicate_value")
     description = tool.get("description")
     if description is not None and not isinstance(description, str):
@@ -123,7 +119,7 @@ def _add(offered: OfferedTools, tool: dict[str, Any], where: str, namespace: Opt
                              code="invalid_type")
     if context:  # the namespace's description says what its functions are for
         description = f"{context}\n\n{description}" if description else context
-    function: dict[str, Any] = {"name": offered_name}
+    function: dict[str, Any] = {"name": offered_as}
     if kind == "function":
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
@@ -147,8 +143,7 @@ def _add(offered: OfferedTools, tool: dict[str, Any], where: str, namespace: Opt
             "additionalProperties": False,
         }
     offered.functions.append({"type": "function", "function": function})
-    target = offered.targets[offered_name] = ToolTarget(kind, name, namespace)
-    offered.names[target] = offered_name
+    offered.targets[offered_as] = ToolTarget(kind, name, namespace)
 
 
 def _grammar(fmt: Any, where: str) -> str:
