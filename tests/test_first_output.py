@@ -6,7 +6,9 @@ it. Until the client has its first output, the upstream is read a few KB at a ti
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Optional
 
 import pytest
 
@@ -129,23 +131,11 @@ async def test_the_first_output_leaves_alone_and_the_rest_of_a_read_in_one_write
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A whole answer waiting in one read: the first delta is written the moment it exists, and the
     events of the rest of each read leave together (one socket write per read, not one per event)."""
-    import json
-
-    from aiohttp.http_writer import StreamWriter
-
     from tests.contract import check_stream, parse_sse
-    from tests.fake_vllm import Generation
 
-    def chunk(delta: dict) -> bytes:
-        return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                                       "choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n"
-
-    writes: list[bytes] = []
-    several = StreamWriter._writelines
-    monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: writes.append(
-        b"".join(bytes(c) for c in chunks)) or several(self, chunks))
+    writes = _recorded_writes(monkeypatch)
     words = [f" w{i}" for i in range(40)]
-    body = chunk({"role": "assistant"}) + b"".join(chunk({"content": w}) for w in words) + b"data: [DONE]\n\n"
+    body = _chunk({"role": "assistant"}) + b"".join(_chunk({"content": w}) for w in words) + b"data: [DONE]\n\n"
     gateway = await make_gateway()
     gateway.upstream.queue(Generation(raw_body=body))  # one write: all of it waits for the gateway's reads
     async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
@@ -156,3 +146,68 @@ async def test_the_first_output_leaves_alone_and_the_rest_of_a_read_in_one_write
     assert sum(carrying) == len(words)
     assert carrying[0] == 1, per_write  # the first output, at once
     assert len(carrying) <= 4, per_write  # then a read's worth at a time (~4 KB, then the rest)
+
+
+def _chunk(delta: dict, finish_reason: Optional[str] = None) -> bytes:
+    """One chat.completion.chunk as vLLM frames it."""
+    return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+                                  ).encode() + b"\n\n"
+
+
+def _recorded_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every socket write of aiohttp's server and client (``StreamWriter._writelines``)."""
+    from aiohttp.http_writer import StreamWriter
+
+    writes: list[bytes] = []
+    several = StreamWriter._writelines
+    monkeypatch.setattr(StreamWriter, "_writelines", lambda self, chunks: writes.append(
+        b"".join(bytes(c) for c in chunks)) or several(self, chunks))
+    return writes
+
+
+async def test_the_last_deltas_of_a_read_leave_with_the_end(make_gateway: GatewayFactory,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deltas read together with [DONE] are not a write of their own before the terminal
+    events: nothing is waited for in between (no /tokenize), so they go out together."""
+    from tests.contract import check_stream, parse_sse
+
+    writes = _recorded_writes(monkeypatch)
+    words = [f" w{i}" for i in range(60)]
+    body = (_chunk({"role": "assistant"}) + b"".join(_chunk({"content": w}) for w in words)
+            + _chunk({}, "stop") + b"data: [DONE]\n\n")
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(raw_body=body))  # one write: all of it waits for the gateway's reads
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        events = parse_sse(await asyncio.wait_for(r.read(), 60))
+    check_stream(events)
+    ends = [w for w in writes if b"event: response.completed\n" in w]
+    assert len(ends) == 1
+    assert b"event: response.output_text.delta\n" in ends[0], [len(w) for w in writes]
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "".join(words).lstrip()  # the answer's leading whitespace is not sent
+
+
+async def test_the_relay_closes_the_upstreams_reads_itself(make_gateway: GatewayFactory) -> None:
+    """Left at [DONE], the generator of the upstream's reads is closed by the relay, not handed to
+    the event loop's async generator finalizer (a task and a cross-thread wake-up per response)."""
+    import sys
+
+    hooks = sys.get_asyncgen_hooks()
+    finalized: list[str] = []
+
+    def finalizer(agen: object) -> None:
+        finalized.append(agen.ag_code.co_qualname)  # type: ignore[attr-defined]
+        hooks.finalizer(agen)  # type: ignore[misc]
+
+    gateway = await make_gateway()
+    gateway.upstream.queue(Generation(deltas=content("one two three", size=4)))
+    sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=finalizer)
+    try:
+        async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+            body = await r.read()
+        await asyncio.sleep(0)
+    finally:
+        sys.set_asyncgen_hooks(firstiter=hooks.firstiter, finalizer=hooks.finalizer)
+    assert b"event: response.completed\n" in body
+    assert "ChatStream.__aiter__" not in finalized, finalized
