@@ -120,6 +120,7 @@ class FakeVLLM:
         self.tokenize_requests: list[dict[str, Any]] = []
         self.tokenize_prompt: list[int] = Generation().prompt_token_ids
         self.tokenize_delay = 0.0
+        self.tokenize_gate: Optional[asyncio.Event] = None  # /tokenize answers once a test sets it
         # What the chat template does with a developer message: "render" it (Llama, gpt-oss), "drop"
         # it (Qwen2.5, Qwen3: no branch for the role), or "reject" it (raise_exception: vLLM's 400).
         self.developer_template = "render"
@@ -142,6 +143,8 @@ class FakeVLLM:
         body = await request.json()
         self.tokenize_requests.append({"body": body, "started": time.monotonic()})
         await asyncio.sleep(self.tokenize_delay)
+        if self.tokenize_gate is not None:
+            await self.tokenize_gate.wait()
         tokens = list(self.tokenize_prompt)
         for message in body.get("messages") or []:
             if message.get("role") != "developer":

@@ -148,11 +148,15 @@ async def test_the_first_output_leaves_alone_and_the_rest_of_a_read_in_one_write
     assert len(carrying) <= 4, per_write  # then a read's worth at a time (~4 KB, then the rest)
 
 
-def _chunk(delta: dict, finish_reason: Optional[str] = None) -> bytes:
-    """One chat.completion.chunk as vLLM frames it."""
+def _chunk(delta: dict, finish_reason: Optional[str] = None, token: Optional[int] = None) -> bytes:
+    """One chat.completion.chunk as vLLM frames it; with ``token``, the logprob of that one token
+    (as vLLM gives it with ``return_tokens_as_token_ids``)."""
+    logprobs = None if token is None else {"content": [
+        {"token": f"token_id:{token}", "logprob": -0.5, "bytes": list(delta.get("content", "").encode()),
+         "top_logprobs": []}]}
     return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
-                                  ).encode() + b"\n\n"
+                                   "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                                "finish_reason": finish_reason}]}).encode() + b"\n\n"
 
 
 def _recorded_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
@@ -186,6 +190,36 @@ async def test_the_last_deltas_of_a_read_leave_with_the_end(make_gateway: Gatewa
     assert b"event: response.output_text.delta\n" in ends[0], [len(w) for w in writes]
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert text == "".join(words).lstrip()  # the answer's leading whitespace is not sent
+
+
+async def test_the_last_deltas_of_a_read_do_not_wait_for_tokenize(make_gateway: GatewayFactory) -> None:
+    """With token ids asked for and /tokenize not answered yet, the deltas read together with
+    [DONE] go out at once: only the terminal events wait for the prompt's ids."""
+    from tests.contract import check_stream, parse_sse
+
+    gateway = await make_gateway("+policy_model.vllm_model.return_token_id_information=true")
+    gateway.upstream.tokenize_gate = asyncio.Event()
+    words = [f" w{i}" for i in range(60)]
+    body = (_chunk({"role": "assistant", "content": ""}) + b"".join(
+        _chunk({"content": w}, token=1000 + i) for i, w in enumerate(words))
+        + _chunk({"content": ""}, "stop", token=151645) + b"data: [DONE]\n\n")
+    gateway.upstream.queue(Generation(raw_body=body))
+    async with gateway.session.post(gateway.url + "/v1/responses", json={"input": "hi", "stream": True}) as r:
+        received = b""
+        while received.count(b"event: response.output_text.delta\n") < len(words):
+            piece = await asyncio.wait_for(r.content.readany(), 60)  # held back: this times out
+            assert piece, received[-500:]
+            received += piece
+        assert b"event: response.completed\n" not in received
+        assert gateway.upstream.tokenize_requests, "the prompt's ids were not asked for"
+        gateway.upstream.tokenize_gate.set()
+        received += await asyncio.wait_for(r.read(), 60)
+    events = parse_sse(received)
+    check_stream(events)
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][-1]["prompt_token_ids"] == gateway.upstream.tokenize_prompt
+    assert final["output"][-1]["generation_token_ids"] == [1000 + i for i in range(len(words))] + [151645]
 
 
 async def test_the_relay_closes_the_upstreams_reads_itself(make_gateway: GatewayFactory) -> None:
